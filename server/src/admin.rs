@@ -1,0 +1,132 @@
+//! `backlight-server admin …`: tenants, keys and devices, straight against ClickHouse (so it
+//! works with no server running, and against any server of a cluster).
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use backlight_shared::now_ms;
+
+use crate::cli::{AdminCommand, ApiKeyCommand, DeviceCommand, EnrollmentKeyCommand, StorageArgs, TenantCommand};
+use crate::launch;
+use crate::storage::events::{self, DeviceProgress};
+use crate::storage::Store;
+
+pub async fn run(storage: StorageArgs, command: AdminCommand) -> anyhow::Result<()> {
+    let (config, clickhouse) = launch::for_admin(&storage).await?;
+    let result = async {
+        let store = Store::open(&config)
+            .await
+            .with_context(|| format!("opening Backlight's database at {}", config.url))?;
+        execute(&store, command).await
+    }
+    .await;
+    clickhouse.shutdown().await;
+    result
+}
+
+async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
+    let registry = store.registry();
+    match command {
+        AdminCommand::Tenant(TenantCommand::Create { id, name }) => {
+            registry.create_tenant(&id, name.as_deref().unwrap_or(id.as_str())).await?;
+            println!("created tenant {id}");
+        }
+        AdminCommand::Tenant(TenantCommand::List) => {
+            println!("{:<32} {:<32} CREATED", "TENANT", "NAME");
+            for t in registry.tenants().await? {
+                println!("{:<32} {:<32} {}", t.tenant_id, t.name, format_ms(t.created_ms));
+            }
+        }
+        AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Create { tenant, expires_in, note }) => {
+            let expires_ms = expires_in.map(|d| now_ms() + d.as_millis() as u64);
+            let token = registry.create_enrollment_key(&tenant, expires_ms, &note).await?;
+            eprintln!("enrollment key {} for tenant {tenant} (shown once; store it safely):", token.id);
+            println!("{token}");
+        }
+        AdminCommand::EnrollmentKey(EnrollmentKeyCommand::List { tenant }) => {
+            println!("{:<18} {:<8} {:<24} {:<24} NOTE", "KEY ID", "STATE", "CREATED", "EXPIRES");
+            for k in registry.enrollment_keys(&tenant).await? {
+                let state = k.unusable_reason(now_ms()).map_or("active", |_| if k.revoked != 0 { "revoked" } else { "expired" });
+                let expires = if k.expires_ms == 0 { "never".to_string() } else { format_ms(k.expires_ms) };
+                println!("{:<18} {:<8} {:<24} {:<24} {}", k.key_id, state, format_ms(k.created_ms), expires, k.note);
+            }
+        }
+        AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Revoke { tenant, key_id }) => {
+            registry.revoke_enrollment_key(&tenant, &key_id).await?;
+            println!("revoked enrollment key {key_id}");
+        }
+        AdminCommand::ApiKey(ApiKeyCommand::Create { tenant, role, name }) => {
+            let token = registry.create_api_key(&tenant, role, &name).await?;
+            eprintln!("API key {} ({role}) for tenant {tenant} (shown once; store it safely):", token.id);
+            println!("{token}");
+        }
+        AdminCommand::ApiKey(ApiKeyCommand::List { tenant }) => {
+            println!("{:<18} {:<9} {:<8} {:<24} NAME", "KEY ID", "ROLE", "STATE", "CREATED");
+            for k in registry.api_keys(&tenant).await? {
+                let state = if k.revoked != 0 { "revoked" } else { "active" };
+                println!("{:<18} {:<9} {:<8} {:<24} {}", k.key_id, k.role, state, format_ms(k.created_ms), k.name);
+            }
+        }
+        AdminCommand::ApiKey(ApiKeyCommand::Revoke { tenant, key_id }) => {
+            registry.revoke_api_key(&tenant, &key_id).await?;
+            println!("revoked API key {key_id}");
+        }
+        AdminCommand::Device(DeviceCommand::List { tenant, json }) => {
+            let devices = registry.devices(&tenant).await?;
+            let progress: HashMap<_, DeviceProgress> = events::device_progress(store.client(), Some(tenant.as_str()))
+                .await?
+                .into_iter()
+                .map(|p| (p.device_id, p))
+                .collect();
+            if json {
+                let rows: Vec<_> = devices
+                    .iter()
+                    .map(|d| {
+                        let p = progress.get(&d.device_id);
+                        serde_json::json!({
+                            "device_id": d.device_id,
+                            "hostname": d.hostname,
+                            "os": d.os,
+                            "agent_version": d.agent_version,
+                            "enrolled_ms": d.enrolled_ms,
+                            "revoked": d.revoked != 0,
+                            "max_seq": p.map_or(0, |p| p.max_seq),
+                            "received": p.map_or(0, |p| p.received),
+                            "missing": p.map_or(0, |p| p.missing),
+                            "last_received_ms": p.map_or(0, |p| p.last_received_ms),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<36} {:<20} {:<8} {:>10} {:>10} {:>8} LAST SEEN",
+                    "DEVICE", "HOSTNAME", "STATE", "MAX SEQ", "RECEIVED", "MISSING"
+                );
+                for d in devices {
+                    let p = progress.get(&d.device_id);
+                    println!(
+                        "{:<36} {:<20} {:<8} {:>10} {:>10} {:>8} {}",
+                        d.device_id,
+                        d.hostname,
+                        if d.revoked != 0 { "revoked" } else { "active" },
+                        p.map_or(0, |p| p.max_seq),
+                        p.map_or(0, |p| p.received),
+                        p.map_or(0, |p| p.missing),
+                        p.map_or("never".to_string(), |p| format_ms(p.last_received_ms)),
+                    );
+                }
+            }
+        }
+        AdminCommand::Device(DeviceCommand::Revoke { tenant, device_id }) => {
+            registry.revoke_device(&tenant, device_id).await?;
+            println!("revoked device {device_id}; its uploads are refused from now on");
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch as an RFC 3339 UTC timestamp (second precision).
+fn format_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}

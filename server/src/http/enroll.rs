@@ -1,0 +1,60 @@
+//! `POST /v1/enroll`: an agent trades an enrollment key for its own device credential.
+
+use axum::extract::State;
+use axum::Json;
+use backlight_shared::api::{EnrollRequest, EnrollResponse};
+use backlight_shared::batch::limits;
+use backlight_shared::credential::{SecretKind, Token};
+use backlight_shared::now_ms;
+
+use super::error::ApiError;
+use super::json::JsonBody;
+use super::AppState;
+use crate::secrets;
+use crate::storage::registry::NewDevice;
+
+pub async fn enroll(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    for (field, value) in [
+        ("hostname", &request.hostname),
+        ("agent_version", &request.agent_version),
+        ("os", &request.os),
+    ] {
+        if value.len() > limits::MAX_SHORT_TEXT_LEN || value.chars().any(char::is_control) {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("{field} must be at most {} printable bytes", limits::MAX_SHORT_TEXT_LEN),
+            ));
+        }
+    }
+    let token = Token::parse_kind(&request.enrollment_key, SecretKind::Enrollment)
+        .map_err(|e| ApiError::unauthorized(format!("invalid enrollment key: {e}")).with_field("enrollment_key"))?;
+    let registry = state.store.registry();
+    let key = registry
+        .enrollment_key(&token.id)
+        .await?
+        .filter(|k| secrets::verify(&token, &k.secret_hash))
+        .ok_or_else(|| ApiError::unauthorized("unknown enrollment key").with_field("enrollment_key"))?;
+    if let Some(reason) = key.unusable_reason(now_ms()) {
+        return Err(ApiError::forbidden("enrollment_key_unusable", reason).with_field("enrollment_key"));
+    }
+    let (device_id, credential) = registry
+        .enroll_device(
+            &key,
+            NewDevice {
+                hostname: &request.hostname,
+                os: &request.os,
+                agent_version: &request.agent_version,
+            },
+        )
+        .await?;
+    tracing::info!(%device_id, tenant = %key.tenant_id, hostname = %request.hostname, "device enrolled");
+    metrics::counter!("backlight_devices_enrolled_total").increment(1);
+    Ok(Json(EnrollResponse {
+        device_id,
+        tenant_id: key.tenant_id,
+        device_credential: credential.to_string(),
+    }))
+}

@@ -1,0 +1,91 @@
+//! The HTTP API. [`router`] builds the whole app from an [`AppState`], so tests drive it
+//! in-process and the binary serves the very same router.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /v1/enroll` | agent with an enrollment key | get a device credential |
+//! | `POST /v1/ingest` | enrolled device | a batch of events |
+//! | `GET /healthz` | orchestrator | process is up |
+//! | `GET /readyz` | load balancer | ClickHouse reachable, schema current |
+//! | `GET /metrics` | Prometheus | counters, histograms, per-device gaps |
+
+pub mod enroll;
+pub mod error;
+pub mod ingest;
+pub mod json;
+pub mod ops;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use backlight_shared::api::{ENROLL_PATH, INGEST_PATH};
+use tokio::sync::Mutex;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::auth::DeviceAuthenticator;
+use crate::ingest::writer::IngestWriter;
+use crate::storage::events::DeviceProgress;
+use crate::storage::Store;
+
+/// Longest any request may take, end to end, before the server answers 408 itself.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every handler can reach. Cheap to clone; holds handles, not data.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub writer: IngestWriter,
+    pub devices: DeviceAuthenticator,
+    pub progress_cache: Arc<Mutex<Option<(Instant, Vec<DeviceProgress>)>>>,
+}
+
+impl AppState {
+    pub fn new(store: Store, writer: IngestWriter, devices: DeviceAuthenticator) -> AppState {
+        AppState {
+            store,
+            writer,
+            devices,
+            progress_cache: Arc::default(),
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(ENROLL_PATH, post(enroll::enroll))
+        .route(INGEST_PATH, post(ingest::ingest))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(error::fallback)
+        .with_state(state)
+        .layer(middleware::from_fn(record_request))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(CatchPanicLayer::new())
+}
+
+/// Counts requests and their latency by matched route (never by raw path: bounded labels).
+async fn record_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("backlight_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("backlight_http_request_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    response
+}

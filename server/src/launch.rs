@@ -1,0 +1,77 @@
+//! Finding the ClickHouse to use: the one named by `--clickhouse-url`, or a local one under the
+//! data directory that the server starts and supervises itself (the embedded default).
+
+use anyhow::Context;
+
+use crate::cli::StorageArgs;
+use crate::clickhouse::embedded::{self, ClickHouseProcess, Supervisor};
+use crate::clickhouse::ClickHouseConfig;
+
+/// Keeps an embedded ClickHouse alive for as long as it is held.
+pub enum ClickHouseHandle {
+    /// An external server; nothing to stop.
+    External,
+    /// The serving server's own ClickHouse, restarted if it dies.
+    Supervised(Supervisor),
+    /// Started for one admin command and stopped after it.
+    Temporary(ClickHouseProcess),
+}
+
+impl ClickHouseHandle {
+    /// Stops an embedded ClickHouse cleanly.
+    pub async fn shutdown(self) {
+        match self {
+            ClickHouseHandle::External => {}
+            ClickHouseHandle::Supervised(supervisor) => supervisor.shutdown().await,
+            ClickHouseHandle::Temporary(process) => {
+                if let Err(e) = process.stop().await {
+                    tracing::warn!(error = %e, "stopping the temporary ClickHouse failed");
+                }
+            }
+        }
+    }
+}
+
+fn config(storage: &StorageArgs, url: String) -> ClickHouseConfig {
+    ClickHouseConfig {
+        url,
+        database: storage.clickhouse_database.clone(),
+        user: storage.clickhouse_user.clone(),
+        password: storage.clickhouse_password.clone(),
+    }
+}
+
+fn embedded_dir(storage: &StorageArgs) -> std::path::PathBuf {
+    storage.data_dir.join("clickhouse")
+}
+
+/// For `serve`: the given URL, or a supervised embedded ClickHouse.
+pub async fn for_serve(storage: &StorageArgs) -> anyhow::Result<(ClickHouseConfig, ClickHouseHandle)> {
+    if let Some(url) = &storage.clickhouse_url {
+        return Ok((config(storage, url.clone()), ClickHouseHandle::External));
+    }
+    let dir = embedded_dir(storage);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let supervisor = Supervisor::start(&dir)
+        .await
+        .with_context(|| format!("starting the embedded ClickHouse under {}", dir.display()))?;
+    tracing::info!(url = %supervisor.url(), dir = %dir.display(), "embedded ClickHouse running");
+    Ok((config(storage, supervisor.url()), ClickHouseHandle::Supervised(supervisor)))
+}
+
+/// For `admin`: the given URL, the embedded ClickHouse of a server running on this data
+/// directory, or (when no server runs) the embedded ClickHouse started just for this command.
+pub async fn for_admin(storage: &StorageArgs) -> anyhow::Result<(ClickHouseConfig, ClickHouseHandle)> {
+    if let Some(url) = &storage.clickhouse_url {
+        return Ok((config(storage, url.clone()), ClickHouseHandle::External));
+    }
+    let dir = embedded_dir(storage);
+    if let Some(url) = embedded::discover_running(&dir).await {
+        return Ok((config(storage, url), ClickHouseHandle::External));
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let process = ClickHouseProcess::start(&dir, None)
+        .await
+        .with_context(|| format!("starting the embedded ClickHouse under {}", dir.display()))?;
+    Ok((config(storage, process.url()), ClickHouseHandle::Temporary(process)))
+}

@@ -1,0 +1,27 @@
+//! Backlight server: enrolls devices, ingests their batches into ClickHouse, and (in later
+//! modules) serves item status and performance data. The binary (`main.rs`) only parses the
+//! command line and calls [`serve::serve`] or [`admin::run`].
+//!
+//! Code map:
+//! - [`cli`]: the command-line contract.
+//! - [`serve`] / [`admin`]: the two things the binary does.
+//! - [`launch`]: which ClickHouse to use (external URL or embedded and supervised).
+//! - [`clickhouse`]: client configuration, the embedded ClickHouse process.
+//! - [`storage`]: all SQL — migrations, registry, events.
+//! - [`ingest`]: decoding batches and group-committing them into ClickHouse.
+//! - [`http`]: the axum router and handlers.
+//! - [`auth`], [`secrets`], [`tenancy`]: who may do what.
+//! - [`telemetry`]: metrics and logs.
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod clickhouse;
+pub mod http;
+pub mod ingest;
+pub mod launch;
+pub mod secrets;
+pub mod serve;
+pub mod storage;
+pub mod telemetry;
+pub mod tenancy;

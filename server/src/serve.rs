@@ -1,0 +1,109 @@
+//! `backlight-server serve`: wire storage, ingest and HTTP together and run until a signal.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::auth::DeviceAuthenticator;
+use crate::cli::{ServeArgs, StorageArgs};
+use crate::clickhouse::ClickHouseConfig;
+use crate::http::{router, AppState};
+use crate::ingest::writer::{IngestWriter, WriterConfig};
+use crate::launch;
+use crate::storage::Store;
+
+/// Longest the server waits for open requests to finish after a shutdown signal.
+const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(30);
+
+pub async fn serve(storage: StorageArgs, args: ServeArgs) -> anyhow::Result<()> {
+    // Install the recorder before anything records, or early metrics are lost.
+    crate::telemetry::prometheus();
+    let (config, clickhouse) = launch::for_serve(&storage).await?;
+    let result = serve_with(&config, &args).await;
+    clickhouse.shutdown().await;
+    result
+}
+
+async fn serve_with(config: &ClickHouseConfig, args: &ServeArgs) -> anyhow::Result<()> {
+    let store = open_store(config, args.clickhouse_wait).await?;
+    let writer = IngestWriter::spawn(
+        store.client().clone(),
+        WriterConfig {
+            max_delay: args.insert_max_delay,
+            ..WriterConfig::default()
+        },
+    );
+    let devices = DeviceAuthenticator::new(store.registry().clone(), args.auth_cache_ttl);
+    let app = router(AppState::new(store, writer, devices));
+
+    let handle = axum_server::Handle::new();
+    tokio::spawn(shutdown_on_signal(handle.clone()));
+    let service = app.into_make_service();
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
+            tracing::info!(listen = %args.listen, "serving HTTPS");
+            axum_server::bind_rustls(args.listen, tls)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
+        _ => {
+            if !args.listen.ip().is_loopback() {
+                tracing::warn!(listen = %args.listen, "serving plain HTTP on a non-loopback address: use --tls-cert/--tls-key or a TLS-terminating proxy");
+            }
+            tracing::info!(listen = %args.listen, "serving HTTP");
+            axum_server::bind(args.listen).handle(handle).serve(service).await
+        }
+    }
+    .with_context(|| format!("serving on {}", args.listen))?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Opens the store, retrying while ClickHouse is not reachable yet (it may still be starting).
+async fn open_store(config: &ClickHouseConfig, wait: Duration) -> anyhow::Result<Store> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match Store::open(config).await {
+            Ok(store) => return Ok(store),
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, url = %config.url, "ClickHouse not ready yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("ClickHouse at {} not usable after {wait:?}", config.url));
+            }
+        }
+    }
+}
+
+async fn shutdown_on_signal(handle: axum_server::Handle) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    tracing::info!("shutdown requested; finishing open requests");
+    handle.graceful_shutdown(Some(GRACEFUL_SHUTDOWN));
+}
+
+/// Installs the process-wide TLS crypto provider (ring: no C toolchain surprises, fast build).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+

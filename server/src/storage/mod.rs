@@ -1,0 +1,76 @@
+//! Everything the server keeps lives in ClickHouse; this module is the only one that writes SQL.
+//!
+//! - [`migrations`]: the versioned schema, applied at start.
+//! - [`registry`]: tenants, enrollment keys, devices, API keys.
+//! - [`events`]: the events agents recorded, and per-device sequence progress.
+//!
+//! **Architecture invariant:** the server holds no state of its own. Anything one server knows
+//! (a device, a revocation, an accepted event) another server behind the same load balancer
+//! learns from ClickHouse.
+
+pub mod events;
+pub mod migrations;
+pub mod registry;
+
+use clickhouse::Client;
+use serde::Deserialize;
+
+use crate::clickhouse::{with_timeout, ClickHouseConfig, ClickHouseError};
+
+/// A connection to Backlight's database, migrated and self-tested.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    registry: registry::Registry,
+}
+
+impl Store {
+    /// Creates the database if needed, applies migrations and picks a compression setting
+    /// that round-trips against this server.
+    pub async fn open(config: &ClickHouseConfig) -> Result<Store, ClickHouseError> {
+        let compression = clickhouse::Compression::None;
+        migrations::migrate(
+            &config.client_without_database(compression),
+            &config.database,
+            &config.client(compression),
+        )
+        .await?;
+        let compression = config.negotiate_compression().await?;
+        tracing::info!(?compression, url = %config.url, database = %config.database, "ClickHouse ready");
+        let client = config.client(compression);
+        Ok(Store {
+            registry: registry::Registry::new(client.clone()),
+            client,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn registry(&self) -> &registry::Registry {
+        &self.registry
+    }
+
+    /// Whether ClickHouse answers and the schema is at the version this build needs.
+    pub async fn readiness(&self) -> Result<(), String> {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct One {
+            one: u8,
+        }
+        let probe = with_timeout(self.client.query("SELECT toUInt8(1) AS one").fetch_one::<One>()).await;
+        match probe {
+            Ok(One { one: 1 }) => {}
+            Ok(_) => return Err("ClickHouse answered SELECT 1 wrongly".into()),
+            Err(e) => return Err(format!("ClickHouse unreachable: {e}")),
+        }
+        let applied = migrations::applied_version(&self.client)
+            .await
+            .map_err(|e| format!("cannot read schema_migrations: {e}"))?;
+        let needed = migrations::latest_version();
+        if applied < needed {
+            return Err(format!("schema at version {applied}, this server needs {needed}"));
+        }
+        Ok(())
+    }
+}

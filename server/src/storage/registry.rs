@@ -1,0 +1,334 @@
+//! Tenants, enrollment keys, devices and API keys (schema in
+//! `deploy/clickhouse/migrations/0001_registry.sql`).
+//!
+//! Rows are versioned by `updated_ms`: a change inserts a new version, reads take the newest
+//! (`FINAL`). That keeps every server stateless — any of them can enroll, authenticate or
+//! revoke — with ClickHouse as the one store.
+
+use backlight_shared::credential::{SecretKind, Token};
+use backlight_shared::now_ms;
+use clickhouse::Client;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::secrets;
+use crate::tenancy::{Role, TenantId};
+
+/// A registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
+    #[error("tenant {0} already exists")]
+    TenantExists(TenantId),
+    #[error("tenant {0} does not exist (create it with `backlight-server admin tenant create {0}`)")]
+    NoSuchTenant(TenantId),
+    #[error("{what} {id} not found in tenant {tenant}")]
+    NotFound {
+        what: &'static str,
+        id: String,
+        tenant: TenantId,
+    },
+}
+
+#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TenantRow {
+    pub tenant_id: String,
+    pub name: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct EnrollmentKeyRow {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub secret_hash: String,
+    pub note: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub revoked: u8,
+    pub updated_ms: u64,
+}
+
+impl EnrollmentKeyRow {
+    /// Why this key cannot enroll a device now, if it cannot.
+    pub fn unusable_reason(&self, now_ms: u64) -> Option<&'static str> {
+        if self.revoked != 0 {
+            Some("enrollment key revoked")
+        } else if self.expires_ms != 0 && self.expires_ms <= now_ms {
+            Some("enrollment key expired")
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeviceRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub device_id: Uuid,
+    pub tenant_id: String,
+    pub secret_hash: String,
+    pub hostname: String,
+    pub os: String,
+    pub agent_version: String,
+    pub enrollment_key_id: String,
+    pub enrolled_ms: u64,
+    pub revoked: u8,
+    pub updated_ms: u64,
+}
+
+#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ApiKeyRow {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub secret_hash: String,
+    pub role: String,
+    pub name: String,
+    pub created_ms: u64,
+    pub revoked: u8,
+    pub updated_ms: u64,
+}
+
+/// What an agent supplies about itself at enrollment.
+pub struct NewDevice<'a> {
+    pub hostname: &'a str,
+    pub os: &'a str,
+    pub agent_version: &'a str,
+}
+
+/// Access to the registry tables.
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+}
+
+/// A version stamp strictly newer than `previous`, so a change always wins over what it replaces
+/// even when two happen within one millisecond.
+fn next_version(previous: u64) -> u64 {
+    now_ms().max(previous + 1)
+}
+
+impl Registry {
+    pub fn new(client: Client) -> Registry {
+        Registry { client }
+    }
+
+    async fn insert<T>(&self, table: &str, row: &T) -> Result<(), ClickHouseError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        with_timeout(async {
+            let mut insert = self.client.insert::<T>(table).await?;
+            insert.write(row).await?;
+            insert.end().await
+        })
+        .await
+    }
+
+    async fn fetch_one_by<T>(&self, table: &str, key: &str, value: &str) -> Result<Option<T>, ClickHouseError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        let sql = format!("SELECT ?fields FROM {table} FINAL WHERE {key} = ?");
+        with_timeout(self.client.query(&sql).bind(value).fetch_optional::<T>()).await
+    }
+
+    pub async fn create_tenant(&self, tenant: &TenantId, name: &str) -> Result<(), RegistryError> {
+        if self.tenant(tenant).await?.is_some() {
+            return Err(RegistryError::TenantExists(tenant.clone()));
+        }
+        let now = now_ms();
+        let row = TenantRow {
+            tenant_id: tenant.to_string(),
+            name: name.to_string(),
+            created_ms: now,
+            updated_ms: now,
+        };
+        Ok(self.insert("tenants", &row).await?)
+    }
+
+    pub async fn tenant(&self, tenant: &TenantId) -> Result<Option<TenantRow>, ClickHouseError> {
+        self.fetch_one_by("tenants", "tenant_id", tenant.as_str()).await
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantRow>, ClickHouseError> {
+        with_timeout(
+            self.client
+                .query("SELECT ?fields FROM tenants FINAL ORDER BY tenant_id")
+                .fetch_all(),
+        )
+        .await
+    }
+
+    async fn require_tenant(&self, tenant: &TenantId) -> Result<(), RegistryError> {
+        match self.tenant(tenant).await? {
+            Some(_) => Ok(()),
+            None => Err(RegistryError::NoSuchTenant(tenant.clone())),
+        }
+    }
+
+    /// Creates an enrollment key; the returned token is the only copy of its secret.
+    pub async fn create_enrollment_key(
+        &self,
+        tenant: &TenantId,
+        expires_ms: Option<u64>,
+        note: &str,
+    ) -> Result<Token, RegistryError> {
+        self.require_tenant(tenant).await?;
+        let token = secrets::new_token(SecretKind::Enrollment, secrets::new_key_id());
+        let now = now_ms();
+        let row = EnrollmentKeyRow {
+            key_id: token.id.clone(),
+            tenant_id: tenant.to_string(),
+            secret_hash: secrets::hash_secret(&token),
+            note: note.to_string(),
+            created_ms: now,
+            expires_ms: expires_ms.unwrap_or(0),
+            revoked: 0,
+            updated_ms: now,
+        };
+        self.insert("enrollment_keys", &row).await?;
+        Ok(token)
+    }
+
+    pub async fn enrollment_key(&self, key_id: &str) -> Result<Option<EnrollmentKeyRow>, ClickHouseError> {
+        self.fetch_one_by("enrollment_keys", "key_id", key_id).await
+    }
+
+    pub async fn enrollment_keys(&self, tenant: &TenantId) -> Result<Vec<EnrollmentKeyRow>, ClickHouseError> {
+        with_timeout(
+            self.client
+                .query("SELECT ?fields FROM enrollment_keys FINAL WHERE tenant_id = ? ORDER BY created_ms")
+                .bind(tenant.as_str())
+                .fetch_all(),
+        )
+        .await
+    }
+
+    pub async fn revoke_enrollment_key(&self, tenant: &TenantId, key_id: &str) -> Result<(), RegistryError> {
+        let mut row = self
+            .enrollment_key(key_id)
+            .await?
+            .filter(|k| k.tenant_id == tenant.as_str())
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "enrollment key",
+                id: key_id.to_string(),
+                tenant: tenant.clone(),
+            })?;
+        row.revoked = 1;
+        row.updated_ms = next_version(row.updated_ms);
+        Ok(self.insert("enrollment_keys", &row).await?)
+    }
+
+    /// Registers a new device under a (checked, usable) enrollment key; the returned token is
+    /// the only copy of the device's secret.
+    pub async fn enroll_device(
+        &self,
+        key: &EnrollmentKeyRow,
+        device: NewDevice<'_>,
+    ) -> Result<(Uuid, Token), ClickHouseError> {
+        let device_id = Uuid::now_v7();
+        let token = secrets::new_token(SecretKind::Device, device_id.simple().to_string());
+        let now = now_ms();
+        let row = DeviceRow {
+            device_id,
+            tenant_id: key.tenant_id.clone(),
+            secret_hash: secrets::hash_secret(&token),
+            hostname: device.hostname.to_string(),
+            os: device.os.to_string(),
+            agent_version: device.agent_version.to_string(),
+            enrollment_key_id: key.key_id.clone(),
+            enrolled_ms: now,
+            revoked: 0,
+            updated_ms: now,
+        };
+        self.insert("devices", &row).await?;
+        Ok((device_id, token))
+    }
+
+    pub async fn device(&self, device_id: Uuid) -> Result<Option<DeviceRow>, ClickHouseError> {
+        with_timeout(
+            self.client
+                .query("SELECT ?fields FROM devices FINAL WHERE device_id = ?")
+                .bind(device_id.to_string())
+                .fetch_optional(),
+        )
+        .await
+    }
+
+    pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRow>, ClickHouseError> {
+        with_timeout(
+            self.client
+                .query("SELECT ?fields FROM devices FINAL WHERE tenant_id = ? ORDER BY enrolled_ms")
+                .bind(tenant.as_str())
+                .fetch_all(),
+        )
+        .await
+    }
+
+    pub async fn revoke_device(&self, tenant: &TenantId, device_id: Uuid) -> Result<(), RegistryError> {
+        let mut row = self
+            .device(device_id)
+            .await?
+            .filter(|d| d.tenant_id == tenant.as_str())
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "device",
+                id: device_id.to_string(),
+                tenant: tenant.clone(),
+            })?;
+        row.revoked = 1;
+        row.updated_ms = next_version(row.updated_ms);
+        Ok(self.insert("devices", &row).await?)
+    }
+
+    /// Creates an API key; the returned token is the only copy of its secret.
+    pub async fn create_api_key(&self, tenant: &TenantId, role: Role, name: &str) -> Result<Token, RegistryError> {
+        self.require_tenant(tenant).await?;
+        let token = secrets::new_token(SecretKind::ApiKey, secrets::new_key_id());
+        let now = now_ms();
+        let row = ApiKeyRow {
+            key_id: token.id.clone(),
+            tenant_id: tenant.to_string(),
+            secret_hash: secrets::hash_secret(&token),
+            role: role.as_str().to_string(),
+            name: name.to_string(),
+            created_ms: now,
+            revoked: 0,
+            updated_ms: now,
+        };
+        self.insert("api_keys", &row).await?;
+        Ok(token)
+    }
+
+    pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRow>, ClickHouseError> {
+        self.fetch_one_by("api_keys", "key_id", key_id).await
+    }
+
+    pub async fn api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRow>, ClickHouseError> {
+        with_timeout(
+            self.client
+                .query("SELECT ?fields FROM api_keys FINAL WHERE tenant_id = ? ORDER BY created_ms")
+                .bind(tenant.as_str())
+                .fetch_all(),
+        )
+        .await
+    }
+
+    pub async fn revoke_api_key(&self, tenant: &TenantId, key_id: &str) -> Result<(), RegistryError> {
+        let mut row = self
+            .api_key(key_id)
+            .await?
+            .filter(|k| k.tenant_id == tenant.as_str())
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "API key",
+                id: key_id.to_string(),
+                tenant: tenant.clone(),
+            })?;
+        row.revoked = 1;
+        row.updated_ms = next_version(row.updated_ms);
+        Ok(self.insert("api_keys", &row).await?)
+    }
+}

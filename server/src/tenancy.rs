@@ -1,0 +1,107 @@
+//! Tenants and roles: the parsed, always-valid forms of the names admins type.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A tenant's id: 1–63 characters of `a-z`, `0-9` and `-`, starting with a letter or digit.
+/// Short and URL-safe because admins type it and it prefixes every row the tenant owns.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid tenant id {0:?}: use 1-63 characters a-z, 0-9 and '-', starting with a letter or digit")]
+pub struct InvalidTenantId(String);
+
+impl FromStr for TenantId {
+    type Err = InvalidTenantId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && !s.starts_with('-')
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(TenantId(s.to_string()))
+        } else {
+            Err(InvalidTenantId(s.to_string()))
+        }
+    }
+}
+
+impl TenantId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an API key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Contact-center agents: item status only, never per-person performance.
+    CcAgent,
+    /// Workforce managers: reports.
+    Wfm,
+    /// Administrators: devices, policy, keys.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::CcAgent, Role::Wfm, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::CcAgent => "cc_agent",
+            Role::Wfm => "wfm",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: expected cc_agent, wfm or admin")]
+pub struct InvalidRole(String);
+
+impl FromStr for Role {
+    type Err = InvalidRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| InvalidRole(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids() {
+        assert!("acme-insurance".parse::<TenantId>().is_ok());
+        assert!("7bank".parse::<TenantId>().is_ok());
+        for bad in ["", "-acme", "Acme", "acme corp", "a/b", &"a".repeat(64)] {
+            assert!(bad.parse::<TenantId>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>().unwrap(), role);
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+}

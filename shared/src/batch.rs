@@ -1,0 +1,50 @@
+//! How events travel: a batch from one device, and the limits on it.
+//!
+//! A batch is JSON, sent as the body of `POST /v1/ingest`, compressed with zstd or gzip and
+//! declared by `Content-Encoding`. The limits below are part of the protocol: the server refuses
+//! anything beyond them with an error naming the field, and the agent never builds a batch that
+//! breaks them.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::Event;
+
+/// A batch of events from one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    /// Must equal [`crate::PROTOCOL_VERSION`].
+    pub protocol: u16,
+    /// The device that recorded the events; must be the device the credential belongs to.
+    pub device_id: Uuid,
+    /// Events in ascending `seq` order, no `seq` twice.
+    pub events: Vec<Event>,
+}
+
+/// Limits on what the server accepts. The agent builds batches well inside them.
+pub mod limits {
+    /// Most events in one batch.
+    pub const MAX_EVENTS_PER_BATCH: usize = 5_000;
+    /// Largest request body as sent (compressed), in bytes.
+    pub const MAX_COMPRESSED_BODY_BYTES: usize = 4 * 1024 * 1024;
+    /// Largest request body after decompression, in bytes. Checked while decompressing, so a
+    /// compression bomb costs the server at most this much memory.
+    pub const MAX_DECOMPRESSED_BODY_BYTES: usize = 16 * 1024 * 1024;
+    /// Longest application name, in bytes.
+    pub const MAX_APP_LEN: usize = 256;
+    /// Longest window title (or title hash), in bytes.
+    pub const MAX_TITLE_LEN: usize = 1_024;
+    /// Longest work item id, in bytes.
+    pub const MAX_ITEM_ID_LEN: usize = 128;
+    /// Longest work item step, in bytes.
+    pub const MAX_STEP_LEN: usize = 128;
+    /// Longest consent scope or agent version, in bytes.
+    pub const MAX_SHORT_TEXT_LEN: usize = 128;
+    /// How far in the past an event may be: 400 days covers an agent that was offline for a year.
+    pub const MAX_EVENT_AGE_MS: u64 = 400 * 24 * 3600 * 1000;
+    /// How far ahead of the server's clock an event may be: generous for skewed desktop clocks.
+    pub const MAX_EVENT_FUTURE_MS: u64 = 24 * 3600 * 1000;
+    /// Longest activity span: a span is closed at least at every state change and shutdown.
+    pub const MAX_SPAN_MS: u64 = 7 * 24 * 3600 * 1000;
+}
