@@ -37,6 +37,14 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                 println!("{:<32} {:<32} {}", t.tenant_id, t.name, format_ms(t.created_ms));
             }
         }
+        AdminCommand::Tenant(TenantCommand::Set { id, show_person_names, time_zone }) => {
+            let settings = registry.update_settings(&id, show_person_names, time_zone.as_deref()).await?;
+            println!(
+                "tenant {id}: show_person_names={} time_zone={}",
+                settings.show_person_names != 0,
+                settings.time_zone
+            );
+        }
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Create { tenant, expires_in, note }) => {
             let expires_ms = expires_in.map(|d| now_ms() + d.as_millis() as u64);
             let token = registry.create_enrollment_key(&tenant, expires_ms, &note).await?;
@@ -117,6 +125,10 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        AdminCommand::Device(DeviceCommand::Assign { tenant, device_id, team, person }) => {
+            registry.assign_device(&tenant, device_id, &team, &person).await?;
+            println!("device {device_id} now works for team {team:?}");
         }
         AdminCommand::Device(DeviceCommand::Revoke { tenant, device_id }) => {
             registry.revoke_device(&tenant, device_id).await?;

@@ -109,6 +109,16 @@ pub enum TenantCommand {
     },
     /// List tenants.
     List,
+    /// Change a tenant's settings.
+    Set {
+        id: TenantId,
+        /// Show people's names (otherwise only teams) to roles allowed per-person data.
+        #[arg(long)]
+        show_person_names: Option<bool>,
+        /// IANA time zone reports use when the caller names none, e.g. Europe/Berlin.
+        #[arg(long)]
+        time_zone: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,6 +188,17 @@ pub enum DeviceCommand {
         #[arg(long)]
         tenant: TenantId,
         device_id: Uuid,
+    },
+    /// Say which team (and person) works at a device; work is attributed accordingly.
+    Assign {
+        #[arg(long)]
+        tenant: TenantId,
+        device_id: Uuid,
+        #[arg(long)]
+        team: String,
+        /// The person's name, shown only where the tenant enabled names.
+        #[arg(long, default_value = "")]
+        person: String,
     },
 }
 

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::auth::DeviceAuthenticator;
 use crate::cli::{ServeArgs, StorageArgs};
 use crate::clickhouse::ClickHouseConfig;
 use crate::http::{router, AppState};
@@ -33,8 +32,7 @@ async fn serve_with(config: &ClickHouseConfig, args: &ServeArgs) -> anyhow::Resu
             ..WriterConfig::default()
         },
     );
-    let devices = DeviceAuthenticator::new(store.registry().clone(), args.auth_cache_ttl);
-    let app = router(AppState::new(store, writer, devices));
+    let app = router(AppState::new(store, writer, args.auth_cache_ttl));
 
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));

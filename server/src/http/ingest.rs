@@ -37,9 +37,8 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bod
 async fn ingest_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Json<IngestResponse>, ApiError> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let device = state.devices.authenticate(authorization).await.map_err(|e| match e {
-        AuthError::Missing | AuthError::Unknown => ApiError::unauthorized(e.to_string()),
-        AuthError::Revoked => ApiError::forbidden("device_revoked", e.to_string()),
-        AuthError::Storage(e) => e.into(),
+        AuthError::Revoked => ApiError::forbidden("device_revoked", "this device was revoked by an administrator"),
+        other => other.into(),
     })?;
 
     let too_large = || {

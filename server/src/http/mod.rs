@@ -12,8 +12,10 @@
 pub mod enroll;
 pub mod error;
 pub mod ingest;
+pub mod items;
 pub mod json;
 pub mod ops;
+pub mod reports;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +30,7 @@ use tokio::sync::Mutex;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::auth::DeviceAuthenticator;
+use crate::auth::{ApiKeyAuthenticator, DeviceAuthenticator};
 use crate::ingest::writer::IngestWriter;
 use crate::storage::events::DeviceProgress;
 use crate::storage::Store;
@@ -42,15 +44,18 @@ pub struct AppState {
     pub store: Store,
     pub writer: IngestWriter,
     pub devices: DeviceAuthenticator,
+    pub api_keys: ApiKeyAuthenticator,
     pub progress_cache: Arc<Mutex<Option<(Instant, Vec<DeviceProgress>)>>>,
 }
 
 impl AppState {
-    pub fn new(store: Store, writer: IngestWriter, devices: DeviceAuthenticator) -> AppState {
+    /// `auth_cache_ttl`: how long credential lookups are cached (see [`crate::auth`]).
+    pub fn new(store: Store, writer: IngestWriter, auth_cache_ttl: Duration) -> AppState {
         AppState {
+            devices: DeviceAuthenticator::new(store.registry().clone(), auth_cache_ttl),
+            api_keys: ApiKeyAuthenticator::new(store.registry().clone(), auth_cache_ttl),
             store,
             writer,
-            devices,
             progress_cache: Arc::default(),
         }
     }
@@ -64,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(items::routes())
+        .merge(reports::routes())
         .fallback(error::fallback)
         .with_state(state)
         .layer(middleware::from_fn(record_request))

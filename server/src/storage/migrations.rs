@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "events",
         sql: include_str!("../../../deploy/clickhouse/migrations/0002_events.sql"),
     },
+    Migration {
+        version: 3,
+        name: "assignments",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0003_assignments.sql"),
+    },
 ];
 
 /// The newest schema version this build needs.

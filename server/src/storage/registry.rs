@@ -92,6 +92,38 @@ pub struct ApiKeyRow {
     pub updated_ms: u64,
 }
 
+/// Which team (and, where the tenant allows names, which person) works at a device.
+#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeviceAssignmentRow {
+    pub tenant_id: String,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub device_id: Uuid,
+    pub team: String,
+    pub person: String,
+    pub updated_ms: u64,
+}
+
+/// Per-tenant choices that change what is shown.
+#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TenantSettingsRow {
+    pub tenant_id: String,
+    pub show_person_names: u8,
+    pub time_zone: String,
+    pub updated_ms: u64,
+}
+
+impl TenantSettingsRow {
+    /// The settings of a tenant that never changed them: names hidden, reports in UTC.
+    pub fn defaults(tenant: &TenantId) -> TenantSettingsRow {
+        TenantSettingsRow {
+            tenant_id: tenant.to_string(),
+            show_person_names: 0,
+            time_zone: "UTC".to_string(),
+            updated_ms: 0,
+        }
+    }
+}
+
 /// What an agent supplies about itself at enrollment.
 pub struct NewDevice<'a> {
     pub hostname: &'a str,
@@ -330,5 +362,71 @@ impl Registry {
         row.revoked = 1;
         row.updated_ms = next_version(row.updated_ms);
         Ok(self.insert("api_keys", &row).await?)
+    }
+
+    /// Assigns a device to a team (and optionally a person). The device must be the tenant's.
+    pub async fn assign_device(
+        &self,
+        tenant: &TenantId,
+        device_id: Uuid,
+        team: &str,
+        person: &str,
+    ) -> Result<(), RegistryError> {
+        self.device(device_id)
+            .await?
+            .filter(|d| d.tenant_id == tenant.as_str())
+            .ok_or_else(|| RegistryError::NotFound {
+                what: "device",
+                id: device_id.to_string(),
+                tenant: tenant.clone(),
+            })?;
+        let previous = self.assignments(tenant).await?.into_iter().find(|a| a.device_id == device_id);
+        let row = DeviceAssignmentRow {
+            tenant_id: tenant.to_string(),
+            device_id,
+            team: team.to_string(),
+            person: person.to_string(),
+            updated_ms: next_version(previous.map_or(0, |p| p.updated_ms)),
+        };
+        Ok(self.insert("device_assignments", &row).await?)
+    }
+
+    /// The current assignment of every assigned device of a tenant.
+    pub async fn assignments(&self, tenant: &TenantId) -> Result<Vec<DeviceAssignmentRow>, ClickHouseError> {
+        with_timeout(
+            self.client
+                .query("SELECT ?fields FROM device_assignments FINAL WHERE tenant_id = ? ORDER BY team, person")
+                .bind(tenant.as_str())
+                .fetch_all(),
+        )
+        .await
+    }
+
+    /// A tenant's settings (defaults when never set).
+    pub async fn settings(&self, tenant: &TenantId) -> Result<TenantSettingsRow, ClickHouseError> {
+        Ok(self
+            .fetch_one_by("tenant_settings", "tenant_id", tenant.as_str())
+            .await?
+            .unwrap_or_else(|| TenantSettingsRow::defaults(tenant)))
+    }
+
+    /// Changes a tenant's settings; `None` keeps the current value.
+    pub async fn update_settings(
+        &self,
+        tenant: &TenantId,
+        show_person_names: Option<bool>,
+        time_zone: Option<&str>,
+    ) -> Result<TenantSettingsRow, RegistryError> {
+        self.require_tenant(tenant).await?;
+        let mut row = self.settings(tenant).await?;
+        if let Some(show) = show_person_names {
+            row.show_person_names = u8::from(show);
+        }
+        if let Some(zone) = time_zone {
+            row.time_zone = zone.to_string();
+        }
+        row.updated_ms = next_version(row.updated_ms);
+        self.insert("tenant_settings", &row).await?;
+        Ok(row)
     }
 }
