@@ -598,7 +598,12 @@ async fn wait_port_free(port: u16) -> Result<(), EmbeddedError> {
 /// Creates the state directory and its subdirectories; returns its absolute path, which
 /// ClickHouse needs because it resolves relative paths against its own working directory.
 async fn prepare_dir(dir: &Path) -> Result<PathBuf, EmbeddedError> {
-    tokio::fs::create_dir_all(dir)
+    // Owner-only when we create it: the data is a record of people's work. An existing
+    // directory keeps whatever permissions its administrator chose.
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
         .await
         .map_err(io_error("creating the ClickHouse state directory", dir))?;
     let dir = tokio::fs::canonicalize(dir)
@@ -1135,6 +1140,13 @@ mod tests {
         assert!(tmp.path().join("config.xml").is_file());
         assert!(tmp.path().join("users.xml").is_file());
         assert!(tmp.path().join("data").is_dir());
+        let fresh = tmp.path().join("fresh");
+        prepare_dir(&fresh).await.expect("prepare");
+        let mode = std::fs::metadata(&fresh)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "a new state directory is private");
         let pid = ch.pid().expect("running child has a pid");
         let raw_pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
         // SAFETY: getpgid only reads process state.

@@ -38,6 +38,9 @@ use crate::storage::Store;
 /// Longest any request may take, end to end, before the server answers 408 itself.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The last per-device progress read from ClickHouse, reused by `/metrics` for a few seconds.
+pub type ProgressCache = Arc<Mutex<Option<(Instant, Vec<DeviceProgress>)>>>;
+
 /// What every handler can reach. Cheap to clone; holds handles, not data.
 #[derive(Clone)]
 pub struct AppState {
@@ -45,7 +48,7 @@ pub struct AppState {
     pub writer: IngestWriter,
     pub devices: DeviceAuthenticator,
     pub api_keys: ApiKeyAuthenticator,
-    pub progress_cache: Arc<Mutex<Option<(Instant, Vec<DeviceProgress>)>>>,
+    pub progress_cache: ProgressCache,
 }
 
 impl AppState {
