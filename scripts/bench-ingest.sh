@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# The ingest benchmark (docs/BENCHMARKS.md, "Ingest"):
+#
+#   1. builds the release binaries,
+#   2. starts a release backlight-server on a free loopback port with a throwaway data directory
+#      (mktemp); it runs its own embedded ClickHouse under that directory,
+#   3. creates a "bench" tenant and an enrollment key with `backlight-server admin`,
+#   4. runs backlight-loadgen RUNS times: AGENTS freshly enrolled simulated agents sending
+#      zstd JSON batches over HTTP for WARMUP + DURATION; each run checks its acknowledged
+#      events against `SELECT count() FROM events FINAL`,
+#   5. runs the ceiling: the same number of the same rows straight into a copy of `events`
+#      with clickhouse-client (RowBinary on stdin, 100k-row blocks), BASELINE_REPEAT times,
+#   6. times the ingest path's stages in process (one core),
+#   7. prints a summary (medians) and one JSON line, and stops everything it started.
+#
+# Loopback only; every step is bounded by `timeout`. About 5 minutes with the defaults.
+#
+# Knobs (environment): AGENTS=1000 BATCH_EVENTS=200 DURATION=60s WARMUP=10s RUNS=3
+#   RATE= (events/s offered; empty = closed loop, measures capacity)
+#   INSERT_MAX_DELAY= AUTH_CACHE_TTL= (passed to backlight-server when set)
+#   BASELINE_REPEAT=3 BASELINE_FORMAT=rowbinary|tsv BASELINE_ROWS= (default: run 1's acked events)
+#   PROFILE_STAGES=1 SKIP_BUILD=0 KEEP=0 (keep the work directory) RESULTS= (write the JSON there)
+#   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+AGENTS="${AGENTS:-1000}"
+BATCH_EVENTS="${BATCH_EVENTS:-200}"
+DURATION="${DURATION:-60s}"
+WARMUP="${WARMUP:-10s}"
+RUNS="${RUNS:-3}"
+RATE="${RATE:-}"
+INSERT_MAX_DELAY="${INSERT_MAX_DELAY:-}"
+AUTH_CACHE_TTL="${AUTH_CACHE_TTL:-}"
+BASELINE_REPEAT="${BASELINE_REPEAT:-3}"
+BASELINE_FORMAT="${BASELINE_FORMAT:-rowbinary}"
+BASELINE_ROWS="${BASELINE_ROWS:-}"
+PROFILE_STAGES="${PROFILE_STAGES:-1}"
+SKIP_BUILD="${SKIP_BUILD:-0}"
+KEEP="${KEEP:-0}"
+RESULTS="${RESULTS:-}"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+BUILD_PROFILE="${BUILD_PROFILE:-release}"
+
+for tool in curl jq timeout pgrep clickhouse-client; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "bench-ingest: $tool is required" >&2; exit 1; }
+done
+
+WORK="$(mktemp -d -t backlight-bench.XXXXXX)"
+DATA="$WORK/data"
+SERVER_PID=""
+CH_PID=""
+CHILD_PID=""
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$CHILD_PID" ] && kill -0 "$CHILD_PID" 2>/dev/null; then
+    kill -TERM "$CHILD_PID" 2>/dev/null || true
+  fi
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    # The server stops its embedded ClickHouse itself after a TERM.
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [ -n "$CH_PID" ] && kill -0 "$CH_PID" 2>/dev/null; then
+    for _ in $(seq 1 30); do kill -0 "$CH_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$CH_PID" 2>/dev/null || true
+  fi
+  wait 2>/dev/null || true
+  if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
+    echo "bench-ingest: work directory kept: $WORK (server log: $WORK/server.log)" >&2
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Runs a command in the background so the trap can stop it, bounded by `timeout`.
+bounded() {
+  local limit="$1"; shift
+  timeout --kill-after=10s "$limit" "$@" &
+  CHILD_PID=$!
+  local rc=0
+  wait "$CHILD_PID" || rc=$?
+  CHILD_PID=""
+  return "$rc"
+}
+
+free_port() {
+  local port
+  for _ in $(seq 1 100); do
+    port=$(( (RANDOM % 20000) + 30000 ))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
+  done
+  echo "bench-ingest: no free port found" >&2
+  return 1
+}
+
+if [ "$SKIP_BUILD" != 1 ]; then
+  echo "==> building $BUILD_PROFILE binaries"
+  if [ "$BUILD_PROFILE" = release ]; then
+    bounded 3600 cargo build --release -p backlight-server -p backlight-e2e
+  else
+    bounded 3600 cargo build -p backlight-server -p backlight-e2e
+  fi
+fi
+SERVER_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-server"
+LOADGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-loadgen"
+
+PORT="$(free_port)"
+URL="http://127.0.0.1:$PORT"
+server_args=(--data-dir "$DATA" --listen "127.0.0.1:$PORT")
+if [ -n "$INSERT_MAX_DELAY" ]; then server_args+=(--insert-max-delay "$INSERT_MAX_DELAY"); fi
+if [ -n "$AUTH_CACHE_TTL" ]; then server_args+=(--auth-cache-ttl "$AUTH_CACHE_TTL"); fi
+mkdir -p "$DATA"
+echo "==> starting backlight-server ($BUILD_PROFILE) on $URL; ClickHouse: embedded, started by the server under $DATA/clickhouse"
+"$SERVER_BIN" "${server_args[@]}" >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 240); do
+  curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited:"; tail -20 "$WORK/server.log"; exit 1; }
+  sleep 0.5
+done
+curl -fsS "$URL/readyz" >/dev/null || { echo "server not ready after 120 s:"; tail -20 "$WORK/server.log"; exit 1; }
+
+CH_URL="$(cat "$DATA/clickhouse/endpoint")"
+CH_TCP_PORT="$(sed -n 's:.*<tcp_port>\([0-9]*\)</tcp_port>.*:\1:p' "$DATA/clickhouse/config.xml")"
+CH_PID="$(pgrep -P "$SERVER_PID" | head -1 || true)"
+CH_VERSION="$(curl -fsS --data-binary 'SELECT version()' "$CH_URL/")"
+echo "    server pid $SERVER_PID; ClickHouse $CH_VERSION pid ${CH_PID:-?} at $CH_URL (native port $CH_TCP_PORT)"
+
+echo "==> creating tenant 'bench' and an enrollment key"
+bounded 60 "$SERVER_BIN" --data-dir "$DATA" admin tenant create bench >/dev/null
+KEY="$(timeout 60 "$SERVER_BIN" --data-dir "$DATA" admin enrollment-key create --tenant bench --note loadgen 2>/dev/null)"
+
+loadgen_args=(--server "$URL" --agents "$AGENTS" --batch-events "$BATCH_EVENTS" --duration "$DURATION"
+  --warmup "$WARMUP" --server-pid "$SERVER_PID" --clickhouse-url "$CH_URL")
+if [ -n "$CH_PID" ]; then loadgen_args+=(--clickhouse-pid "$CH_PID"); fi
+if [ -n "$RATE" ]; then loadgen_args+=(--rate "$RATE"); fi
+
+: >"$WORK/load.jsonl"
+for run in $(seq 1 "$RUNS"); do
+  echo "==> load run $run/$RUNS: $AGENTS agents, $BATCH_EVENTS events/batch, $WARMUP warm-up + $DURATION"
+  BACKLIGHT_ENROLLMENT_KEY="$KEY" bounded 900 "$LOADGEN_BIN" "${loadgen_args[@]}" --label "run $run" \
+    | tee "$WORK/load-$run.txt"
+  tail -1 "$WORK/load-$run.txt" >>"$WORK/load.jsonl"
+  # Let ClickHouse's background merges of this run settle a little before the next one.
+  if [ "$run" -lt "$RUNS" ]; then sleep 5; fi
+done
+
+ROWS="${BASELINE_ROWS:-$(head -1 "$WORK/load.jsonl" | jq '.acked_events')}"
+echo "==> ceiling: $ROWS rows straight into ClickHouse with clickhouse-client ($BASELINE_FORMAT), $BASELINE_REPEAT times"
+bounded 900 "$LOADGEN_BIN" --baseline --rows "$ROWS" --agents "$AGENTS" --batch-events "$BATCH_EVENTS" \
+  --repeat "$BASELINE_REPEAT" --format "$BASELINE_FORMAT" --clickhouse-url "$CH_URL" \
+  --clickhouse-tcp-port "$CH_TCP_PORT" --clickhouse-pid "${CH_PID:-0}" --work-dir "$WORK" \
+  | tee "$WORK/baseline.txt"
+BASELINE_JSON="$(tail -1 "$WORK/baseline.txt")"
+
+PROFILE_JSON=null
+if [ "$PROFILE_STAGES" = 1 ]; then
+  echo "==> stage profile (in process, one core)"
+  bounded 300 "$LOADGEN_BIN" --profile-stages --batch-events "$BATCH_EVENTS" | tee "$WORK/profile.txt"
+  PROFILE_JSON="$(tail -1 "$WORK/profile.txt")"
+fi
+
+MACHINE="$(jq -n --arg nproc "$(nproc)" --arg mem "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
+  --arg cpu "$(sed -n 's/^model name\s*:\s*//p' /proc/cpuinfo | head -1)" --arg kernel "$(uname -sr)" \
+  --arg ch "$CH_VERSION" '{nproc: ($nproc|tonumber), ram: $mem, cpu: $cpu, kernel: $kernel, clickhouse: $ch}')"
+SUMMARY="$(jq -s -c --argjson baseline "$BASELINE_JSON" --argjson profile "$PROFILE_JSON" --argjson machine "$MACHINE" \
+  --arg agents "$AGENTS" --arg rate "$RATE" '
+  def median: sort | if length == 0 then null else .[(length / 2 | floor)] end;
+  {
+    runs: length,
+    agents: ($agents | tonumber),
+    rate_offered: (if $rate == "" then null else ($rate | tonumber) end),
+    events_per_s: (map(.events_per_s) | median),
+    events_per_s_runs: map(.events_per_s),
+    p50_ms: (map(.latency_ms.p50) | median),
+    p90_ms: (map(.latency_ms.p90) | median),
+    p99_ms: (map(.latency_ms.p99) | median),
+    max_ms: (map(.latency_ms.max) | max),
+    server_peak_rss_mb: (map(.server_peak_rss_mb) | max),
+    all_stored_match: (map(.stored_matches_acked) | all),
+    errors: (map(.errors | to_entries) | add | group_by(.key) | map({key: .[0].key, value: (map(.value) | add)}) | from_entries),
+    cpu_cores: {server: (map(.cpu_cores.server) | median), clickhouse: (map(.cpu_cores.clickhouse) | median),
+                loadgen: (map(.cpu_cores.loadgen) | median), machine_busy: (map(.cpu_cores.machine_busy) | median)},
+    rows_per_insert: (map(.rows_per_insert) | median),
+    inserts_per_s: (map(.inserts_per_s) | median),
+    ceiling_rows_per_s: $baseline.rows_per_s,
+    ceiling_format: $baseline.format,
+    ratio: ((map(.events_per_s) | median) / $baseline.rows_per_s),
+    target_met: (((map(.events_per_s) | median) >= 100000) and (.[0].agents >= 1000) and ((map(.server_peak_rss_mb) | max) < 150)),
+    machine: $machine,
+    profile: $profile
+  }' "$WORK/load.jsonl")"
+
+echo
+echo "== Ingest benchmark summary (median of $RUNS runs)"
+jq -r '
+  "machine         \(.machine.nproc) cores (\(.machine.cpu)), \(.machine.ram) RAM, \(.machine.kernel); ClickHouse \(.machine.clickhouse), embedded",
+  "load            \(.agents) agents, \(if .rate_offered then "paced at \(.rate_offered) events/s" else "closed loop" end); server, ClickHouse and loadgen share the machine",
+  "server          \(.events_per_s) events/s acknowledged (runs: \(.events_per_s_runs | map(tostring) | join(", "))); stored = acked in every run: \(.all_stored_match)",
+  "latency         p50 \(.p50_ms) ms, p90 \(.p90_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms",
+  "errors          \(if (.errors | length) == 0 then "none" else (.errors | to_entries | map("\(.key): \(.value)") | join(", ")) end)",
+  "server RSS      peak \(.server_peak_rss_mb * 10 | round / 10) MB",
+  "cpu (cores)     server \(.cpu_cores.server * 100 | round / 100), clickhouse \(.cpu_cores.clickhouse * 100 | round / 100), loadgen \(.cpu_cores.loadgen * 100 | round / 100), machine busy \(.cpu_cores.machine_busy * 100 | round / 100)",
+  "inserts         \(.inserts_per_s * 10 | round / 10) INSERTs/s of \(.rows_per_insert | round) rows",
+  "ceiling         \(.ceiling_rows_per_s) rows/s (clickhouse-client \(.ceiling_format), same rows)",
+  "ratio           server / ceiling = \(.ratio * 1000 | round / 1000)",
+  "target          >= 100,000 events/s from >= 1,000 agents with RSS < 150 MB: \(if .target_met then "MET" else "NOT MET" end)"
+' <<<"$SUMMARY"
+echo "$SUMMARY"
+if [ -n "$RESULTS" ]; then echo "$SUMMARY" >"$RESULTS"; fi
