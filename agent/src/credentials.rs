@@ -1,0 +1,167 @@
+//! The device's enrollment, stored as `credentials.json` in the data directory.
+//!
+//! The file is written atomically (temporary file, fsync, rename, fsync of the directory) so a
+//! crash during enrollment leaves either the old enrollment or the new one, never half a file,
+//! and it is created with mode 0600 because the credential lets anyone upload as this device.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// File name of the enrollment inside the data directory.
+pub const FILE_NAME: &str = "credentials.json";
+
+/// Largest credentials file we read: a real one is a few hundred bytes, so anything bigger is
+/// not ours and must not be loaded into memory whole.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// What enrollment gave this device.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// Base URL of the server, e.g. `https://backlight.example.com`.
+    pub server_url: String,
+    pub device_id: Uuid,
+    pub tenant_id: String,
+    /// Sent as `Authorization: Bearer …` on every upload. Never logged.
+    pub device_credential: String,
+}
+
+// The credential must never reach a log line, even at debug level.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("server_url", &self.server_url)
+            .field("device_id", &self.device_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("device_credential", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Reading or writing the credentials file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is larger than {MAX_FILE_BYTES} bytes; it is not a Backlight credentials file"
+    )]
+    TooLarge { path: PathBuf },
+    #[error("{path} is damaged ({source}); enroll again with --force")]
+    Malformed {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Path of the credentials file in `dir`.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// The stored enrollment, or `None` when this device was never enrolled.
+pub fn load(dir: &Path) -> Result<Option<Credentials>, CredentialsError> {
+    let path = path(dir);
+    let file = match fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(CredentialsError::Read { path, source }),
+    };
+    let mut text = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|source| CredentialsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(CredentialsError::TooLarge { path });
+    }
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|source| CredentialsError::Malformed { path, source })
+}
+
+/// Stores the enrollment atomically, replacing any previous one.
+pub fn store(dir: &Path, credentials: &Credentials) -> Result<(), CredentialsError> {
+    let target = path(dir);
+    let temporary = dir.join(format!("{FILE_NAME}.tmp"));
+    let write_error = |source| CredentialsError::Write {
+        path: target.clone(),
+        source,
+    };
+    let mut json = serde_json::to_vec_pretty(credentials).map_err(|e| write_error(e.into()))?;
+    json.push(b'\n');
+
+    // A leftover from a crash may have other permissions; start from nothing.
+    match fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(write_error(e)),
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary).map_err(write_error)?;
+    file.write_all(&json).map_err(write_error)?;
+    file.sync_all().map_err(write_error)?;
+    drop(file);
+    fs::rename(&temporary, &target).map_err(write_error)?;
+    // Make the rename itself durable; directories cannot be opened for syncing on Windows.
+    #[cfg(unix)]
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Credentials {
+        Credentials {
+            server_url: "https://backlight.example.com".into(),
+            device_id: Uuid::new_v4(),
+            tenant_id: "acme".into(),
+            device_credential: format!("bld_1a_{}", "b".repeat(64)),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        let creds = sample();
+        store(dir.path(), &creds).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(creds.clone()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(path(dir.path())).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(!format!("{creds:?}").contains("bbbb"));
+    }
+
+    #[test]
+    fn damaged_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(path(dir.path()), b"{ not json").unwrap();
+        assert!(matches!(
+            load(dir.path()),
+            Err(CredentialsError::Malformed { .. })
+        ));
+    }
+}

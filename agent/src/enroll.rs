@@ -1,0 +1,105 @@
+//! Enrollment: exchanges an enrollment key for this device's credential and stores it.
+
+use std::path::{Path, PathBuf};
+
+use backlight_shared::api::{EnrollRequest, EnrollResponse, ENROLL_PATH};
+use backlight_shared::credential::{SecretKind, Token, TokenError};
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+use crate::credentials::{self, Credentials, CredentialsError};
+use crate::data_dir;
+use crate::http::{self, error_message, read_body_capped, InvalidServerUrl, MAX_RESPONSE_BYTES};
+use crate::AGENT_VERSION;
+
+/// What `backlight-agent enroll` was asked to do.
+#[derive(Debug, Clone)]
+pub struct EnrollOptions {
+    pub server_url: String,
+    pub enrollment_key: String,
+    /// Replace an existing enrollment.
+    pub force: bool,
+}
+
+/// Enrollment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    InvalidServerUrl(#[from] InvalidServerUrl),
+    #[error("the key is not an enrollment key: {0}")]
+    InvalidKey(TokenError),
+    #[error("this device is already enrolled as {device_id} (tenant {tenant_id}); pass --force to enroll again")]
+    AlreadyEnrolled { device_id: Uuid, tenant_id: String },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error("cannot reach the server: {}", http::error_chain(.0))]
+    Request(reqwest::Error),
+    #[error("the server refused the enrollment: {message} (HTTP {status})")]
+    Refused { status: StatusCode, message: String },
+    #[error("the server's answer is not an enrollment: {0}")]
+    BadResponse(serde_json::Error),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+}
+
+/// Enrolls this device with the server and stores the credential in `data_dir`.
+pub async fn enroll(data_dir: &Path, options: &EnrollOptions) -> Result<Credentials, EnrollError> {
+    let url = http::endpoint(&options.server_url, ENROLL_PATH)?;
+    let key = Token::parse_kind(&options.enrollment_key, SecretKind::Enrollment)
+        .map_err(EnrollError::InvalidKey)?;
+    if !options.force {
+        if let Some(existing) = credentials::load(data_dir)? {
+            return Err(EnrollError::AlreadyEnrolled {
+                device_id: existing.device_id,
+                tenant_id: existing.tenant_id,
+            });
+        }
+    }
+    data_dir::ensure(data_dir).map_err(|source| EnrollError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    if url.scheme() == "http" {
+        tracing::warn!(%url, "enrolling over plain HTTP: the credential travels unencrypted");
+    }
+
+    let request = EnrollRequest {
+        enrollment_key: key.to_string(),
+        hostname: hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into()),
+        agent_version: AGENT_VERSION.to_string(),
+        os: std::env::consts::OS.to_string(),
+    };
+    let client = http::client().map_err(EnrollError::Client)?;
+    let mut response = client
+        .post(url)
+        .json(&request)
+        .send()
+        .await
+        .map_err(EnrollError::Request)?;
+    let status = response.status();
+    let body = read_body_capped(&mut response, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(EnrollError::Request)?;
+    if status != StatusCode::OK {
+        return Err(EnrollError::Refused {
+            status,
+            message: error_message(status, &body),
+        });
+    }
+    let answer: EnrollResponse = serde_json::from_slice(&body).map_err(EnrollError::BadResponse)?;
+    let stored = Credentials {
+        server_url: options.server_url.trim().trim_end_matches('/').to_string(),
+        device_id: answer.device_id,
+        tenant_id: answer.tenant_id,
+        device_credential: answer.device_credential,
+    };
+    credentials::store(data_dir, &stored)?;
+    Ok(stored)
+}

@@ -1,0 +1,198 @@
+//! The spool's schema, its migrations, connection settings, and the `meta` table's keys.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::SpoolError;
+
+/// The schema this agent writes. Bump it with a migration step in [`migrate`].
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for another one's lock before failing. Only `status` competes
+/// with the owner thread, and its reads are short.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keys of the `meta` table.
+pub(super) mod key {
+    pub const EVENTS_DROPPED: &str = "events_dropped";
+    pub const EVENTS_REJECTED: &str = "events_rejected";
+    pub const LINES_SKIPPED: &str = "lines_skipped";
+    pub const LAST_UPLOAD_MS: &str = "last_upload_ms";
+    pub const LAST_ERROR: &str = "last_error";
+    /// Source cursors are stored under this prefix plus the source's own key.
+    pub const CURSOR_PREFIX: &str = "cursor:";
+}
+
+const SCHEMA_V1: &str = "
+    CREATE TABLE events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT,
+        body       TEXT NOT NULL,
+        created_ms INTEGER
+    );
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value
+    );
+    CREATE TABLE rejected (
+        seq         INTEGER,
+        id          TEXT,
+        body        TEXT,
+        reason      TEXT,
+        rejected_ms INTEGER
+    );
+    CREATE INDEX rejected_by_time ON rejected(rejected_ms);
+";
+
+/// Opens the spool for the owner thread: creates it if needed, sets durability pragmas and
+/// migrates the schema.
+pub(super) fn open_read_write(path: &Path) -> Result<Connection, SpoolError> {
+    let mut connection = Connection::open(path)?;
+    restrict_to_owner(path);
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets `status` read while we write, and a commit is one sequential append.
+    let mode: String =
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(%mode, "the spool database refused WAL mode; status may block while the agent writes");
+    }
+    // FULL: fsync the WAL at every commit, so a committed event survives power loss. NORMAL
+    // would lose the last commits, which the source has already moved past.
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    migrate(&mut connection, path)?;
+    Ok(connection)
+}
+
+/// The spool is a record of someone's work: readable by its owner only, even when an
+/// administrator chose a shared data directory. SQLite creates the `-wal` and `-shm` files with
+/// the database file's permissions, so they follow.
+fn restrict_to_owner(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %path.display(), %error, "cannot make the spool private to its owner");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// Opens the spool read-only, for `status` while the agent may be running.
+pub(super) fn open_read_only(path: &Path) -> Result<Connection, SpoolError> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    check_version(&connection, path)?;
+    Ok(connection)
+}
+
+fn check_version(connection: &Connection, path: &Path) -> Result<i64, SpoolError> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(SpoolError::NewerSchema {
+            path: path.display().to_string(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+fn migrate(connection: &mut Connection, path: &Path) -> Result<(), SpoolError> {
+    let version = check_version(connection, path)?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    // Each step runs in its own transaction together with the version bump, so a crash leaves
+    // the schema at a known version.
+    if version < 1 {
+        let tx = connection.transaction()?;
+        tx.execute_batch(SCHEMA_V1)?;
+        tx.pragma_update(None, "user_version", 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// A counter from `meta`, 0 when absent. A non-integer value (a damaged or hand-edited file)
+/// reads as 0 rather than stopping the agent.
+pub(super) fn meta_u64(connection: &Connection, key: &str) -> Result<u64, SpoolError> {
+    let value: Option<Value> = connection
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    Ok(match value {
+        Some(Value::Integer(n)) => u64::try_from(n).unwrap_or(0),
+        _ => 0,
+    })
+}
+
+/// A text value from `meta`, `None` when absent or not text.
+pub(super) fn meta_text(connection: &Connection, key: &str) -> Result<Option<String>, SpoolError> {
+    let value: Option<Value> = connection
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    Ok(match value {
+        Some(Value::Text(text)) => Some(text),
+        _ => None,
+    })
+}
+
+/// Adds `amount` to a counter in `meta`.
+pub(super) fn add_to_counter(
+    connection: &Connection,
+    key: &str,
+    amount: u64,
+) -> Result<(), SpoolError> {
+    connection.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = COALESCE(CAST(value AS INTEGER), 0) + excluded.value",
+        params![key, to_sql_int(amount)],
+    )?;
+    Ok(())
+}
+
+/// Sets a `meta` value.
+pub(super) fn set_meta(
+    connection: &Connection,
+    key: &str,
+    value: impl rusqlite::ToSql,
+) -> Result<(), SpoolError> {
+    connection.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// The highest `seq` ever assigned, from AUTOINCREMENT's own bookkeeping.
+pub(super) fn last_seq(connection: &Connection) -> Result<u64, SpoolError> {
+    let seq: Option<i64> = connection
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(seq.map_or(0, from_sql_int))
+}
+
+/// SQLite integers are signed; every number the spool stores is far below `i64::MAX`.
+pub(super) fn to_sql_int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The reverse of [`to_sql_int`]; a negative value (never written by us) reads as 0.
+pub(super) fn from_sql_int(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
