@@ -31,6 +31,7 @@
 //! **Architecture invariant:** wire types come from `backlight-shared` only; this crate never
 //! defines what crosses the network.
 
+pub mod capture;
 pub mod cli;
 pub mod credentials;
 pub mod data_dir;
