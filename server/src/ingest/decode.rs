@@ -68,10 +68,21 @@ pub fn decompress(body: &[u8], encoding: Encoding, limit: usize) -> Result<Vec<u
 pub fn parse_batch(json: &[u8]) -> Result<Batch, DecodeError> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let batch: Batch = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
+        let is_syntax = e.inner().is_syntax() || e.inner().is_eof();
+        let mut path = e.path().to_string();
+        let mut reason = e.inner().to_string();
+        // An event's body is flattened and tagged, which makes serde buffer it and lose the
+        // path below `events[i]`. On this (error) path only, parse that one event again by its
+        // kind so the answer names the field itself.
+        if !is_syntax {
+            if let Some((inner_path, inner_reason)) = event_index(&path).and_then(|i| explain_event(json, i)) {
+                path = format!("{path}.{inner_path}");
+                reason = inner_reason;
+            }
+        }
         DecodeError::Json {
-            field: (path != ".").then(|| path.clone()),
-            message: format!("invalid batch JSON at {path}: {}", e.inner()),
+            field: (path != "." && !is_syntax).then(|| path.clone()),
+            message: format!("invalid batch JSON at {path}: {reason}"),
         }
     })?;
     deserializer.end().map_err(|e| DecodeError::Json {
@@ -79,6 +90,40 @@ pub fn parse_batch(json: &[u8]) -> Result<Batch, DecodeError> {
         message: format!("trailing data after the batch JSON: {e}"),
     })?;
     Ok(batch)
+}
+
+/// `Some(i)` when `path` is exactly `events[i]`.
+fn event_index(path: &str) -> Option<usize> {
+    path.strip_prefix("events[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Re-parses event `index` of `json` by its `kind` and returns the path (within the event) and
+/// reason of the first bad field.
+fn explain_event(json: &[u8], index: usize) -> Option<(String, String)> {
+    use backlight_shared::event::{ActivitySpan, AgentHealth, ConsentChange, WorkItemEvent};
+
+    fn first_error<T: serde::de::DeserializeOwned>(fields: serde_json::Value) -> Option<(String, String)> {
+        serde_path_to_error::deserialize::<_, T>(fields)
+            .err()
+            .map(|e| (e.path().to_string(), e.inner().to_string()))
+    }
+
+    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let mut event = value.get("events")?.get(index)?.as_object()?.clone();
+    let kind = event.remove("kind")?;
+    event.remove("seq");
+    event.remove("id");
+    let fields = serde_json::Value::Object(event);
+    match kind.as_str()? {
+        "activity_span" => first_error::<ActivitySpan>(fields),
+        "work_item" => first_error::<WorkItemEvent>(fields),
+        "consent" => first_error::<ConsentChange>(fields),
+        "health" => first_error::<AgentHealth>(fields),
+        other => Some((
+            "kind".to_string(),
+            format!("unknown event kind {other:?} (expected activity_span, work_item, consent or health)"),
+        )),
+    }
 }
 
 /// The whole decode step: encoding header, decompression, JSON.
@@ -122,8 +167,7 @@ mod tests {
              "action":"started","at_ms":"yesterday","source":"app"}]}"#;
         match parse_batch(body) {
             Err(DecodeError::Json { field, message }) => {
-                let field = field.expect("a field");
-                assert!(field.starts_with("events[0]"), "{field}: {message}");
+                assert_eq!(field.as_deref(), Some("events[0].at_ms"), "{message}");
             }
             other => panic!("{other:?}"),
         }

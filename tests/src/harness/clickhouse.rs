@@ -1,0 +1,220 @@
+//! Throwaway ClickHouse servers and a query helper.
+//!
+//! [`ClickHouse`] wraps the server crate's own [`ClickHouseProcess`] (the code the product uses
+//! for its embedded ClickHouse), with state in a temporary directory and free ports. It can be
+//! stopped and restarted on the *same* ports with its data kept, which is how outages are
+//! simulated. [`Db`] runs SQL over ClickHouse's HTTP interface against one database, so tests
+//! assert on what is really stored.
+
+use std::fmt::Display;
+
+use backlight_server::clickhouse::embedded::{find_binary, ClickHouseProcess, Ports};
+use serde::de::DeserializeOwned;
+use tempfile::TempDir;
+
+use super::{http_client, unique_name};
+
+/// A ClickHouse server of one test.
+pub struct ClickHouse {
+    process: Option<ClickHouseProcess>,
+    ports: Ports,
+    dir: TempDir,
+}
+
+impl ClickHouse {
+    /// Starts a fresh ClickHouse on free ports. Panics — with the install hint — when the
+    /// binary is missing: these tests are never skipped.
+    ///
+    /// Must run on the test's own thread (see `ClickHouseProcess::start`).
+    pub async fn start() -> ClickHouse {
+        if let Err(e) = find_binary() {
+            panic!("the end-to-end tests need a real ClickHouse: {e}");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("backlight-e2e-ch-")
+            .tempdir()
+            .expect("creating a temporary directory for ClickHouse");
+        let process = ClickHouseProcess::start(dir.path(), None)
+            .await
+            .unwrap_or_else(|e| panic!("starting ClickHouse failed: {e}"));
+        ClickHouse {
+            ports: process.ports(),
+            process: Some(process),
+            dir,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`; stays the same across [`ClickHouse::restart`].
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.http)
+    }
+
+    pub fn ports(&self) -> Ports {
+        self.ports
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Stops ClickHouse cleanly (SIGTERM, then SIGKILL after a grace period).
+    pub async fn stop(&mut self) {
+        if let Some(process) = self.process.take() {
+            process
+                .stop()
+                .await
+                .unwrap_or_else(|e| panic!("stopping ClickHouse failed: {e}"));
+        }
+    }
+
+    /// SIGKILLs ClickHouse (a crash); its ports are free when this returns.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill_now();
+        }
+    }
+
+    /// Starts ClickHouse again on the same ports and directory, data kept. Stops it first if
+    /// it is running.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let process = ClickHouseProcess::start(self.dir.path(), Some(self.ports))
+            .await
+            .unwrap_or_else(|e| panic!("restarting ClickHouse on {:?} failed: {e}", self.ports));
+        self.process = Some(process);
+    }
+
+    /// A handle on database `name` (which may not exist yet).
+    pub fn db(&self, name: &str) -> Db {
+        Db::new(self.url(), name.to_string())
+    }
+
+    /// A handle on a database with a fresh, unique name (not created yet: the server's
+    /// migrations create it).
+    pub fn fresh_db(&self) -> Db {
+        self.db(&unique_name("e2e"))
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        if let Some(process) = &self.process {
+            if std::thread::panicking() {
+                eprintln!(
+                    "ClickHouse of the failed test: {} (state in {}, logs in {}/log)",
+                    process.url(),
+                    self.dir.path().display(),
+                    self.dir.path().display()
+                );
+            }
+        }
+        // ClickHouseProcess's own Drop SIGKILLs and reaps the child; then the TempDir goes.
+        self.process.take();
+    }
+}
+
+/// SQL against one database of one ClickHouse, over HTTP.
+#[derive(Clone)]
+pub struct Db {
+    url: String,
+    name: String,
+    http: reqwest::Client,
+}
+
+impl Db {
+    pub fn new(url: String, name: String) -> Db {
+        Db {
+            url,
+            name,
+            http: http_client(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `sql` and returns the body, or an error with ClickHouse's message.
+    pub async fn try_query(&self, sql: &str) -> Result<String, String> {
+        let response = self
+            .http
+            // Database names are `[a-z0-9_]` (see `unique_name`): nothing to escape. Numbers
+            // as numbers in JSON formats (UInt64 is quoted by default).
+            .post(format!(
+                "{}/?database={}&output_format_json_quote_64bit_integers=0",
+                self.url, self.name
+            ))
+            .body(sql.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("ClickHouse at {} unreachable: {e}", self.url))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| format!("reading ClickHouse's answer: {e}"))?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("ClickHouse answered {status} to {sql:?}: {body}"))
+        }
+    }
+
+    /// Runs `sql`, panicking on failure.
+    pub async fn query(&self, sql: &str) -> String {
+        self.try_query(sql).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Rows of a `FORMAT TSV` answer, split into columns (no escaping: keep values simple).
+    pub async fn tsv(&self, sql: &str) -> Vec<Vec<String>> {
+        let body = self.query(&format!("{sql} FORMAT TSV")).await;
+        body.lines()
+            .map(|line| line.split('\t').map(str::to_string).collect())
+            .collect()
+    }
+
+    /// The single number a query such as `SELECT count() FROM …` returns.
+    pub async fn count(&self, sql: &str) -> u64 {
+        self.try_count(sql).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Db::count`] that reports failure (e.g. while ClickHouse is down) instead of panicking.
+    pub async fn try_count(&self, sql: &str) -> Result<u64, String> {
+        let body = self.try_query(&format!("{sql} FORMAT TSV")).await?;
+        parse_number(body.trim(), sql)
+    }
+
+    /// Rows of a `FORMAT JSONEachRow` answer.
+    pub async fn rows<T: DeserializeOwned>(&self, sql: &str) -> Vec<T> {
+        let body = self.query(&format!("{sql} FORMAT JSONEachRow")).await;
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("row {line:?} of {sql:?} does not parse: {e}"))
+            })
+            .collect()
+    }
+
+    /// `count() FROM events FINAL` for one device: every count a report makes must agree with it.
+    pub async fn events_final(&self, device: impl Display) -> u64 {
+        self.count(&format!(
+            "SELECT count() FROM events FINAL WHERE device_id = '{device}'"
+        ))
+        .await
+    }
+
+    /// Rows of `events` in the whole database, without FINAL (re-sent copies included).
+    pub async fn events_raw_total(&self) -> u64 {
+        self.count("SELECT count() FROM events").await
+    }
+}
+
+fn parse_number(text: &str, sql: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|e| format!("{sql:?} returned {text:?}, not a number: {e}"))
+}
