@@ -79,8 +79,16 @@ impl FromStr for Token {
         let (Some(id), Some(secret)) = (parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
         };
-        let is_hex = |v: &str| v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if id.is_empty() || id.len() > 32 || !is_hex(id) || secret.len() != SECRET_HEX_LEN || !is_hex(secret) {
+        let is_hex = |v: &str| {
+            v.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if id.is_empty()
+            || id.len() > 32
+            || !is_hex(id)
+            || secret.len() != SECRET_HEX_LEN
+            || !is_hex(secret)
+        {
             return Err(TokenError::Malformed);
         }
         Ok(Token {
@@ -124,9 +132,18 @@ mod tests {
     fn rejects_bad_forms() {
         assert_eq!("xyz_1_2".parse::<Token>(), Err(TokenError::UnknownKind));
         assert_eq!("bld_12".parse::<Token>(), Err(TokenError::Malformed));
-        assert_eq!(format!("bld_XY_{}", "a".repeat(64)).parse::<Token>(), Err(TokenError::Malformed));
-        assert_eq!(format!("bld_12_{}", "a".repeat(63)).parse::<Token>(), Err(TokenError::Malformed));
+        assert_eq!(
+            format!("bld_XY_{}", "a".repeat(64)).parse::<Token>(),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            format!("bld_12_{}", "a".repeat(63)).parse::<Token>(),
+            Err(TokenError::Malformed)
+        );
         let enroll = format!("ble_12_{}", "a".repeat(64));
-        assert!(matches!(Token::parse_kind(&enroll, SecretKind::Device), Err(TokenError::WrongKind { .. })));
+        assert!(matches!(
+            Token::parse_kind(&enroll, SecretKind::Device),
+            Err(TokenError::WrongKind { .. })
+        ));
     }
 }

@@ -47,7 +47,10 @@ pub fn validate_batch(batch: &Batch, now_ms: UnixMillis) -> Result<(), Validatio
         ));
     }
     if batch.events.is_empty() {
-        return Err(ValidationError::new("events", "a batch needs at least one event"));
+        return Err(ValidationError::new(
+            "events",
+            "a batch needs at least one event",
+        ));
     }
     if batch.events.len() > limits::MAX_EVENTS_PER_BATCH {
         return Err(ValidationError::new(
@@ -86,7 +89,11 @@ pub fn validate_event(event: &Event, now_ms: UnixMillis) -> Result<(), Validatio
     validate_event_at(event, now_ms, "")
 }
 
-fn validate_event_at(event: &Event, now_ms: UnixMillis, prefix: &str) -> Result<(), ValidationError> {
+fn validate_event_at(
+    event: &Event,
+    now_ms: UnixMillis,
+    prefix: &str,
+) -> Result<(), ValidationError> {
     let field = |name: &str| {
         if prefix.is_empty() {
             name.to_string()
@@ -95,21 +102,37 @@ fn validate_event_at(event: &Event, now_ms: UnixMillis, prefix: &str) -> Result<
         }
     };
     if event.id.is_nil() {
-        return Err(ValidationError::new(field("id"), "the nil UUID is not an event id"));
+        return Err(ValidationError::new(
+            field("id"),
+            "the nil UUID is not an event id",
+        ));
     }
     let time = |name: &str, t: UnixMillis| check_time(&field(name), t, now_ms);
     match &event.body {
         EventBody::ActivitySpan(span) => {
-            text(&field("app"), &span.app, limits::MAX_APP_LEN, Empty::Allowed)?;
+            text(
+                &field("app"),
+                &span.app,
+                limits::MAX_APP_LEN,
+                Empty::Allowed,
+            )?;
             if let Some(title) = &span.title {
-                text(&field("title"), title, limits::MAX_TITLE_LEN, Empty::Allowed)?;
+                text(
+                    &field("title"),
+                    title,
+                    limits::MAX_TITLE_LEN,
+                    Empty::Allowed,
+                )?;
             }
             time("start_ms", span.start_ms)?;
             time("end_ms", span.end_ms)?;
             if span.end_ms < span.start_ms {
                 return Err(ValidationError::new(
                     field("end_ms"),
-                    format!("ends ({}) before it starts ({})", span.end_ms, span.start_ms),
+                    format!(
+                        "ends ({}) before it starts ({})",
+                        span.end_ms, span.start_ms
+                    ),
                 ));
             }
             if span.end_ms - span.start_ms > limits::MAX_SPAN_MS {
@@ -122,12 +145,22 @@ fn validate_event_at(event: &Event, now_ms: UnixMillis, prefix: &str) -> Result<
             optional_step(&field("step"), span.step.as_deref())?;
         }
         EventBody::WorkItem(item) => {
-            text(&field("item_id"), &item.item_id, limits::MAX_ITEM_ID_LEN, Empty::Refused)?;
+            text(
+                &field("item_id"),
+                &item.item_id,
+                limits::MAX_ITEM_ID_LEN,
+                Empty::Refused,
+            )?;
             optional_step(&field("step"), item.step.as_deref())?;
             time("at_ms", item.at_ms)?;
         }
         EventBody::Consent(consent) => {
-            text(&field("scope"), &consent.scope, limits::MAX_SHORT_TEXT_LEN, Empty::Allowed)?;
+            text(
+                &field("scope"),
+                &consent.scope,
+                limits::MAX_SHORT_TEXT_LEN,
+                Empty::Allowed,
+            )?;
             time("at_ms", consent.at_ms)?;
         }
         EventBody::Health(health) => {
@@ -144,11 +177,15 @@ fn validate_event_at(event: &Event, now_ms: UnixMillis, prefix: &str) -> Result<
 }
 
 fn optional_item(field: &str, value: Option<&str>) -> Result<(), ValidationError> {
-    value.map_or(Ok(()), |v| text(field, v, limits::MAX_ITEM_ID_LEN, Empty::Refused))
+    value.map_or(Ok(()), |v| {
+        text(field, v, limits::MAX_ITEM_ID_LEN, Empty::Refused)
+    })
 }
 
 fn optional_step(field: &str, value: Option<&str>) -> Result<(), ValidationError> {
-    value.map_or(Ok(()), |v| text(field, v, limits::MAX_STEP_LEN, Empty::Refused))
+    value.map_or(Ok(()), |v| {
+        text(field, v, limits::MAX_STEP_LEN, Empty::Refused)
+    })
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -161,14 +198,20 @@ fn text(field: &str, value: &str, max_len: usize, empty: Empty) -> Result<(), Va
     if value.len() > max_len {
         return Err(ValidationError::new(
             field,
-            format!("{} bytes is longer than the limit of {max_len}", value.len()),
+            format!(
+                "{} bytes is longer than the limit of {max_len}",
+                value.len()
+            ),
         ));
     }
     if empty == Empty::Refused && value.trim().is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if value.chars().any(char::is_control) {
-        return Err(ValidationError::new(field, "must not contain control characters"));
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -248,7 +291,14 @@ mod tests {
         if let EventBody::ActivitySpan(s) = &mut e.body {
             s.app = "x".repeat(1 << 20);
         }
-        let err = validate_batch(&batch(vec![span(1), { e.seq = 2; e }]), NOW).unwrap_err();
+        let err = validate_batch(
+            &batch(vec![span(1), {
+                e.seq = 2;
+                e
+            }]),
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(err.field, "events[1].app");
         assert_eq!(err.event_index(), Some(1));
         assert!(err.reason.contains("longer than the limit"), "{err}");

@@ -1,0 +1,90 @@
+//! The tenant policy over HTTP: agents fetch it (`GET /v1/agent/policy`, with ETag so an
+//! unchanged policy costs a 304), admins read and replace it (`GET`/`PUT /v1/admin/policy`).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use backlight_shared::policy::{Policy, POLICY_PATH};
+
+use super::error::ApiError;
+use super::json::JsonBody;
+use super::AppState;
+use crate::auth::{ApiCaller, AuthError};
+use crate::storage::policies::{self, PolicyError, StoredPolicy};
+use crate::tenancy::{Role, TenantId};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(POLICY_PATH, get(agent_policy))
+        .route("/v1/admin/policy", get(admin_policy).put(save_policy))
+}
+
+fn with_etag(stored: StoredPolicy) -> Response {
+    let mut response = Json(stored.policy).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&stored.etag) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// `GET /v1/agent/policy`: the policy of the calling device's tenant.
+async fn agent_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let device = state.devices.authenticate(authorization).await?;
+    let tenant: TenantId = device
+        .tenant_id
+        .parse()
+        .map_err(|_| ApiError::from(AuthError::Unknown))?;
+    let stored = policies::current(state.store.client(), &tenant).await?;
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == stored.etag));
+    if unchanged {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(etag) = HeaderValue::from_str(&stored.etag) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        return Ok(response);
+    }
+    Ok(with_etag(stored))
+}
+
+/// `GET /v1/admin/policy`: the caller's tenant's current policy.
+async fn admin_policy(
+    State(state): State<AppState>,
+    caller: ApiCaller,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    Ok(with_etag(
+        policies::current(state.store.client(), &caller.tenant).await?,
+    ))
+}
+
+/// `PUT /v1/admin/policy`: validates and saves a new policy; agents pick it up on their next
+/// poll without a restart.
+async fn save_policy(
+    State(state): State<AppState>,
+    caller: ApiCaller,
+    JsonBody(policy): JsonBody<Policy>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let saved_by = format!("api-key:{}", caller.key_id);
+    match policies::save(state.store.client(), &caller.tenant, &policy, &saved_by).await {
+        Ok(stored) => {
+            tracing::info!(tenant = %caller.tenant, version = stored.policy.version, by = %saved_by, "policy saved");
+            Ok(with_etag(stored))
+        }
+        Err(PolicyError::Invalid(e)) => {
+            Err(ApiError::invalid_field(e.field.clone(), e.to_string()))
+        }
+        Err(PolicyError::ClickHouse(e)) => Err(e.into()),
+    }
+}

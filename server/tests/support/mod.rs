@@ -1,0 +1,236 @@
+//! Shared setup for the server's in-process API tests: a real, throwaway ClickHouse (never a
+//! mock), the real router driven with `tower::ServiceExt::oneshot`, and helpers to create
+//! tenants, keys and devices and to ingest like an agent.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use backlight_server::clickhouse::embedded::ClickHouseProcess;
+use backlight_server::clickhouse::ClickHouseConfig;
+use backlight_server::http::{router, AppState};
+use backlight_server::ingest::writer::{IngestWriter, WriterConfig};
+use backlight_server::storage::Store;
+use backlight_server::tenancy::{Role, TenantId};
+use backlight_shared::api::EnrollResponse;
+use backlight_shared::batch::Batch;
+use backlight_shared::event::{Event, EventBody};
+use backlight_shared::PROTOCOL_VERSION;
+use http_body_util::BodyExt;
+use uuid::Uuid;
+
+pub struct TestApp {
+    pub app: Router,
+    pub store: Store,
+    // Keeps ClickHouse alive (killed on drop) and its data dir present.
+    _clickhouse: ClickHouseProcess,
+    _dir: tempfile::TempDir,
+}
+
+/// A device enrolled through the real `/v1/enroll`.
+pub struct TestDevice {
+    pub device_id: Uuid,
+    pub credential: String,
+    next_seq: u64,
+}
+
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl TestApp {
+    /// Starts ClickHouse (fails loudly when the binary is missing) and the app on top of it.
+    pub async fn start() -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clickhouse = ClickHouseProcess::start(&dir.path().join("clickhouse"), None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start ClickHouse for the test: {e}"));
+        let config = ClickHouseConfig {
+            url: clickhouse.url(),
+            database: "backlight_test".into(),
+            user: None,
+            password: None,
+        };
+        let store = Store::open(&config).await.expect("open store");
+        let writer = IngestWriter::spawn(
+            store.client().clone(),
+            WriterConfig {
+                max_delay: Duration::from_millis(10),
+                ..WriterConfig::default()
+            },
+        );
+        let app = router(AppState::new(store.clone(), writer, Duration::ZERO));
+        TestApp {
+            app,
+            store,
+            _clickhouse: clickhouse,
+            _dir: dir,
+        }
+    }
+
+    pub async fn request(&self, request: Request<Body>) -> TestResponse {
+        use tower::ServiceExt;
+        let response = self
+            .app
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible router");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, bearer: &str) -> TestResponse {
+        self.request(
+            Request::get(path)
+                .header(header::AUTHORIZATION, format!("Bearer {bearer}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: &str,
+        body: &serde_json::Value,
+    ) -> TestResponse {
+        self.request(
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::AUTHORIZATION, format!("Bearer {bearer}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn create_tenant(&self, id: &str) -> TenantId {
+        let tenant: TenantId = id.parse().unwrap();
+        self.store
+            .registry()
+            .create_tenant(&tenant, id)
+            .await
+            .unwrap();
+        tenant
+    }
+
+    pub async fn api_key(&self, tenant: &TenantId, role: Role) -> String {
+        self.store
+            .registry()
+            .create_api_key(tenant, role, "test")
+            .await
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn enroll(&self, tenant: &TenantId) -> TestDevice {
+        let key = self
+            .store
+            .registry()
+            .create_enrollment_key(tenant, None, "test")
+            .await
+            .unwrap();
+        let response = self
+            .request(
+                Request::post("/v1/enroll")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(
+                        serde_json::json!({
+                            "enrollment_key": key.to_string(), "hostname": "test-desk",
+                            "agent_version": "test", "os": "linux"
+                        })
+                        .to_string(),
+                    ))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let enrolled: EnrollResponse = serde_json::from_slice(&response.body).unwrap();
+        TestDevice {
+            device_id: enrolled.device_id,
+            credential: enrolled.device_credential,
+            next_seq: 1,
+        }
+    }
+
+    /// Sends `bodies` as one zstd batch from `device`, numbering them after its last batch.
+    /// Returns the batch so a test can send it again.
+    pub async fn ingest(&self, device: &mut TestDevice, bodies: Vec<EventBody>) -> Batch {
+        let events = bodies
+            .into_iter()
+            .map(|body| {
+                let seq = device.next_seq;
+                device.next_seq += 1;
+                Event {
+                    seq,
+                    id: Uuid::new_v4(),
+                    body,
+                }
+            })
+            .collect();
+        let batch = Batch {
+            protocol: PROTOCOL_VERSION,
+            device_id: device.device_id,
+            events,
+        };
+        self.ingest_batch(device, &batch).await;
+        batch
+    }
+
+    /// Sends an already built batch (e.g. again, as after a lost acknowledgement).
+    pub async fn ingest_batch(&self, device: &TestDevice, batch: &Batch) {
+        let body = zstd::encode_all(&serde_json::to_vec(batch).unwrap()[..], 3).unwrap();
+        let response = self
+            .request(
+                Request::post("/v1/ingest")
+                    .header(
+                        header::AUTHORIZATION,
+                        format!("Bearer {}", device.credential),
+                    )
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::CONTENT_ENCODING, "zstd")
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+}
