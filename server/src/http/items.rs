@@ -1,9 +1,914 @@
-//! Routes of the items API (being built).
+//! The items API: item status for contact-center agents, registration for back-office systems.
+//! User documentation: `docs/status-api.md`.
+//!
+//! | route | roles | what |
+//! |---|---|---|
+//! | `GET /v1/items/{id}` | cc_agent, wfm, admin | status document |
+//! | `GET /v1/items/{id}/timeline` | cc_agent, wfm, admin | every event (spans only for wfm/admin) |
+//! | `GET /v1/items/{id}/events` | cc_agent, wfm, admin | SSE: the status document whenever it changes |
+//! | `GET /v1/items?customer_ref=&queue=&status=&sla_state=&limit=` | cc_agent, wfm, admin | search |
+//! | `POST /v1/items` | admin | register up to 1,000 items |
+//! | `GET`/`PUT /v1/sla-classes` | admin (GET: wfm too) | named SLA targets |
+//!
+//! **Architecture invariant:** the tenant comes from the API key only, and an item of another
+//! tenant answers exactly like an unknown one (404, same body). Every read of item data is
+//! recorded in the audit log before the answer leaves; if it cannot be recorded the caller gets
+//! 503 and no data (see [`crate::storage::audit`]).
+//!
+//! Person names appear only where the tenant enabled `show_person_names`. Activity spans
+//! (active/idle/locked time of a person) are shown only to wfm and admin, never to cc_agent.
 
-use axum::Router;
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use backlight_shared::now_ms;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::json::JsonBody;
 use super::AppState;
+use crate::auth::ApiCaller;
+use crate::clickhouse::ClickHouseError;
+use crate::items::register::{self, PutSlaClasses, RegisterItems, Sla};
+use crate::items::{
+    self as domain, Eta, HandleTimeStats, ItemEvent, ItemState, Occurrence, SlaState, Status,
+};
+use crate::storage::audit::{AuditEntry, AuditError};
+use crate::storage::items::{self as store, Assignment, ItemRow, SlaClassRow};
+use crate::tenancy::Role;
+
+/// Roles that may read item status.
+pub const READERS: [Role; 3] = [Role::CcAgent, Role::Wfm, Role::Admin];
+/// Most results of one search, and the default.
+pub const MAX_SEARCH_LIMIT: u32 = 200;
+pub const DEFAULT_SEARCH_LIMIT: u32 = 50;
+/// Registered items examined when a search filters by derived status or SLA state.
+pub const MAX_SEARCH_CANDIDATES: u64 = 1_000;
+/// How often an open status stream re-reads the item.
+pub const STREAM_POLL: Duration = Duration::from_millis(300);
+/// Longest a status stream stays open; the client reconnects after the `end` event.
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// Comment lines sent on an idle stream so proxies keep it open.
+pub const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Most actions in the status document's `history` (the newest; the timeline has all).
+pub const MAX_HISTORY: usize = 100;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/items", get(search).post(register_items))
+        .route("/v1/items/{id}", get(lookup))
+        .route("/v1/items/{id}/timeline", get(timeline))
+        .route("/v1/items/{id}/events", get(stream))
+        .route(
+            "/v1/sla-classes",
+            get(list_sla_classes).put(put_sla_classes),
+        )
+}
+
+// ---------------------------------------------------------------------------------------
+// Documents
+// ---------------------------------------------------------------------------------------
+
+/// Who has the item: always the team, the person only where the tenant shows names.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HandlerDoc {
+    /// `null` when the device is not assigned to a team.
+    pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegistrationDoc {
+    pub queue: String,
+    pub priority: u8,
+    pub customer_ref: String,
+    pub registered_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlaDoc {
+    pub state: SlaState,
+    pub due_ms: Option<u64>,
+    pub sla_class: Option<String>,
+}
+
+/// One entry of the history or timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineEntry {
+    /// `action` or `span`.
+    pub kind: &'static str,
+    /// The action (`started` … `transferred`) or the span's presence (`active`, `idle`, `locked`).
+    pub what: &'static str,
+    pub at_ms: u64,
+    /// Spans only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<u64>,
+    pub step: Option<String>,
+    pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+}
+
+/// What `GET /v1/items/{id}` answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusDoc {
+    pub item_id: String,
+    pub status: Status,
+    pub step: Option<String>,
+    /// `null` while nobody has the item (not started, or transferred and not picked up).
+    pub handler: Option<HandlerDoc>,
+    pub first_seen_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    pub last_activity_ms: Option<u64>,
+    pub completed_ms: Option<u64>,
+    pub handle_time_ms: u64,
+    pub touches: u32,
+    pub people_involved: usize,
+    pub registration: Option<RegistrationDoc>,
+    pub sla: SlaDoc,
+    pub eta: Eta,
+    /// The item's actions, oldest first (the newest [`MAX_HISTORY`]); absent in search results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<TimelineEntry>>,
+    pub as_of_ms: u64,
+}
+
+impl StatusDoc {
+    /// The part of the document whose change is worth pushing to a stream (not the clock-driven
+    /// `as_of_ms` and ETA, which move every poll).
+    fn fingerprint(&self) -> StatusDoc {
+        StatusDoc {
+            as_of_ms: 0,
+            eta: Eta {
+                expected_ms: None,
+                ..self.eta
+            },
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineDoc {
+    pub item_id: String,
+    /// Whether activity spans are included (wfm and admin only).
+    pub includes_spans: bool,
+    pub entries: Vec<TimelineEntry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchDoc {
+    pub items: Vec<StatusDoc>,
+    /// Registered items examined (bounded by [`MAX_SEARCH_CANDIDATES`]).
+    pub examined: usize,
+}
+
+// ---------------------------------------------------------------------------------------
+// Building documents
+// ---------------------------------------------------------------------------------------
+
+/// What the reader may see of people.
+#[derive(Clone, Copy)]
+struct Visibility {
+    person_names: bool,
+    spans: bool,
+}
+
+impl Visibility {
+    fn of(role: Role, show_person_names: bool) -> Visibility {
+        Visibility {
+            person_names: show_person_names,
+            spans: role != Role::CcAgent,
+        }
+    }
+}
+
+struct Who<'a> {
+    assignments: &'a HashMap<Uuid, Assignment>,
+    visibility: Visibility,
+}
+
+impl Who<'_> {
+    fn team(&self, device: Uuid) -> Option<String> {
+        self.assignments
+            .get(&device)
+            .map(|a| a.team.clone())
+            .filter(|t| !t.is_empty())
+    }
+
+    fn person(&self, device: Uuid) -> Option<String> {
+        if !self.visibility.person_names {
+            return None;
+        }
+        self.assignments
+            .get(&device)
+            .map(|a| a.person.clone())
+            .filter(|p| !p.is_empty())
+    }
+
+    fn entry(&self, e: &ItemEvent) -> Option<TimelineEntry> {
+        let (kind, what, end_ms) = match e.what {
+            Occurrence::Action(a) => ("action", a.as_str(), None),
+            Occurrence::Span { .. } if !self.visibility.spans => return None,
+            Occurrence::Span { end_ms, state } => ("span", state.as_str(), Some(end_ms)),
+        };
+        Some(TimelineEntry {
+            kind,
+            what,
+            at_ms: e.time_ms,
+            end_ms,
+            step: Some(e.step.clone()).filter(|s| !s.is_empty()),
+            team: self.team(e.device_id),
+            person: self.person(e.device_id),
+        })
+    }
+}
+
+/// Distinct people among `devices`: the assigned person where known, else the device.
+fn people_involved(devices: &[Uuid], assignments: &HashMap<Uuid, Assignment>) -> usize {
+    let people: HashSet<String> = devices
+        .iter()
+        .map(|d| match assignments.get(d) {
+            Some(a) if !a.person.is_empty() => format!("p:{}", a.person),
+            _ => format!("d:{d}"),
+        })
+        .collect();
+    people.len()
+}
+
+fn build_doc(
+    item_id: &str,
+    state: &ItemState,
+    registration: Option<&ItemRow>,
+    who: &Who<'_>,
+    stats: &HandleTimeStats,
+    with_history: bool,
+    now: u64,
+) -> StatusDoc {
+    let completed = state.status == Status::Completed;
+    let eta = domain::estimate(
+        stats,
+        registration.map(|r| r.queue.as_str()),
+        state.handle_time_ms,
+        completed,
+        now,
+    );
+    let due_ms = registration.map(|r| r.sla_due_ms).filter(|&d| d != 0);
+    let window_start = registration.map_or(0, |r| r.registered_ms);
+    let sla = SlaDoc {
+        state: domain::sla_state(
+            due_ms,
+            window_start,
+            state.completed_ms,
+            eta.expected_ms,
+            now,
+        ),
+        due_ms,
+        sla_class: registration
+            .map(|r| r.sla_class.clone())
+            .filter(|c| !c.is_empty()),
+    };
+    let history = with_history.then(|| {
+        let actions: Vec<TimelineEntry> = state
+            .timeline
+            .iter()
+            .filter(|e| matches!(e.what, Occurrence::Action(_)))
+            .filter_map(|e| who.entry(e))
+            .collect();
+        let skip = actions.len().saturating_sub(MAX_HISTORY);
+        actions.into_iter().skip(skip).collect()
+    });
+    StatusDoc {
+        item_id: item_id.to_string(),
+        status: state.status,
+        step: state.step.clone(),
+        handler: state.handler_device.map(|d| HandlerDoc {
+            team: who.team(d),
+            person: who.person(d),
+        }),
+        first_seen_ms: state.first_seen_ms,
+        started_ms: state.started_ms,
+        last_activity_ms: state.last_activity_ms,
+        completed_ms: state.completed_ms,
+        handle_time_ms: state.handle_time_ms,
+        touches: state.touches,
+        people_involved: people_involved(&state.devices, who.assignments),
+        registration: registration.map(|r| RegistrationDoc {
+            queue: r.queue.clone(),
+            priority: r.priority,
+            customer_ref: r.customer_ref.clone(),
+            registered_ms: r.registered_ms,
+        }),
+        sla,
+        eta,
+        history,
+        as_of_ms: now,
+    }
+}
+
+/// Everything read for one item.
+struct Loaded {
+    state: ItemState,
+    registration: Option<ItemRow>,
+    assignments: HashMap<Uuid, Assignment>,
+    stats: Arc<HandleTimeStats>,
+    visibility: Visibility,
+}
+
+/// Reads one item of `caller`'s tenant; `None` when the tenant has no such item.
+async fn load(
+    app: &AppState,
+    caller: &ApiCaller,
+    item_id: &str,
+) -> Result<Option<Loaded>, ClickHouseError> {
+    let client = app.store.client();
+    let tenant = caller.tenant.as_str();
+    let (events, registration, settings, stats) = tokio::try_join!(
+        store::item_events(client, tenant, item_id),
+        store::registration(client, tenant, item_id),
+        app.store.registry().settings(&caller.tenant),
+        app.handle_times.get(client, tenant),
+    )?;
+    if events.is_empty() && registration.is_none() {
+        return Ok(None);
+    }
+    let state = domain::derive(events);
+    let assignments = store::assignments_of(client, tenant, &state.devices).await?;
+    Ok(Some(Loaded {
+        state,
+        registration,
+        assignments,
+        stats,
+        visibility: Visibility::of(caller.role, settings.show_person_names != 0),
+    }))
+}
+
+async fn status_doc(
+    app: &AppState,
+    caller: &ApiCaller,
+    item_id: &str,
+) -> Result<Option<StatusDoc>, ClickHouseError> {
+    Ok(load(app, caller, item_id).await?.map(|l| {
+        let who = Who {
+            assignments: &l.assignments,
+            visibility: l.visibility,
+        };
+        build_doc(
+            item_id,
+            &l.state,
+            l.registration.as_ref(),
+            &who,
+            &l.stats,
+            true,
+            now_ms(),
+        )
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------------------
+
+fn not_found() -> ApiError {
+    // Identical for unknown items and other tenants' items: nothing to tell them apart by.
+    ApiError::not_found("no such item")
+}
+
+fn audit_unavailable(e: AuditError) -> ApiError {
+    ApiError::unavailable(e.to_string())
+}
+
+/// Records the call, and turns a refusal of the audit log into 503.
+fn audit(
+    app: &AppState,
+    caller: &ApiCaller,
+    action: &str,
+    target: &str,
+    outcome: &str,
+) -> Result<(), ApiError> {
+    app.audit
+        .record(AuditEntry::by(caller, action, target, outcome))
+        .map_err(audit_unavailable)
+}
+
+/// Runs `read`, records it in the audit log with its outcome, and only then returns it.
+async fn audited<T>(
+    app: &AppState,
+    caller: &ApiCaller,
+    action: &str,
+    target: &str,
+    read: impl std::future::Future<Output = Result<Option<T>, ClickHouseError>>,
+) -> Result<T, ApiError> {
+    match read.await {
+        Ok(Some(v)) => {
+            audit(app, caller, action, target, "ok")?;
+            Ok(v)
+        }
+        Ok(None) => {
+            audit(app, caller, action, target, "not_found")?;
+            Err(not_found())
+        }
+        Err(e) => {
+            // The caller sees an error and no data; record the attempt if we still can.
+            let _ = audit(app, caller, action, target, "error");
+            Err(e.into())
+        }
+    }
+}
+
+fn item_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|e| ApiError::invalid_field("item_id", e.body_text()))?;
+    register::check_lookup_id(&id).map_err(|m| ApiError::invalid_field("item_id", m))?;
+    Ok(id)
+}
+
+async fn lookup(
+    State(app): State<AppState>,
+    caller: ApiCaller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<StatusDoc>, ApiError> {
+    caller.require(&READERS)?;
+    let id = item_id(path)?;
+    let doc = audited(
+        &app,
+        &caller,
+        "item_lookup",
+        &id,
+        status_doc(&app, &caller, &id),
+    )
+    .await?;
+    Ok(Json(doc))
+}
+
+async fn timeline(
+    State(app): State<AppState>,
+    caller: ApiCaller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<TimelineDoc>, ApiError> {
+    caller.require(&READERS)?;
+    let id = item_id(path)?;
+    let read = async {
+        Ok(load(&app, &caller, &id).await?.map(|l| {
+            let who = Who {
+                assignments: &l.assignments,
+                visibility: l.visibility,
+            };
+            TimelineDoc {
+                item_id: id.clone(),
+                includes_spans: l.visibility.spans,
+                entries: l
+                    .state
+                    .timeline
+                    .iter()
+                    .filter_map(|e| who.entry(e))
+                    .collect(),
+            }
+        }))
+    };
+    let doc = audited(&app, &caller, "item_timeline", &id, read).await?;
+    Ok(Json(doc))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    customer_ref: Option<String>,
+    queue: Option<String>,
+    status: Option<String>,
+    sla_state: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn search(
+    State(app): State<AppState>,
+    caller: ApiCaller,
+    RawQuery(raw): RawQuery,
+    params: Result<Query<SearchParams>, QueryRejection>,
+) -> Result<Json<SearchDoc>, ApiError> {
+    caller.require(&READERS)?;
+    let Query(params) = params.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            e.body_text(),
+        )
+    })?;
+    let status = match params.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::invalid_field(
+                "status",
+                "status must be waiting, in_progress, paused or completed",
+            )
+        })?),
+    };
+    let sla_state = match params.sla_state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(SlaState::parse(s).ok_or_else(|| {
+            ApiError::invalid_field(
+                "sla_state",
+                "sla_state must be on_track, at_risk, breached or none",
+            )
+        })?),
+    };
+    let limit = params.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
+    if !(1..=MAX_SEARCH_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("limit must be 1-{MAX_SEARCH_LIMIT}"),
+        ));
+    }
+    let customer_ref = params.customer_ref.unwrap_or_default();
+    let queue = params.queue.unwrap_or_default();
+    for (field, value, max) in [
+        (
+            "customer_ref",
+            &customer_ref,
+            register::MAX_CUSTOMER_REF_LEN,
+        ),
+        ("queue", &queue, register::MAX_QUEUE_LEN),
+    ] {
+        if value.len() > max || value.chars().any(char::is_control) {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("{field} must be at most {max} bytes without control characters"),
+            ));
+        }
+    }
+    let target = raw.unwrap_or_default();
+    let read = async {
+        let client = app.store.client();
+        let tenant = caller.tenant.as_str();
+        let candidates = if status.is_some() || sla_state.is_some() {
+            MAX_SEARCH_CANDIDATES
+        } else {
+            u64::from(limit)
+        };
+        let (registrations, settings, stats) = tokio::try_join!(
+            store::search_registrations(client, tenant, &customer_ref, &queue, candidates),
+            app.store.registry().settings(&caller.tenant),
+            app.handle_times.get(client, tenant),
+        )?;
+        let ids: Vec<String> = registrations.iter().map(|r| r.item_id.clone()).collect();
+        let mut events = store::events_of_items(client, tenant, &ids).await?;
+        let states: Vec<(ItemRow, ItemState)> = registrations
+            .into_iter()
+            .map(|r| {
+                let state = domain::derive(events.remove(&r.item_id).unwrap_or_default());
+                (r, state)
+            })
+            .collect();
+        let devices: Vec<Uuid> = states
+            .iter()
+            .flat_map(|(_, s)| s.devices.iter().copied())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let assignments = store::assignments_of(client, tenant, &devices).await?;
+        let who = Who {
+            assignments: &assignments,
+            visibility: Visibility::of(caller.role, settings.show_person_names != 0),
+        };
+        let now = now_ms();
+        let examined = states.len();
+        let items = states
+            .iter()
+            .map(|(r, s)| build_doc(&r.item_id, s, Some(r), &who, &stats, false, now))
+            .filter(|d| {
+                status.is_none_or(|s| d.status == s) && sla_state.is_none_or(|s| d.sla.state == s)
+            })
+            .take(limit as usize)
+            .collect();
+        Ok(Some(SearchDoc { items, examined }))
+    };
+    let doc = audited(&app, &caller, "item_search", &target, read).await?;
+    Ok(Json(doc))
+}
+
+/// State of one open status stream.
+struct StreamState {
+    app: AppState,
+    caller: ApiCaller,
+    item_id: String,
+    first: Option<StatusDoc>,
+    last: Option<StatusDoc>,
+    deadline: Instant,
+    failing: bool,
+    ended: bool,
+}
+
+fn sse_json(name: &str, value: &impl Serialize) -> SseEvent {
+    SseEvent::default()
+        .event(name)
+        .json_data(value)
+        .unwrap_or_else(|_| {
+            SseEvent::default()
+                .event("error")
+                .data("{\"error\":\"internal\"}")
+        })
+}
+
+async fn next_stream_event(
+    mut st: StreamState,
+) -> Option<(Result<SseEvent, Infallible>, StreamState)> {
+    if let Some(doc) = st.first.take() {
+        st.last = Some(doc.fingerprint());
+        return Some((Ok(sse_json("status", &doc)), st));
+    }
+    loop {
+        if st.ended {
+            return None;
+        }
+        if Instant::now() >= st.deadline {
+            st.ended = true;
+            let end = serde_json::json!({"reason": "stream lifetime reached; reconnect"});
+            return Some((Ok(sse_json("end", &end)), st));
+        }
+        tokio::time::sleep(STREAM_POLL).await;
+        match status_doc(&st.app, &st.caller, &st.item_id).await {
+            Ok(Some(doc)) => {
+                st.failing = false;
+                let fingerprint = doc.fingerprint();
+                if st.last.as_ref() != Some(&fingerprint) {
+                    st.last = Some(fingerprint);
+                    return Some((Ok(sse_json("status", &doc)), st));
+                }
+            }
+            // Items do not disappear; nothing to push.
+            Ok(None) => {}
+            Err(e) if !st.failing => {
+                st.failing = true;
+                tracing::warn!(error = %e, "status stream cannot read ClickHouse; will keep polling");
+                let body =
+                    ApiError::unavailable("storage unavailable; the stream keeps trying").body;
+                return Some((Ok(sse_json("error", &body)), st));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+async fn stream(
+    State(app): State<AppState>,
+    caller: ApiCaller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(&READERS)?;
+    let id = item_id(path)?;
+    let first = audited(
+        &app,
+        &caller,
+        "item_stream",
+        &id,
+        status_doc(&app, &caller, &id),
+    )
+    .await?;
+    let state = StreamState {
+        app,
+        caller,
+        item_id: id,
+        first: Some(first),
+        last: None,
+        deadline: Instant::now() + STREAM_LIFETIME,
+        failing: false,
+        ended: false,
+    };
+    let events = futures_util::stream::unfold(state, next_stream_event);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(STREAM_KEEP_ALIVE))
+        .into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct Registered {
+    registered: usize,
+}
+
+async fn register_items(
+    State(app): State<AppState>,
+    caller: ApiCaller,
+    JsonBody(request): JsonBody<RegisterItems>,
+) -> Result<Json<Registered>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let client = app.store.client();
+    let tenant = caller.tenant.as_str();
+    let classes = if request.items.iter().any(|i| i.sla_class.is_some()) {
+        store::sla_classes(client, tenant).await?
+    } else {
+        HashMap::new()
+    };
+    let now = now_ms();
+    let slas = register::validate_items(&request, &classes, now)
+        .map_err(|e| ApiError::invalid_field(e.field, e.message))?;
+    let ids: Vec<String> = request.items.iter().map(|i| i.item_id.clone()).collect();
+    let existing: HashMap<String, ItemRow> = store::registrations(client, tenant, &ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.item_id.clone(), r))
+        .collect();
+    let rows: Vec<ItemRow> = request
+        .items
+        .into_iter()
+        .zip(slas)
+        .map(|(item, sla)| {
+            let previous = existing.get(&item.item_id);
+            let registered_ms = previous.map_or(now, |p| p.registered_ms);
+            let (sla_due_ms, sla_class) = match sla {
+                Sla::None => (0, String::new()),
+                Sla::Due(due) => (due, String::new()),
+                Sla::Class { name, target_ms } => (registered_ms.saturating_add(target_ms), name),
+            };
+            ItemRow {
+                tenant_id: tenant.to_string(),
+                item_id: item.item_id,
+                queue: item.queue,
+                priority: item.priority,
+                sla_due_ms,
+                sla_class,
+                customer_ref: item.customer_ref,
+                registered_ms,
+                // Strictly newer than what it replaces, even within one millisecond.
+                updated_ms: now.max(previous.map_or(0, |p| p.updated_ms + 1)),
+            }
+        })
+        .collect();
+    let target = format!("{} items, first {}", rows.len(), rows[0].item_id);
+    audit(&app, &caller, "item_register", &target, "ok")?;
+    store::insert_registrations(client, &rows).await?;
+    Ok(Json(Registered {
+        registered: rows.len(),
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct SlaClassesDoc {
+    classes: Vec<register::SlaClass>,
+}
+
+async fn list_sla_classes(
+    State(app): State<AppState>,
+    caller: ApiCaller,
+) -> Result<Json<SlaClassesDoc>, ApiError> {
+    caller.require(&[Role::Wfm, Role::Admin])?;
+    let classes = store::sla_classes(app.store.client(), caller.tenant.as_str()).await?;
+    let mut classes: Vec<register::SlaClass> = classes
+        .into_iter()
+        .map(|(sla_class, target_ms)| register::SlaClass {
+            sla_class,
+            target_ms,
+        })
+        .collect();
+    classes.sort_by(|a, b| a.sla_class.cmp(&b.sla_class));
+    Ok(Json(SlaClassesDoc { classes }))
+}
+
+async fn put_sla_classes(
+    State(app): State<AppState>,
+    caller: ApiCaller,
+    JsonBody(request): JsonBody<PutSlaClasses>,
+) -> Result<Json<SlaClassesDoc>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    register::validate_classes(&request)
+        .map_err(|e| ApiError::invalid_field(e.field, e.message))?;
+    let now = now_ms();
+    let rows: Vec<SlaClassRow> = request
+        .classes
+        .iter()
+        .map(|c| SlaClassRow {
+            tenant_id: caller.tenant.to_string(),
+            sla_class: c.sla_class.clone(),
+            target_ms: c.target_ms,
+            updated_ms: now,
+        })
+        .collect();
+    audit(
+        &app,
+        &caller,
+        "sla_classes_put",
+        &format!("{} classes", rows.len()),
+        "ok",
+    )?;
+    store::insert_sla_classes(app.store.client(), &rows).await?;
+    Ok(Json(SlaClassesDoc {
+        classes: request.classes,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backlight_shared::event::{ActivityState, ItemAction};
+
+    const DEV: Uuid = Uuid::from_u128(7);
+
+    fn assignments(person: &str) -> HashMap<Uuid, Assignment> {
+        HashMap::from([(
+            DEV,
+            Assignment {
+                device_id: DEV,
+                team: "claims-a".into(),
+                person: person.into(),
+            },
+        )])
+    }
+
+    fn state() -> ItemState {
+        domain::derive(vec![
+            ItemEvent {
+                device_id: DEV,
+                seq: 1,
+                time_ms: 1_000,
+                what: Occurrence::Action(ItemAction::Started),
+                step: "s".into(),
+            },
+            ItemEvent {
+                device_id: DEV,
+                seq: 2,
+                time_ms: 1_000,
+                what: Occurrence::Span {
+                    end_ms: 2_000,
+                    state: ActivityState::Idle,
+                },
+                step: String::new(),
+            },
+        ])
+    }
+
+    #[test]
+    fn cc_agent_sees_team_person_only_when_enabled_and_never_spans() {
+        let a = assignments("Ann");
+        for (role, names, person, spans) in [
+            (Role::CcAgent, false, None, false),
+            (Role::CcAgent, true, Some("Ann"), false),
+            (Role::Wfm, false, None, true),
+            (Role::Admin, true, Some("Ann"), true),
+        ] {
+            let who = Who {
+                assignments: &a,
+                visibility: Visibility::of(role, names),
+            };
+            let doc = build_doc(
+                "I",
+                &state(),
+                None,
+                &who,
+                &HandleTimeStats::default(),
+                true,
+                5_000,
+            );
+            let handler = doc.handler.clone().unwrap();
+            assert_eq!(handler.team.as_deref(), Some("claims-a"));
+            assert_eq!(handler.person.as_deref(), person, "{role} names={names}");
+            let entries: Vec<_> = state()
+                .timeline
+                .iter()
+                .filter_map(|e| who.entry(e))
+                .collect();
+            assert_eq!(entries.iter().any(|e| e.kind == "span"), spans, "{role}");
+            let json = serde_json::to_string(&doc).unwrap();
+            assert_eq!(json.contains("Ann"), person.is_some());
+        }
+    }
+
+    #[test]
+    fn people_count_persons_and_unassigned_devices() {
+        let mut a = assignments("Ann");
+        let other = Uuid::from_u128(8);
+        a.insert(
+            other,
+            Assignment {
+                device_id: other,
+                team: "t".into(),
+                person: "Ann".into(),
+            },
+        );
+        let third = Uuid::from_u128(9);
+        assert_eq!(people_involved(&[DEV, other, third], &a), 2);
+    }
+
+    #[test]
+    fn fingerprint_ignores_the_clock() {
+        let a = assignments("");
+        let who = Who {
+            assignments: &a,
+            visibility: Visibility::of(Role::Wfm, false),
+        };
+        let stats =
+            HandleTimeStats::new([1_000_000u64, 2_000_000, 3_000_000].map(|h| (String::new(), h)));
+        let x = build_doc("I", &state(), None, &who, &stats, true, 5_000);
+        let y = build_doc("I", &state(), None, &who, &stats, true, 6_000);
+        assert_ne!(x, y);
+        assert_eq!(x.fingerprint(), y.fingerprint());
+    }
 }
