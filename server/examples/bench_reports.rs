@@ -1,0 +1,211 @@
+//! Benchmark of `GET /v1/reports/performance`: a 30-day team report over N activity spans
+//! (default 10 million) in a throwaway ClickHouse, driven through the real router in-process.
+//!
+//! Run with `scripts/bench-reports.sh` (release build). Data, generated inside ClickHouse:
+//! 500 devices in 20 teams, 30 days, 667 spans of ~46 s per device and day (80% active, 70% on
+//! an item, each item 8 spans ≈ 6.5 min), one `completed` event per item (≈ 1.25M items), one
+//! registration per item (queue q0–q4, due times), and 0.4% of rows inserted twice (a re-sent
+//! batch). Prints the time of: the first report (builds the rollup), warm reports, and a
+//! report after one day of every device went stale.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use backlight_server::clickhouse::embedded::ClickHouseProcess;
+use backlight_server::clickhouse::ClickHouseConfig;
+use backlight_server::http::{router, AppState};
+use backlight_server::ingest::writer::{IngestWriter, WriterConfig};
+use backlight_server::storage::{reports, Store};
+use backlight_server::tenancy::{Role, TenantId};
+use backlight_shared::now_ms;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const DAY: u64 = 86_400_000;
+const DEVICES: u64 = 500;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let spans: u64 = std::env::args()
+        .nth(1)
+        .map_or(Ok(10_000_000), |s| s.parse())?;
+    let per_device = spans / DEVICES;
+    let per_day = per_device / 30;
+    let dir = tempfile::tempdir()?;
+    // BENCH_CLICKHOUSE_URL: use a running ClickHouse (kept afterwards, for looking into it).
+    let external = std::env::var("BENCH_CLICKHOUSE_URL").ok();
+    let clickhouse = match external {
+        Some(_) => None,
+        None => Some(ClickHouseProcess::start(dir.path(), None).await?),
+    };
+    let config = ClickHouseConfig {
+        url: external.unwrap_or_else(|| clickhouse.as_ref().map(|c| c.url()).unwrap_or_default()),
+        database: "bench".into(),
+        user: None,
+        password: None,
+    };
+    let store = Store::open(&config).await?;
+    let client = store.client().clone();
+    let tenant: TenantId = "acme".parse()?;
+    store.registry().create_tenant(&tenant, "Acme").await?;
+    let key = store
+        .registry()
+        .create_api_key(&tenant, Role::Wfm, "bench")
+        .await?
+        .to_string();
+
+    // The 30 full UTC days before today.
+    let to = now_ms() / DAY * DAY;
+    let from = to - 30 * DAY;
+    let device =
+        "toUUID(concat('00000000-0000-4000-8000-', substring(toString(1000000000000 + d), 2, 12)))";
+    let started = Instant::now();
+    let spans_sql = format!(
+        "INSERT INTO events SELECT 'acme', {device}, k * 2 + 1, toUUID('00000000-0000-4000-8000-000000000000'), toInt8(1),
+                toDate(toDateTime(intDiv(t, 1000)), 'UTC'), t, t + 45000 + (number % 7) * 500, t, 'claims-desk', NULL,
+                toInt8(multiIf(number % 10 < 8, 1, number % 10 = 8, 2, 3)),
+                if(number % 10 < 7, concat('IT-', toString(intDiv(number, 8))), ''), '', toInt8(0), toInt8(0), 0, 0, '', '', 0, 0, 0, 0
+         FROM (SELECT number, intDiv(number, {per_device}) AS d, number % {per_device} AS k,
+                      toUInt64({from} + intDiv(k, {per_day}) * 86400000 + 25200000 + (k % {per_day}) * 48500) AS t
+               FROM system.numbers LIMIT {spans})"
+    );
+    client.query(&spans_sql).execute().await?;
+    let completions_sql = format!(
+        "INSERT INTO events SELECT 'acme', {device}, k * 2 + 2, toUUID('00000000-0000-4000-8000-000000000000'), toInt8(2),
+                toDate(toDateTime(intDiv(t, 1000)), 'UTC'), t, t, t, '', NULL, toInt8(0), concat('IT-', toString(intDiv(number, 8))),
+                '', toInt8(4), toInt8(1), 0, 0, '', '', 0, 0, 0, 0
+         FROM (SELECT number, intDiv(number, {per_device}) AS d, number % {per_device} AS k,
+                      toUInt64({from} + intDiv(k, {per_day}) * 86400000 + 25200000 + (k % {per_day}) * 48500 + 50000) AS t
+               FROM system.numbers WHERE number % 8 = 7 LIMIT {})",
+        spans / 8
+    );
+    client.query(&completions_sql).execute().await?;
+    // A re-sent batch: two devices' events stored twice.
+    client
+        .query("INSERT INTO events SELECT * FROM events WHERE device_id IN (toUUID('00000000-0000-4000-8000-000000000007'), toUUID('00000000-0000-4000-8000-000000000123'))")
+        .execute()
+        .await?;
+    client
+        .query(&format!(
+            "INSERT INTO device_assignments SELECT 'acme', {device}, concat('team-', toString(d % 20)), concat('person-', toString(d)), 1
+             FROM (SELECT number AS d FROM system.numbers LIMIT {DEVICES})"
+        ))
+        .execute()
+        .await?;
+    client
+        .query(&format!(
+            "INSERT INTO items SELECT 'acme', concat('IT-', toString(number)), concat('q', toString(number % 5)), 1,
+                    {from} + number * 2000, '', '', {from}, 1 FROM system.numbers LIMIT {}",
+            spans / 8 + 50_000
+        ))
+        .execute()
+        .await?;
+    println!(
+        "loaded {spans} spans + {} completions in {:.1?}",
+        spans / 8,
+        started.elapsed()
+    );
+
+    let writer = IngestWriter::spawn(client.clone(), WriterConfig::default());
+    let app = router(AppState::new(
+        store.clone(),
+        writer,
+        Duration::from_secs(60),
+    ));
+    let uri = format!("/v1/reports/performance?from={from}&to={to}&group_by=team&tz=Europe/Berlin");
+    let report = || async {
+        let req = Request::builder()
+            .uri(&uri)
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap();
+        let started = Instant::now();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        (started.elapsed(), body)
+    };
+
+    // The first report over a period builds its rollup (longer than a request may take at this
+    // size: the endpoint answers 503 + Retry-After meanwhile). Build it directly and time it.
+    let started = Instant::now();
+    let built = reports::refresh(&client, "acme", from - 31 * DAY, to).await?;
+    println!(
+        "rollup build of {built} device-days: {:.1?}",
+        started.elapsed()
+    );
+    // Each query of a report on its own (for finding the slow one).
+    let assignments = store.registry().assignments(&tenant).await?;
+    let q = reports::ReportQuery {
+        tenant: "acme".into(),
+        from_ms: from,
+        to_ms: to,
+        tz: "Europe/Berlin".into(),
+        group_by: backlight_server::reports::GroupBy::Team,
+        devices: None,
+        queue: None,
+        device_groups: assignments
+            .iter()
+            .map(|a| (a.device_id, a.team.clone()))
+            .collect(),
+        total: false,
+    };
+    let t = Instant::now();
+    let time = reports::time_figures(&client, &q).await;
+    println!(
+        "  time figures: {:.2?} ({} rows)",
+        t.elapsed(),
+        time.map_or(0, |r| r.len())
+    );
+    let t = Instant::now();
+    let items = reports::item_figures(&client, &q).await;
+    println!(
+        "  item figures: {:.2?} ({:?})",
+        t.elapsed(),
+        items.map(|r| r.len())
+    );
+    let t = Instant::now();
+    let backlog = reports::backlog(&client, "acme", to, None).await;
+    println!(
+        "  backlog: {:.2?} ({:?})",
+        t.elapsed(),
+        backlog.map(|r| r.len())
+    );
+    let (cold, body) = report().await;
+    println!("first report: {cold:.2?}");
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    println!(
+        "  teams {}, items handled {}, productive {} ms",
+        v["rows"].as_array().map_or(0, Vec::len),
+        v["totals"]["items_handled"],
+        v["totals"]["productive_ms"]
+    );
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        warm.push(report().await.0);
+    }
+    warm.sort();
+    println!(
+        "warm 30-day team report: min {:.2?}, median {:.2?}, max {:.2?}",
+        warm[0], warm[2], warm[4]
+    );
+
+    // New rows for the last day of every device: that day is rebuilt by the next report.
+    client
+        .query(&format!(
+            "INSERT INTO events SELECT * FROM events WHERE event_date = toDate(toDateTime(intDiv({}, 1000)), 'UTC') AND seq % 100 = 1",
+            to - DAY
+        ))
+        .execute()
+        .await?;
+    let (stale, _) = report().await;
+    println!("report after one day of all {DEVICES} devices went stale: {stale:.2?}");
+    let (again, _) = report().await;
+    println!("and the next one: {again:.2?}");
+    if let Some(clickhouse) = clickhouse {
+        clickhouse.stop().await?;
+    }
+    Ok(())
+}

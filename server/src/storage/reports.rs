@@ -1,0 +1,546 @@
+//! SQL of the performance reports (schema in `deploy/clickhouse/migrations/0006_reports.sql`,
+//! definitions in `docs/metrics.md`).
+//!
+//! Reading 30 days of raw `events` with a dedupe (FINAL, or GROUP BY device, seq) costs seconds
+//! on 18.16 at 10M rows. Reports therefore read `report_rollup`: deduplicated span time and
+//! completions per (device, 15-minute UTC bucket, item). [`refresh`] keeps it exact:
+//!
+//! 1. `report_day_rows` (a materialized view) counts every row inserted into `events` per
+//!    (tenant, device, UTC day), duplicates included.
+//! 2. A (device, day) whose count differs from the count its newest rollup build recorded in
+//!    `report_rollup_state` is rebuilt from `events`, deduplicated by (device, seq), as a new
+//!    version; its state row is written after its rows.
+//! 3. Readers use only rows of the newest version of each (device, day).
+//!
+//! The count is read *before* the rebuild reads `events` (and ClickHouse writes `events` before
+//! the view), so a row arriving meanwhile can only make a build look stale, never fresh.
+//! Concurrent rebuilds of one (device, day) are harmless: each is complete, the newest wins.
+//!
+//! **Architecture invariant:** every report figure comes from deduplicated events; nothing here
+//! sums `events` rows without grouping them by (device_id, seq) first.
+
+use backlight_shared::now_ms;
+use clickhouse::Client;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::reports::time::{civil_from_days, TzOffsets};
+use crate::reports::{GroupBy, BUCKET_MS, HANDLE_LOOKBACK_MS};
+
+const MS_PER_DAY: u64 = 86_400_000;
+/// (device, day) pairs rebuilt by one INSERT … SELECT (keeps the query text well under
+/// ClickHouse's 256 KiB `max_query_size`).
+const REBUILD_CHUNK: usize = 500;
+
+/// A value bound to a `?` of a query, in order.
+#[derive(Clone, Debug)]
+enum Bind {
+    Str(String),
+    Strs(Vec<String>),
+    U64(u64),
+}
+
+/// SQL text with its bindings, assembled in order.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) -> &mut Sql {
+        self.text.push_str(text);
+        self
+    }
+
+    fn str(&mut self, v: &str) -> &mut Sql {
+        self.text.push('?');
+        self.binds.push(Bind::Str(v.to_string()));
+        self
+    }
+
+    fn strs(&mut self, v: Vec<String>) -> &mut Sql {
+        self.text.push('?');
+        self.binds.push(Bind::Strs(v));
+        self
+    }
+
+    fn u64(&mut self, v: u64) -> &mut Sql {
+        self.text.push('?');
+        self.binds.push(Bind::U64(v));
+        self
+    }
+
+    fn query(&self, client: &Client) -> clickhouse::query::Query {
+        let mut q = client.query(&self.text);
+        for b in &self.binds {
+            q = match b {
+                Bind::Str(s) => q.bind(s.as_str()),
+                Bind::Strs(v) => q.bind(v.as_slice()),
+                Bind::U64(n) => q.bind(*n),
+            };
+        }
+        q
+    }
+}
+
+/// `YYYY-MM-DD` of the UTC day of `t`.
+fn utc_day(t: u64) -> String {
+    let (y, m, d) = civil_from_days((t / MS_PER_DAY) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `toUUID('…'), …` for an `IN (…)` list; never empty (an empty team matches nothing).
+fn uuid_list(devices: &[Uuid]) -> String {
+    if devices.is_empty() {
+        return "toUUID('00000000-0000-0000-0000-000000000000')".to_string();
+    }
+    let list: Vec<String> = devices.iter().map(|d| format!("toUUID('{d}')")).collect();
+    list.join(", ")
+}
+
+/// What one report asks for. The tenant comes from the caller's API key.
+#[derive(Clone, Debug)]
+pub struct ReportQuery {
+    pub tenant: String,
+    /// Multiples of [`BUCKET_MS`], `from < to`.
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// A zone ClickHouse knows (checked with [`zone_offsets`]) and that passed
+    /// [`crate::reports::plausible_zone_name`], so it may be written into the SQL text.
+    pub tz: String,
+    pub group_by: GroupBy,
+    /// Only these devices (a team filter); `None`: all devices.
+    pub devices: Option<Vec<Uuid>>,
+    /// Only items of this queue.
+    pub queue: Option<String>,
+    /// Team or person of each assigned device (for team / person grouping).
+    pub device_groups: Vec<(Uuid, String)>,
+    /// One group (key `''`) for everything: the report's totals.
+    pub total: bool,
+}
+
+impl ReportQuery {
+    /// Whether time without an item is left out (queue rows, queue filter).
+    pub fn item_time_only(&self) -> bool {
+        self.group_by == GroupBy::Queue || self.queue.is_some()
+    }
+
+    fn lookback_ms(&self) -> u64 {
+        self.from_ms.saturating_sub(HANDLE_LOOKBACK_MS)
+    }
+
+    /// `report_rollup` rows of the newest build, UTC days of `[lo, to)`.
+    fn current_rollup(&self, sql: &mut Sql, lo: u64) {
+        sql.push("report_rollup WHERE tenant_id = ")
+            .str(&self.tenant)
+            .push(" AND day >= toDate(")
+            .str(&utc_day(lo))
+            .push(") AND day <= toDate(")
+            .str(&utc_day(self.to_ms - 1))
+            .push(") AND (device_id, day, version) IN (SELECT device_id, day, max(version) FROM report_rollup_state WHERE tenant_id = ")
+            .str(&self.tenant)
+            .push(" AND day >= toDate(")
+            .str(&utc_day(lo))
+            .push(") AND day <= toDate(")
+            .str(&utc_day(self.to_ms - 1))
+            .push(") GROUP BY device_id, day)");
+        if let Some(devices) = &self.devices {
+            sql.push(" AND device_id IN (")
+                .push(&uuid_list(devices))
+                .push(")");
+        }
+    }
+
+    /// The group key (a String) of a rollup row with columns `device_id`, `bucket_ms` and,
+    /// for queue grouping, `queue`.
+    fn group_expr(&self, sql: &mut Sql) {
+        let tz = &self.tz;
+        let from = self.from_ms;
+        if self.total {
+            sql.push("''");
+            return;
+        }
+        match self.group_by {
+            GroupBy::Team | GroupBy::Person => {
+                let (mut ids, mut names): (Vec<String>, Vec<String>) = self
+                    .device_groups
+                    .iter()
+                    .map(|(d, g)| (d.to_string(), g.clone()))
+                    .unzip();
+                if ids.is_empty() {
+                    ids.push(Uuid::nil().to_string());
+                    names.push(String::new());
+                }
+                sql.push("transform(toString(device_id), ")
+                    .strs(ids)
+                    .push(", ")
+                    .strs(names)
+                    .push(", '')");
+            }
+            GroupBy::Device => {
+                sql.push("toString(device_id)");
+            }
+            GroupBy::Queue => {
+                sql.push("queue");
+            }
+            GroupBy::Day => {
+                sql.push(&format!(
+                    "toString(greatest(toUInt64(toUnixTimestamp(toStartOfDay(toDateTime(intDiv(bucket_ms, 1000), '{tz}')))) * 1000, {from}))"
+                ));
+            }
+            GroupBy::Hour => {
+                sql.push(&format!(
+                    "toString(greatest(toUInt64(toUnixTimestamp(toStartOfHour(toDateTime(intDiv(bucket_ms, 1000), '{tz}')))) * 1000, {from}))"
+                ));
+            }
+            GroupBy::Interval15 => {
+                sql.push("toString(bucket_ms)");
+            }
+        }
+    }
+
+    /// Latest registration of items: `item_id, queue, due, registered_ms` for items in `ids`
+    /// (an SQL subquery yielding item ids).
+    fn items_latest(&self, sql: &mut Sql, ids: impl FnOnce(&mut Sql)) {
+        sql.push("(SELECT item_id, argMax(queue, updated_ms) AS queue, argMax(sla_due_ms, updated_ms) AS due FROM items WHERE tenant_id = ")
+            .str(&self.tenant)
+            .push(" AND item_id IN (");
+        ids(sql);
+        sql.push(") GROUP BY item_id)");
+    }
+}
+
+/// Time figures of one group.
+#[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
+pub struct TimeRow {
+    pub g: String,
+    pub productive_ms: u64,
+    pub other_ms: u64,
+    pub idle_ms: u64,
+}
+
+/// Item figures of one group; handle-time statistics per `docs/metrics.md`.
+#[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
+pub struct ItemRow {
+    pub g: String,
+    pub items: u64,
+    pub mean_ms: f64,
+    pub median_ms: f64,
+    pub p90_ms: u64,
+    pub with_due: u64,
+    pub met: u64,
+}
+
+/// Backlog of one queue as of `to`.
+#[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
+pub struct BacklogRow {
+    pub queue: String,
+    pub count: u64,
+    pub age_sum_ms: u64,
+    pub max_age_ms: u64,
+}
+
+/// The UTC offset of `tz` at every 15-minute bucket of `[from, to)`. An error from ClickHouse
+/// here means it does not know the zone.
+pub async fn zone_offsets(
+    client: &Client,
+    tz: &str,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<TzOffsets, ClickHouseError> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Offsets {
+        offsets: Vec<i32>,
+    }
+    let start_ms = from_ms - from_ms % BUCKET_MS;
+    let n = to_ms.saturating_sub(start_ms).div_ceil(BUCKET_MS).max(1);
+    let sql = "SELECT arrayMap(t -> toInt32(toUnixTimestamp(toDateTime(toString(toDateTime(t), ?), 'UTC'))) - toInt32(t),
+                      arrayMap(i -> toUInt32(? + i * 900), range(toUInt64(?)))) AS offsets";
+    let row: Offsets = with_timeout(
+        client
+            .query(sql)
+            .bind(tz)
+            .bind(start_ms / 1000)
+            .bind(n)
+            .fetch_one(),
+    )
+    .await?;
+    Ok(TzOffsets {
+        start_ms,
+        offsets_s: row.offsets,
+    })
+}
+
+/// One build of one (device, day) of the rollup.
+#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct StateRow {
+    tenant_id: String,
+    #[serde(with = "clickhouse::serde::uuid")]
+    device_id: Uuid,
+    /// Days since the epoch.
+    day: u16,
+    version: u64,
+    source_rows: u64,
+}
+
+/// A (device, day) whose rollup is missing or stale.
+#[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
+struct Stale {
+    #[serde(with = "clickhouse::serde::uuid")]
+    device_id: Uuid,
+    /// Days since the epoch.
+    day_number: u16,
+    rows: u64,
+}
+
+/// Brings the rollup of the tenant's devices up to date for the UTC days of `[from, to)`.
+/// Returns how many (device, day) builds were made.
+pub async fn refresh(
+    client: &Client,
+    tenant: &str,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<usize, ClickHouseError> {
+    let (lo, hi) = (utc_day(from_ms), utc_day(to_ms - 1));
+    let sql = "SELECT device_id, toUInt16(day) AS day_number, rows FROM
+                 (SELECT device_id, day, sum(rows) AS rows FROM report_day_rows
+                  WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day)
+               ANY LEFT JOIN
+                 (SELECT device_id, day, argMax(source_rows, version) AS built FROM report_rollup_state
+                  WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day)
+               USING (device_id, day)
+               WHERE built != rows
+               ORDER BY device_id, day";
+    let stale: Vec<Stale> = with_timeout(
+        client
+            .query(sql)
+            .bind(tenant)
+            .bind(&lo)
+            .bind(&hi)
+            .bind(tenant)
+            .bind(&lo)
+            .bind(&hi)
+            .fetch_all(),
+    )
+    .await?;
+    for chunk in stale.chunks(REBUILD_CHUNK) {
+        rebuild(client, tenant, chunk).await?;
+    }
+    if !stale.is_empty() {
+        metrics::counter!("backlight_report_rollup_builds_total").increment(stale.len() as u64);
+    }
+    Ok(stale.len())
+}
+
+/// A version newer than any earlier build and, with overwhelming odds, unique.
+fn new_version() -> u64 {
+    now_ms() * 1_000_000 + u64::from(rand::random::<u32>() % 1_000_000)
+}
+
+async fn rebuild(client: &Client, tenant: &str, chunk: &[Stale]) -> Result<(), ClickHouseError> {
+    let version = new_version();
+    let day_str = |d: u16| {
+        let (y, m, dd) = civil_from_days(i64::from(d));
+        format!("{y:04}-{m:02}-{dd:02}")
+    };
+    let mut devices: Vec<Uuid> = chunk.iter().map(|s| s.device_id).collect();
+    devices.dedup();
+    let device_list: Vec<String> = devices.iter().map(|d| format!("toUUID('{d}')")).collect();
+    let pairs: Vec<String> = chunk
+        .iter()
+        .map(|s| {
+            format!(
+                "(toUUID('{}'), toDate('{}'))",
+                s.device_id,
+                day_str(s.day_number)
+            )
+        })
+        .collect();
+    let first = chunk.iter().map(|s| s.day_number).min().unwrap_or(0);
+    let last = chunk.iter().map(|s| s.day_number).max().unwrap_or(0);
+    // Spans last at most 7 days, so a span touching `first` started on `first - 7` or later.
+    let sql = format!(
+        "INSERT INTO report_rollup (tenant_id, device_id, day, bucket_ms, item_id, active_ms, idle_ms, completed_ms, version)
+         SELECT tenant_id, device_id, day, bucket_ms, item_id, sum(active), sum(idle),
+                if(min(done) = 18446744073709551615, 0, min(done)), {version}
+         FROM (
+           SELECT tenant_id, device_id, toDate(toDateTime(intDiv(b, 1000)), 'UTC') AS day, b AS bucket_ms, item_id,
+                  if(ev_kind = 'activity_span' AND ev_state = 'active', least(e, b + 900000) - greatest(s, b), 0) AS active,
+                  if(ev_kind = 'activity_span' AND ev_state IN ('idle', 'locked'), least(e, b + 900000) - greatest(s, b), 0) AS idle,
+                  if(ev_kind = 'work_item', s, 18446744073709551615) AS done
+           FROM (
+             SELECT tenant_id, device_id, ev_kind, ev_state, ev_item AS item_id, s, e,
+                    arrayJoin(arrayMap(i -> (intDiv(s, 900000) + i) * 900000,
+                              range(toUInt64(intDiv(greatest(e, s + 1) - 1, 900000) - intDiv(s, 900000) + 1)))) AS b
+             FROM (
+               SELECT tenant_id, device_id, seq, any(kind) AS ev_kind, any(state) AS ev_state, any(item_id) AS ev_item,
+                      any(time_ms) AS s, any(end_ms) AS e
+               FROM events
+               WHERE tenant_id = ? AND device_id IN ({devices})
+                 AND event_date >= toDate('{first}') - 7 AND event_date <= toDate('{last}')
+                 AND (kind = 'activity_span' OR (kind = 'work_item' AND action = 'completed'))
+               GROUP BY tenant_id, device_id, seq
+             )
+           )
+           WHERE (device_id, day) IN ({pairs})
+         )
+         GROUP BY tenant_id, device_id, day, bucket_ms, item_id",
+        devices = device_list.join(", "),
+        first = day_str(first),
+        last = day_str(last),
+        pairs = pairs.join(", "),
+    );
+    with_timeout(client.query(&sql).bind(tenant).execute()).await?;
+    with_timeout(async {
+        let mut insert = client.insert::<StateRow>("report_rollup_state").await?;
+        for s in chunk {
+            insert
+                .write(&StateRow {
+                    tenant_id: tenant.to_string(),
+                    device_id: s.device_id,
+                    day: s.day_number,
+                    version,
+                    source_rows: s.rows,
+                })
+                .await?;
+        }
+        insert.end().await
+    })
+    .await
+}
+
+/// Productive / other / idle time per group, from the rollup (call [`refresh`] first).
+pub async fn time_figures(
+    client: &Client,
+    q: &ReportQuery,
+) -> Result<Vec<TimeRow>, ClickHouseError> {
+    let mut sql = Sql::default();
+    if q.item_time_only() {
+        // Only time on items counts; the item's queue decides the group / the filter.
+        sql.push("SELECT g, toUInt64(sum(active_ms)) AS productive_ms, toUInt64(0) AS other_ms, toUInt64(0) AS idle_ms FROM (SELECT ");
+        q.group_expr(&mut sql);
+        sql.push(" AS g, active_ms FROM (SELECT device_id, bucket_ms, item_id, active_ms FROM ");
+        q.current_rollup(&mut sql, q.from_ms);
+        sql.push(" AND bucket_ms >= ")
+            .u64(q.from_ms)
+            .push(" AND bucket_ms < ")
+            .u64(q.to_ms);
+        sql.push(" AND item_id != '' AND active_ms > 0) ANY LEFT JOIN ");
+        q.items_latest(&mut sql, |sql| {
+            sql.push("SELECT item_id FROM ");
+            q.current_rollup(sql, q.from_ms);
+            sql.push(" AND bucket_ms >= ")
+                .u64(q.from_ms)
+                .push(" AND bucket_ms < ")
+                .u64(q.to_ms);
+            sql.push(" AND item_id != ''");
+        });
+        sql.push(" USING item_id");
+        if let Some(queue) = &q.queue {
+            sql.push(" WHERE queue = ").str(queue);
+        }
+        sql.push(") GROUP BY g ORDER BY g");
+    } else {
+        sql.push("SELECT g, toUInt64(sumIf(active_ms, item_id != '')) AS productive_ms, toUInt64(sumIf(active_ms, item_id = '')) AS other_ms, toUInt64(sum(idle_ms)) AS idle_ms FROM (SELECT ");
+        q.group_expr(&mut sql);
+        sql.push(" AS g, item_id, active_ms, idle_ms FROM ");
+        q.current_rollup(&mut sql, q.from_ms);
+        sql.push(" AND bucket_ms >= ")
+            .u64(q.from_ms)
+            .push(" AND bucket_ms < ")
+            .u64(q.to_ms);
+        sql.push(") GROUP BY g ORDER BY g");
+    }
+    with_timeout(sql.query(client).fetch_all()).await
+}
+
+/// Items completed per group with handle-time statistics and SLA counts (call [`refresh`]
+/// for `[from - HANDLE_LOOKBACK_MS, to)` first).
+///
+/// One pass over the rollup rows of items in the lookback: per item its handle time (all
+/// devices) and the list of its completions in `[from, to)` (by the filtered devices); the
+/// completions are then spread into their groups.
+pub async fn item_figures(
+    client: &Client,
+    q: &ReportQuery,
+) -> Result<Vec<ItemRow>, ClickHouseError> {
+    let (from, to, lo) = (q.from_ms, q.to_ms, q.lookback_ms());
+    let all_devices = ReportQuery {
+        devices: None,
+        ..q.clone()
+    };
+    let mut sql = Sql::default();
+    sql.push(
+        "SELECT g, toUInt64(count()) AS items, avg(h) AS mean_ms,
+                if(count() % 2 = 1, toFloat64(arraySort(groupArray(h))[intDiv(count(), 2) + 1]),
+                   (arraySort(groupArray(h))[intDiv(count(), 2)] + arraySort(groupArray(h))[intDiv(count(), 2) + 1]) / 2) AS median_ms,
+                toUInt64(arraySort(groupArray(h))[intDiv(9 * count() + 9, 10)]) AS p90_ms,
+                toUInt64(countIf(due > 0)) AS with_due, toUInt64(countIf(due > 0 AND done <= due)) AS met
+         FROM (SELECT g, item_id, min(done) AS done, any(due) AS due, any(h) AS h FROM (SELECT ",
+    );
+    q.group_expr(&mut sql);
+    sql.push(
+        " AS g, item_id, done, due, h FROM (SELECT item_id, h, c.1 AS device_id, c.2 AS bucket_ms, c.3 AS done FROM (
+           SELECT item_id, toUInt64(sum(active_ms)) AS h,
+                  groupArrayIf((device_id, bucket_ms, completed_ms), completed_ms >= ",
+    )
+    .u64(from)
+    .push(" AND completed_ms < ")
+    .u64(to);
+    if let Some(devices) = &q.devices {
+        sql.push(" AND device_id IN (")
+            .push(&uuid_list(devices))
+            .push(")");
+    }
+    sql.push(") AS comps FROM ");
+    all_devices.current_rollup(&mut sql, lo);
+    sql.push(" AND item_id != '' AND bucket_ms >= ")
+        .u64(lo)
+        .push(" AND bucket_ms < ")
+        .u64(to);
+    sql.push(" GROUP BY item_id HAVING length(comps) > 0) ARRAY JOIN comps AS c) ANY LEFT JOIN ");
+    q.items_latest(&mut sql, |sql| {
+        sql.push("SELECT item_id FROM ");
+        q.current_rollup(sql, from);
+        sql.push(" AND completed_ms >= ")
+            .u64(from)
+            .push(" AND completed_ms < ")
+            .u64(to)
+            .push(" AND item_id != ''");
+    });
+    sql.push(" USING item_id");
+    if let Some(queue) = &q.queue {
+        sql.push(" WHERE queue = ").str(queue);
+    }
+    sql.push(") GROUP BY g, item_id) GROUP BY g ORDER BY g");
+    with_timeout(sql.query(client).fetch_all()).await
+}
+
+/// Registered items not completed as of `to`, per queue.
+pub async fn backlog(
+    client: &Client,
+    tenant: &str,
+    to_ms: u64,
+    queue: Option<&str>,
+) -> Result<Vec<BacklogRow>, ClickHouseError> {
+    let mut sql = Sql::default();
+    sql.push("SELECT queue, toUInt64(count()) AS count, toUInt64(sum(")
+        .u64(to_ms);
+    sql.push(" - registered_ms)) AS age_sum_ms, toUInt64(max(")
+        .u64(to_ms);
+    sql.push(" - registered_ms)) AS max_age_ms FROM (SELECT item_id, argMax(queue, updated_ms) AS queue, argMax(registered_ms, updated_ms) AS registered_ms FROM items WHERE tenant_id = ")
+        .str(tenant)
+        .push(" GROUP BY item_id) WHERE registered_ms < ")
+        .u64(to_ms);
+    if let Some(queue) = queue {
+        sql.push(" AND queue = ").str(queue);
+    }
+    sql.push(" AND item_id NOT IN (SELECT item_id FROM events WHERE tenant_id = ")
+        .str(tenant)
+        .push(" AND kind = 'work_item' AND action = 'completed' AND time_ms < ")
+        .u64(to_ms)
+        .push(") GROUP BY queue ORDER BY queue");
+    with_timeout(sql.query(client).fetch_all()).await
+}
