@@ -6,9 +6,13 @@ use std::collections::HashMap;
 use anyhow::Context;
 use backlight_shared::now_ms;
 
-use crate::cli::{AdminCommand, ApiKeyCommand, DeviceCommand, EnrollmentKeyCommand, StorageArgs, TenantCommand};
+use crate::cli::{
+    AdminCommand, ApiKeyCommand, DeviceCommand, EnrollmentKeyCommand, PolicyCommand, StorageArgs,
+    TenantCommand,
+};
 use crate::launch;
 use crate::storage::events::{self, DeviceProgress};
+use crate::storage::policies::{self, PolicyError};
 use crate::storage::Store;
 
 pub async fn run(storage: StorageArgs, command: AdminCommand) -> anyhow::Result<()> {
@@ -28,35 +32,77 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
     let registry = store.registry();
     match command {
         AdminCommand::Tenant(TenantCommand::Create { id, name }) => {
-            registry.create_tenant(&id, name.as_deref().unwrap_or(id.as_str())).await?;
+            registry
+                .create_tenant(&id, name.as_deref().unwrap_or(id.as_str()))
+                .await?;
             println!("created tenant {id}");
         }
         AdminCommand::Tenant(TenantCommand::List) => {
             println!("{:<32} {:<32} CREATED", "TENANT", "NAME");
             for t in registry.tenants().await? {
-                println!("{:<32} {:<32} {}", t.tenant_id, t.name, format_ms(t.created_ms));
+                println!(
+                    "{:<32} {:<32} {}",
+                    t.tenant_id,
+                    t.name,
+                    format_ms(t.created_ms)
+                );
             }
         }
-        AdminCommand::Tenant(TenantCommand::Set { id, show_person_names, time_zone }) => {
-            let settings = registry.update_settings(&id, show_person_names, time_zone.as_deref()).await?;
+        AdminCommand::Tenant(TenantCommand::Set {
+            id,
+            show_person_names,
+            time_zone,
+        }) => {
+            let settings = registry
+                .update_settings(&id, show_person_names, time_zone.as_deref())
+                .await?;
             println!(
                 "tenant {id}: show_person_names={} time_zone={}",
                 settings.show_person_names != 0,
                 settings.time_zone
             );
         }
-        AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Create { tenant, expires_in, note }) => {
+        AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Create {
+            tenant,
+            expires_in,
+            note,
+        }) => {
             let expires_ms = expires_in.map(|d| now_ms() + d.as_millis() as u64);
-            let token = registry.create_enrollment_key(&tenant, expires_ms, &note).await?;
-            eprintln!("enrollment key {} for tenant {tenant} (shown once; store it safely):", token.id);
+            let token = registry
+                .create_enrollment_key(&tenant, expires_ms, &note)
+                .await?;
+            eprintln!(
+                "enrollment key {} for tenant {tenant} (shown once; store it safely):",
+                token.id
+            );
             println!("{token}");
         }
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::List { tenant }) => {
-            println!("{:<18} {:<8} {:<24} {:<24} NOTE", "KEY ID", "STATE", "CREATED", "EXPIRES");
+            println!(
+                "{:<18} {:<8} {:<24} {:<24} NOTE",
+                "KEY ID", "STATE", "CREATED", "EXPIRES"
+            );
             for k in registry.enrollment_keys(&tenant).await? {
-                let state = k.unusable_reason(now_ms()).map_or("active", |_| if k.revoked != 0 { "revoked" } else { "expired" });
-                let expires = if k.expires_ms == 0 { "never".to_string() } else { format_ms(k.expires_ms) };
-                println!("{:<18} {:<8} {:<24} {:<24} {}", k.key_id, state, format_ms(k.created_ms), expires, k.note);
+                let state = k.unusable_reason(now_ms()).map_or("active", |_| {
+                    if k.revoked != 0 {
+                        "revoked"
+                    } else {
+                        "expired"
+                    }
+                });
+                let expires = if k.expires_ms == 0 {
+                    "never".to_string()
+                } else {
+                    format_ms(k.expires_ms)
+                };
+                println!(
+                    "{:<18} {:<8} {:<24} {:<24} {}",
+                    k.key_id,
+                    state,
+                    format_ms(k.created_ms),
+                    expires,
+                    k.note
+                );
             }
         }
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Revoke { tenant, key_id }) => {
@@ -65,14 +111,27 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::ApiKey(ApiKeyCommand::Create { tenant, role, name }) => {
             let token = registry.create_api_key(&tenant, role, &name).await?;
-            eprintln!("API key {} ({role}) for tenant {tenant} (shown once; store it safely):", token.id);
+            eprintln!(
+                "API key {} ({role}) for tenant {tenant} (shown once; store it safely):",
+                token.id
+            );
             println!("{token}");
         }
         AdminCommand::ApiKey(ApiKeyCommand::List { tenant }) => {
-            println!("{:<18} {:<9} {:<8} {:<24} NAME", "KEY ID", "ROLE", "STATE", "CREATED");
+            println!(
+                "{:<18} {:<9} {:<8} {:<24} NAME",
+                "KEY ID", "ROLE", "STATE", "CREATED"
+            );
             for k in registry.api_keys(&tenant).await? {
                 let state = if k.revoked != 0 { "revoked" } else { "active" };
-                println!("{:<18} {:<9} {:<8} {:<24} {}", k.key_id, k.role, state, format_ms(k.created_ms), k.name);
+                println!(
+                    "{:<18} {:<9} {:<8} {:<24} {}",
+                    k.key_id,
+                    k.role,
+                    state,
+                    format_ms(k.created_ms),
+                    k.name
+                );
             }
         }
         AdminCommand::ApiKey(ApiKeyCommand::Revoke { tenant, key_id }) => {
@@ -81,11 +140,12 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Device(DeviceCommand::List { tenant, json }) => {
             let devices = registry.devices(&tenant).await?;
-            let progress: HashMap<_, DeviceProgress> = events::device_progress(store.client(), Some(tenant.as_str()))
-                .await?
-                .into_iter()
-                .map(|p| (p.device_id, p))
-                .collect();
+            let progress: HashMap<_, DeviceProgress> =
+                events::device_progress(store.client(), Some(tenant.as_str()))
+                    .await?
+                    .into_iter()
+                    .map(|p| (p.device_id, p))
+                    .collect();
             if json {
                 let rows: Vec<_> = devices
                     .iter()
@@ -126,9 +186,43 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        AdminCommand::Device(DeviceCommand::Assign { tenant, device_id, team, person }) => {
-            registry.assign_device(&tenant, device_id, &team, &person).await?;
+        AdminCommand::Device(DeviceCommand::Assign {
+            tenant,
+            device_id,
+            team,
+            person,
+        }) => {
+            registry
+                .assign_device(&tenant, device_id, &team, &person)
+                .await?;
             println!("device {device_id} now works for team {team:?}");
+        }
+        AdminCommand::Policy(PolicyCommand::Show { tenant }) => {
+            let stored = policies::current(store.client(), &tenant).await?;
+            println!("{}", serde_json::to_string_pretty(&stored.policy)?);
+        }
+        AdminCommand::Policy(PolicyCommand::Set { tenant, file }) => {
+            registry
+                .tenant(&tenant)
+                .await?
+                .with_context(|| format!("tenant {tenant} does not exist"))?;
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .context("reading the policy from stdin")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let policy = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid policy", file.display()))?;
+            match policies::save(store.client(), &tenant, &policy, "admin-cli").await {
+                Ok(stored) => println!(
+                    "saved policy version {} for tenant {tenant} ({})",
+                    stored.policy.version, stored.etag
+                ),
+                Err(PolicyError::Invalid(e)) => anyhow::bail!("policy refused: {e}"),
+                Err(PolicyError::ClickHouse(e)) => return Err(e.into()),
+            }
         }
         AdminCommand::Device(DeviceCommand::Revoke { tenant, device_id }) => {
             registry.revoke_device(&tenant, device_id).await?;
@@ -140,5 +234,6 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
 
 /// Milliseconds since the epoch as an RFC 3339 UTC timestamp (second precision).
 fn format_ms(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }

@@ -127,7 +127,10 @@ impl DeviceAuthenticator {
     }
 
     /// Checks an `Authorization` header value.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<AuthenticatedDevice, AuthError> {
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<AuthenticatedDevice, AuthError> {
         let token = bearer(authorization, SecretKind::Device).ok_or(AuthError::Missing("bld"))?;
         let device_id = Uuid::parse_str(&token.id).map_err(|_| AuthError::Unknown)?;
         let device = self
@@ -164,7 +167,11 @@ impl ApiCaller {
             let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
             Err(ApiError::forbidden(
                 "wrong_role",
-                format!("this endpoint needs the role {}; this key has {}", allowed.join(" or "), self.role),
+                format!(
+                    "this endpoint needs the role {}; this key has {}",
+                    allowed.join(" or "),
+                    self.role
+                ),
             ))
         }
     }
@@ -212,8 +219,14 @@ impl ApiKeyAuthenticator {
 impl FromRequestParts<AppState> for ApiCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         Ok(state.api_keys.authenticate(authorization).await?)
     }
 }

@@ -16,7 +16,11 @@ use uuid::Uuid;
 use crate::tenancy::{Role, TenantId};
 
 #[derive(Parser, Debug)]
-#[command(name = "backlight-server", version, about = "Backlight server: enrollment, ingest into ClickHouse, item status and reports")]
+#[command(
+    name = "backlight-server",
+    version,
+    about = "Backlight server: enrollment, ingest into ClickHouse, item status and reports"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub storage: StorageArgs,
@@ -39,20 +43,35 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct StorageArgs {
     /// Directory for the server's data, including the embedded ClickHouse.
-    #[arg(long, env = "BACKLIGHT_DATA_DIR", default_value = "./backlight-data", global = true)]
+    #[arg(
+        long,
+        env = "BACKLIGHT_DATA_DIR",
+        default_value = "./backlight-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// ClickHouse HTTP URL, e.g. http://clickhouse:8123. Without it the server starts and
     /// supervises its own local ClickHouse under the data directory.
     #[arg(long, env = "BACKLIGHT_CLICKHOUSE_URL", global = true)]
     pub clickhouse_url: Option<String>,
     /// ClickHouse database holding Backlight's tables (created if missing).
-    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_DATABASE", default_value = "backlight", global = true)]
+    #[arg(
+        long,
+        env = "BACKLIGHT_CLICKHOUSE_DATABASE",
+        default_value = "backlight",
+        global = true
+    )]
     pub clickhouse_database: String,
     /// ClickHouse user.
     #[arg(long, env = "BACKLIGHT_CLICKHOUSE_USER", global = true)]
     pub clickhouse_user: Option<String>,
     /// ClickHouse password (prefer the environment variable to keep it out of `ps`).
-    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "BACKLIGHT_CLICKHOUSE_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     pub clickhouse_password: Option<String>,
 }
 
@@ -95,6 +114,24 @@ pub enum AdminCommand {
     /// Enrolled devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// The tenant's agent policy: rules, privacy, consent notice.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Print the tenant's current policy as JSON.
+    Show {
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Validate and save a policy from a JSON file (`-` for stdin); agents apply it without a restart.
+    Set {
+        #[arg(long)]
+        tenant: TenantId,
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,7 +241,8 @@ pub enum DeviceCommand {
 
 /// Parses durations such as `500ms`, `5s`, `2m`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 5s, 2m, 7d)"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 500ms, 5s, 2m, 7d)"))
 }
 
 #[cfg(test)]
@@ -228,10 +266,22 @@ mod tests {
     #[test]
     fn admin_takes_global_storage_flags() {
         let cli = Cli::try_parse_from([
-            "backlight-server", "admin", "tenant", "create", "acme", "--clickhouse-url", "http://ch:8123",
+            "backlight-server",
+            "admin",
+            "tenant",
+            "create",
+            "acme",
+            "--clickhouse-url",
+            "http://ch:8123",
         ])
         .unwrap();
-        assert_eq!(cli.storage.clickhouse_url.as_deref(), Some("http://ch:8123"));
-        assert!(Cli::try_parse_from(["backlight-server", "admin", "tenant", "create", "Bad Name"]).is_err());
+        assert_eq!(
+            cli.storage.clickhouse_url.as_deref(),
+            Some("http://ch:8123")
+        );
+        assert!(
+            Cli::try_parse_from(["backlight-server", "admin", "tenant", "create", "Bad Name"])
+                .is_err()
+        );
     }
 }

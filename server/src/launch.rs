@@ -46,7 +46,9 @@ fn embedded_dir(storage: &StorageArgs) -> std::path::PathBuf {
 }
 
 /// For `serve`: the given URL, or a supervised embedded ClickHouse.
-pub async fn for_serve(storage: &StorageArgs) -> anyhow::Result<(ClickHouseConfig, ClickHouseHandle)> {
+pub async fn for_serve(
+    storage: &StorageArgs,
+) -> anyhow::Result<(ClickHouseConfig, ClickHouseHandle)> {
     if let Some(url) = &storage.clickhouse_url {
         return Ok((config(storage, url.clone()), ClickHouseHandle::External));
     }
@@ -56,12 +58,17 @@ pub async fn for_serve(storage: &StorageArgs) -> anyhow::Result<(ClickHouseConfi
         .await
         .with_context(|| format!("starting the embedded ClickHouse under {}", dir.display()))?;
     tracing::info!(url = %supervisor.url(), dir = %dir.display(), "embedded ClickHouse running");
-    Ok((config(storage, supervisor.url()), ClickHouseHandle::Supervised(supervisor)))
+    Ok((
+        config(storage, supervisor.url()),
+        ClickHouseHandle::Supervised(supervisor),
+    ))
 }
 
 /// For `admin`: the given URL, the embedded ClickHouse of a server running on this data
 /// directory, or (when no server runs) the embedded ClickHouse started just for this command.
-pub async fn for_admin(storage: &StorageArgs) -> anyhow::Result<(ClickHouseConfig, ClickHouseHandle)> {
+pub async fn for_admin(
+    storage: &StorageArgs,
+) -> anyhow::Result<(ClickHouseConfig, ClickHouseHandle)> {
     if let Some(url) = &storage.clickhouse_url {
         return Ok((config(storage, url.clone()), ClickHouseHandle::External));
     }
@@ -73,5 +80,8 @@ pub async fn for_admin(storage: &StorageArgs) -> anyhow::Result<(ClickHouseConfi
     let process = ClickHouseProcess::start(&dir, None)
         .await
         .with_context(|| format!("starting the embedded ClickHouse under {}", dir.display()))?;
-    Ok((config(storage, process.url()), ClickHouseHandle::Temporary(process)))
+    Ok((
+        config(storage, process.url()),
+        ClickHouseHandle::Temporary(process),
+    ))
 }

@@ -32,7 +32,9 @@ async fn serve_with(config: &ClickHouseConfig, args: &ServeArgs) -> anyhow::Resu
             ..WriterConfig::default()
         },
     );
-    let app = router(AppState::new(store, writer, args.auth_cache_ttl));
+    let state = AppState::new(store, writer, args.auth_cache_ttl);
+    let audit = state.audit.clone();
+    let app = router(state);
 
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
@@ -57,6 +59,10 @@ async fn serve_with(config: &ClickHouseConfig, args: &ServeArgs) -> anyhow::Resu
         }
     }
     .with_context(|| format!("serving on {}", args.listen))?;
+    // Audit entries are written in the background; the last ones must not die with the process.
+    if let Err(e) = audit.flush().await {
+        tracing::error!(error = %e, "could not write the last audit entries before stopping");
+    }
     tracing::info!("server stopped");
     Ok(())
 }
@@ -74,7 +80,9 @@ async fn open_store(config: &ClickHouseConfig, wait: Duration) -> anyhow::Result
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("ClickHouse at {} not usable after {wait:?}", config.url));
+                return Err(e).with_context(|| {
+                    format!("ClickHouse at {} not usable after {wait:?}", config.url)
+                });
             }
         }
     }
@@ -104,4 +112,3 @@ async fn shutdown_on_signal(handle: axum_server::Handle) {
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
-

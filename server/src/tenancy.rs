@@ -19,7 +19,8 @@ impl FromStr for TenantId {
         let ok = !s.is_empty()
             && s.len() <= 63
             && !s.starts_with('-')
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if ok {
             Ok(TenantId(s.to_string()))
         } else {

@@ -25,20 +25,30 @@ pub async fn enroll(
         if value.len() > limits::MAX_SHORT_TEXT_LEN || value.chars().any(char::is_control) {
             return Err(ApiError::invalid_field(
                 field,
-                format!("{field} must be at most {} printable bytes", limits::MAX_SHORT_TEXT_LEN),
+                format!(
+                    "{field} must be at most {} printable bytes",
+                    limits::MAX_SHORT_TEXT_LEN
+                ),
             ));
         }
     }
-    let token = Token::parse_kind(&request.enrollment_key, SecretKind::Enrollment)
-        .map_err(|e| ApiError::unauthorized(format!("invalid enrollment key: {e}")).with_field("enrollment_key"))?;
+    let token =
+        Token::parse_kind(&request.enrollment_key, SecretKind::Enrollment).map_err(|e| {
+            ApiError::unauthorized(format!("invalid enrollment key: {e}"))
+                .with_field("enrollment_key")
+        })?;
     let registry = state.store.registry();
     let key = registry
         .enrollment_key(&token.id)
         .await?
         .filter(|k| secrets::verify(&token, &k.secret_hash))
-        .ok_or_else(|| ApiError::unauthorized("unknown enrollment key").with_field("enrollment_key"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized("unknown enrollment key").with_field("enrollment_key")
+        })?;
     if let Some(reason) = key.unusable_reason(now_ms()) {
-        return Err(ApiError::forbidden("enrollment_key_unusable", reason).with_field("enrollment_key"));
+        return Err(
+            ApiError::forbidden("enrollment_key_unusable", reason).with_field("enrollment_key")
+        );
     }
     let (device_id, credential) = registry
         .enroll_device(

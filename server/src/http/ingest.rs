@@ -23,7 +23,11 @@ use crate::storage::events::EventRow;
 /// Bodies above this size are decoded on the blocking pool so they do not stall other requests.
 const DECODE_INLINE_MAX: usize = 256 * 1024;
 
-pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<IngestResponse>, ApiError> {
+pub async fn ingest(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestResponse>, ApiError> {
     let result = ingest_inner(&state, &headers, body).await;
     let outcome = match &result {
         Ok(_) => "accepted",
@@ -34,18 +38,34 @@ pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Bod
     result
 }
 
-async fn ingest_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Json<IngestResponse>, ApiError> {
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let device = state.devices.authenticate(authorization).await.map_err(|e| match e {
-        AuthError::Revoked => ApiError::forbidden("device_revoked", "this device was revoked by an administrator"),
-        other => other.into(),
-    })?;
+async fn ingest_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Json<IngestResponse>, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let device = state
+        .devices
+        .authenticate(authorization)
+        .await
+        .map_err(|e| match e {
+            AuthError::Revoked => ApiError::forbidden(
+                "device_revoked",
+                "this device was revoked by an administrator",
+            ),
+            other => other.into(),
+        })?;
 
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("body larger than {} bytes", limits::MAX_COMPRESSED_BODY_BYTES),
+            format!(
+                "body larger than {} bytes",
+                limits::MAX_COMPRESSED_BODY_BYTES
+            ),
         )
     };
     let declared = headers
@@ -81,16 +101,23 @@ async fn ingest_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Resu
         .with_field("device_id"));
     }
     let received_ms = now_ms();
-    validate_batch(&batch, received_ms).map_err(|e| ApiError::invalid_field(e.field.clone(), e.to_string()))?;
+    validate_batch(&batch, received_ms)
+        .map_err(|e| ApiError::invalid_field(e.field.clone(), e.to_string()))?;
 
     let response = IngestResponse {
         accepted: batch.events.len(),
         max_seq: batch.events.last().map_or(0, |e| e.seq),
     };
     metrics::histogram!("backlight_ingest_batch_events").record(batch.events.len() as f64);
-    state.writer.write(rows(&device.tenant_id, &batch, received_ms)).await.map_err(|e| match e {
-        WriteError::Overloaded | WriteError::Unavailable(_) | WriteError::Closed => ApiError::unavailable(e.to_string()),
-    })?;
+    state
+        .writer
+        .write(rows(&device.tenant_id, &batch, received_ms))
+        .await
+        .map_err(|e| match e {
+            WriteError::Overloaded | WriteError::Unavailable(_) | WriteError::Closed => {
+                ApiError::unavailable(e.to_string())
+            }
+        })?;
     Ok(Json(response))
 }
 
@@ -104,12 +131,22 @@ fn rows(tenant_id: &str, batch: &Batch, received_ms: u64) -> Vec<EventRow> {
 
 fn decode_error(e: DecodeError) -> ApiError {
     match e {
-        DecodeError::UnsupportedEncoding(_) => {
-            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", e.to_string())
+        DecodeError::UnsupportedEncoding(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            e.to_string(),
+        ),
+        DecodeError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
         }
-        DecodeError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
         DecodeError::Corrupt(..) => ApiError::bad_request(e.to_string()),
-        DecodeError::Json { field: Some(field), message } => ApiError::invalid_field(field, message),
-        DecodeError::Json { field: None, message } => ApiError::bad_request(message),
+        DecodeError::Json {
+            field: Some(field),
+            message,
+        } => ApiError::invalid_field(field, message),
+        DecodeError::Json {
+            field: None,
+            message,
+        } => ApiError::bad_request(message),
     }
 }

@@ -27,19 +27,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "expected Content-Type: application/json",
             ));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY).await.map_err(|_| {
-            ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("body larger than {MAX_JSON_BODY} bytes"),
-            )
-        })?;
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("body larger than {MAX_JSON_BODY} bytes"),
+                )
+            })?;
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
             let path = e.path().to_string();
-            let error = ApiError::invalid_field(path.clone(), format!("invalid JSON at {path}: {}", e.inner()));
+            let error = ApiError::invalid_field(
+                path.clone(),
+                format!("invalid JSON at {path}: {}", e.inner()),
+            );
             if e.inner().is_syntax() || e.inner().is_eof() {
-                ApiError { status: axum::http::StatusCode::BAD_REQUEST, ..error }
+                ApiError {
+                    status: axum::http::StatusCode::BAD_REQUEST,
+                    ..error
+                }
             } else {
                 error
             }

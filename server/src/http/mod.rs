@@ -5,6 +5,8 @@
 //! |---|---|---|
 //! | `POST /v1/enroll` | agent with an enrollment key | get a device credential |
 //! | `POST /v1/ingest` | enrolled device | a batch of events |
+//! | `GET /v1/agent/policy` | enrolled device | the tenant's policy (ETag) |
+//! | `GET`/`PUT /v1/admin/policy` | admin API key | read / replace the policy |
 //! | `GET /healthz` | orchestrator | process is up |
 //! | `GET /readyz` | load balancer | ClickHouse reachable, schema current |
 //! | `GET /metrics` | Prometheus | counters, histograms, per-device gaps |
@@ -15,6 +17,8 @@ pub mod ingest;
 pub mod items;
 pub mod json;
 pub mod ops;
+pub mod pages;
+pub mod policy;
 pub mod reports;
 
 use std::sync::Arc;
@@ -49,6 +53,10 @@ pub struct AppState {
     pub devices: DeviceAuthenticator,
     pub api_keys: ApiKeyAuthenticator,
     pub progress_cache: ProgressCache,
+    /// Who looked at what (items API, reports): batched writer, see [`crate::storage::audit`].
+    pub audit: crate::storage::audit::AuditLog,
+    /// Per-tenant handle-time statistics for item ETAs (a cache; see [`crate::storage::items`]).
+    pub handle_times: crate::storage::items::HandleTimeCache,
 }
 
 impl AppState {
@@ -57,6 +65,10 @@ impl AppState {
         AppState {
             devices: DeviceAuthenticator::new(store.registry().clone(), auth_cache_ttl),
             api_keys: ApiKeyAuthenticator::new(store.registry().clone(), auth_cache_ttl),
+            audit: crate::storage::audit::AuditLog::new(store.client().clone()),
+            handle_times: crate::storage::items::HandleTimeCache::new(
+                crate::storage::items::HANDLE_TIME_CACHE_TTL,
+            ),
             store,
             writer,
             progress_cache: Arc::default(),
@@ -73,7 +85,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .merge(items::routes())
+        .merge(policy::routes())
         .merge(reports::routes())
+        .merge(pages::routes())
         .fallback(error::fallback)
         .with_state(state)
         .layer(middleware::from_fn(record_request))
@@ -96,6 +110,7 @@ async fn record_request(request: Request, next: Next) -> Response {
     let status = response.status().as_u16().to_string();
     metrics::counter!("backlight_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
-    metrics::histogram!("backlight_http_request_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("backlight_http_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     response
 }

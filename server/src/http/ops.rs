@@ -40,13 +40,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     match device_progress(&state).await {
         Ok(progress) => append_progress(&mut text, &progress),
         Err(e) => {
-            let _ = writeln!(text, "# device progress unavailable: {}", e.to_string().replace('\n', " "));
+            let _ = writeln!(
+                text,
+                "# device progress unavailable: {}",
+                e.to_string().replace('\n', " ")
+            );
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn device_progress(state: &AppState) -> Result<Vec<DeviceProgress>, crate::clickhouse::ClickHouseError> {
+async fn device_progress(
+    state: &AppState,
+) -> Result<Vec<DeviceProgress>, crate::clickhouse::ClickHouseError> {
     let mut cache = state.progress_cache.lock().await;
     if let Some((at, progress)) = cache.as_ref() {
         if at.elapsed() < PROGRESS_CACHE_TTL {
@@ -70,10 +76,16 @@ fn append_progress(text: &mut String, progress: &[DeviceProgress]) {
             p.tenant_id, p.device_id, p.missing
         );
     }
-    let _ = writeln!(text, "# HELP backlight_sequence_missing_total Sum of sequence gaps over all devices.");
+    let _ = writeln!(
+        text,
+        "# HELP backlight_sequence_missing_total Sum of sequence gaps over all devices."
+    );
     let _ = writeln!(text, "# TYPE backlight_sequence_missing_total gauge");
     let _ = writeln!(text, "backlight_sequence_missing_total {total}");
-    let _ = writeln!(text, "# HELP backlight_devices_reporting Devices that have sent at least one event.");
+    let _ = writeln!(
+        text,
+        "# HELP backlight_devices_reporting Devices that have sent at least one event."
+    );
     let _ = writeln!(text, "# TYPE backlight_devices_reporting gauge");
     let _ = writeln!(text, "backlight_devices_reporting {}", progress.len());
 }

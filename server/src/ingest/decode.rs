@@ -23,7 +23,10 @@ pub enum DecodeError {
     #[error("body is larger than {limit} bytes after decompression")]
     TooLarge { limit: usize },
     #[error("{message}")]
-    Json { field: Option<String>, message: String },
+    Json {
+        field: Option<String>,
+        message: String,
+    },
 }
 
 impl Encoding {
@@ -49,7 +52,10 @@ pub fn decompress(body: &[u8], encoding: Encoding, limit: usize) -> Result<Vec<u
         }
         Encoding::Zstd => (
             "zstd",
-            Box::new(zstd::stream::read::Decoder::new(body).map_err(|e| DecodeError::Corrupt("zstd", e.to_string()))?),
+            Box::new(
+                zstd::stream::read::Decoder::new(body)
+                    .map_err(|e| DecodeError::Corrupt("zstd", e.to_string()))?,
+            ),
         ),
         Encoding::Gzip => ("gzip", Box::new(flate2::read::GzDecoder::new(body))),
     };
@@ -75,7 +81,9 @@ pub fn parse_batch(json: &[u8]) -> Result<Batch, DecodeError> {
         // path below `events[i]`. On this (error) path only, parse that one event again by its
         // kind so the answer names the field itself.
         if !is_syntax {
-            if let Some((inner_path, inner_reason)) = event_index(&path).and_then(|i| explain_event(json, i)) {
+            if let Some((inner_path, inner_reason)) =
+                event_index(&path).and_then(|i| explain_event(json, i))
+            {
                 path = format!("{path}.{inner_path}");
                 reason = inner_reason;
             }
@@ -94,7 +102,10 @@ pub fn parse_batch(json: &[u8]) -> Result<Batch, DecodeError> {
 
 /// `Some(i)` when `path` is exactly `events[i]`.
 fn event_index(path: &str) -> Option<usize> {
-    path.strip_prefix("events[")?.strip_suffix(']')?.parse().ok()
+    path.strip_prefix("events[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Re-parses event `index` of `json` by its `kind` and returns the path (within the event) and
@@ -102,7 +113,9 @@ fn event_index(path: &str) -> Option<usize> {
 fn explain_event(json: &[u8], index: usize) -> Option<(String, String)> {
     use backlight_shared::event::{ActivitySpan, AgentHealth, ConsentChange, WorkItemEvent};
 
-    fn first_error<T: serde::de::DeserializeOwned>(fields: serde_json::Value) -> Option<(String, String)> {
+    fn first_error<T: serde::de::DeserializeOwned>(
+        fields: serde_json::Value,
+    ) -> Option<(String, String)> {
         serde_path_to_error::deserialize::<_, T>(fields)
             .err()
             .map(|e| (e.path().to_string(), e.inner().to_string()))
@@ -142,7 +155,10 @@ mod tests {
         assert_eq!(Encoding::from_header(None), Ok(Encoding::Identity));
         assert_eq!(Encoding::from_header(Some("ZSTD")), Ok(Encoding::Zstd));
         assert_eq!(Encoding::from_header(Some("gzip")), Ok(Encoding::Gzip));
-        assert!(matches!(Encoding::from_header(Some("br")), Err(DecodeError::UnsupportedEncoding(_))));
+        assert!(matches!(
+            Encoding::from_header(Some("br")),
+            Err(DecodeError::UnsupportedEncoding(_))
+        ));
     }
 
     #[test]
@@ -150,14 +166,28 @@ mod tests {
         let zeros = vec![b' '; 10_000_000];
         let small = zstd::encode_all(&zeros[..], 3).unwrap();
         assert!(small.len() < 10_000);
-        assert_eq!(decompress(&small, Encoding::Zstd, 1_000_000), Err(DecodeError::TooLarge { limit: 1_000_000 }));
-        assert_eq!(decompress(&small, Encoding::Zstd, 10_000_000).unwrap().len(), 10_000_000);
+        assert_eq!(
+            decompress(&small, Encoding::Zstd, 1_000_000),
+            Err(DecodeError::TooLarge { limit: 1_000_000 })
+        );
+        assert_eq!(
+            decompress(&small, Encoding::Zstd, 10_000_000)
+                .unwrap()
+                .len(),
+            10_000_000
+        );
     }
 
     #[test]
     fn declared_zstd_but_plain_is_corrupt() {
-        assert!(matches!(decompress(b"{\"a\":1}", Encoding::Zstd, 100), Err(DecodeError::Corrupt("zstd", _))));
-        assert!(matches!(decompress(b"{\"a\":1}", Encoding::Gzip, 100), Err(DecodeError::Corrupt("gzip", _))));
+        assert!(matches!(
+            decompress(b"{\"a\":1}", Encoding::Zstd, 100),
+            Err(DecodeError::Corrupt("zstd", _))
+        ));
+        assert!(matches!(
+            decompress(b"{\"a\":1}", Encoding::Gzip, 100),
+            Err(DecodeError::Corrupt("gzip", _))
+        ));
     }
 
     #[test]
@@ -171,6 +201,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_batch(b"not json"), Err(DecodeError::Json { .. })));
+        assert!(matches!(
+            parse_batch(b"not json"),
+            Err(DecodeError::Json { .. })
+        ));
     }
 }

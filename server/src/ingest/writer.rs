@@ -87,10 +87,13 @@ impl IngestWriter {
     /// Writes `rows`, returning once ClickHouse has accepted them.
     pub async fn write(&self, rows: Vec<EventRow>) -> Result<(), WriteError> {
         let wanted = u32::try_from(rows.len()).map_err(|_| WriteError::Overloaded)?;
-        let budget = tokio::time::timeout(self.admission_timeout, self.budget.clone().acquire_many_owned(wanted))
-            .await
-            .map_err(|_| WriteError::Overloaded)?
-            .map_err(|_| WriteError::Closed)?;
+        let budget = tokio::time::timeout(
+            self.admission_timeout,
+            self.budget.clone().acquire_many_owned(wanted),
+        )
+        .await
+        .map_err(|_| WriteError::Overloaded)?
+        .map_err(|_| WriteError::Closed)?;
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Pending {
@@ -133,7 +136,9 @@ async fn collect(client: Client, config: WriterConfig, mut rx: mpsc::Receiver<Pe
         });
     }
     // Wait for INSERTs still running before the task ends.
-    let _ = inserts.acquire_many(config.max_concurrent_inserts.max(1) as u32).await;
+    let _ = inserts
+        .acquire_many(config.max_concurrent_inserts.max(1) as u32)
+        .await;
 }
 
 async fn insert_group(client: &Client, group: &[Pending], rows: usize) -> Result<(), WriteError> {

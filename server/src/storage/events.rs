@@ -161,13 +161,19 @@ mod tests {
     fn enum_codes_match_the_migration() {
         let sql = include_str!("../../../deploy/clickhouse/migrations/0002_events.sql");
         for (i, state) in ["active", "idle", "locked"].iter().enumerate() {
-            assert!(sql.contains(&format!("'{state}' = {}", i + 1)), "state {state}");
+            assert!(
+                sql.contains(&format!("'{state}' = {}", i + 1)),
+                "state {state}"
+            );
         }
         for action in ItemAction::ALL {
             assert!(sql.contains(&format!("'{}' = {}", action.as_str(), action as i8 + 1)));
         }
         for (i, source) in ["rule", "app", "manual"].iter().enumerate() {
-            assert!(sql.contains(&format!("'{source}' = {}", i + 1)), "source {source}");
+            assert!(
+                sql.contains(&format!("'{source}' = {}", i + 1)),
+                "source {source}"
+            );
         }
         for kind in EventKind::ALL {
             assert!(sql.contains(&format!("'{}' = {}", kind.as_str(), kind as i8 + 1)));

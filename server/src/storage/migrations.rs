@@ -3,7 +3,7 @@
 //! The SQL lives in `deploy/clickhouse/migrations/NNNN_name.sql`, one file per step, compiled
 //! into the binary. Every statement is idempotent (`IF NOT EXISTS`), so servers starting at the
 //! same time, or a start interrupted half-way, are harmless. Applied versions are recorded in
-//! `schema_migrations`; `/readyz` reports not-ready until the newest one is recorded.
+//! `schema_migrations`; `/readyz` reports not-ready until every step this build knows is recorded.
 //!
 //! **Architecture invariant:** table definitions exist only in these files. Engines are named
 //! once per table, so a clustered deployment (Replicated*MergeTree + Distributed) is a rewrite of
@@ -38,12 +38,27 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "assignments",
         sql: include_str!("../../../deploy/clickhouse/migrations/0003_assignments.sql"),
     },
+    Migration {
+        version: 4,
+        name: "items",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0004_items.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "audit",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0005_audit.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "reports",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0006_reports.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "policies",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0007_policies.sql"),
+    },
 ];
-
-/// The newest schema version this build needs.
-pub fn latest_version() -> u32 {
-    MIGRATIONS.last().map_or(0, |m| m.version)
-}
 
 /// Splits a migration file into statements: comments (`-- …` lines) removed, split on `;`.
 /// Migration files therefore must not contain `;` inside string literals.
@@ -62,7 +77,7 @@ pub fn statements(sql: &str) -> Vec<String> {
 }
 
 /// Creates the database if needed and applies every migration not yet recorded.
-pub async fn migrate(server: &Client, database: &str, db: &Client) -> Result<u32, ClickHouseError> {
+pub async fn migrate(server: &Client, database: &str, db: &Client) -> Result<(), ClickHouseError> {
     with_timeout(
         server
             .query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
@@ -78,9 +93,26 @@ pub async fn migrate(server: &Client, database: &str, db: &Client) -> Result<u32
         .execute(),
     )
     .await?;
-    let applied = applied_version(db).await?;
-    for migration in MIGRATIONS.iter().filter(|m| m.version > applied) {
-        tracing::info!(version = migration.version, name = migration.name, "applying migration");
+    // Apply every step not recorded yet (not just those above the highest recorded one), so a
+    // step merged later with a lower number than one already applied still runs.
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Applied {
+        version: u32,
+    }
+    let applied: Vec<u32> = with_timeout(
+        db.query("SELECT version FROM schema_migrations FINAL")
+            .fetch_all::<Applied>(),
+    )
+    .await?
+    .into_iter()
+    .map(|a| a.version)
+    .collect();
+    for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applying migration"
+        );
         for statement in statements(migration.sql) {
             with_timeout(db.query(&statement).execute()).await?;
         }
@@ -93,21 +125,28 @@ pub async fn migrate(server: &Client, database: &str, db: &Client) -> Result<u32
         )
         .await?;
     }
-    Ok(latest_version())
+    Ok(())
 }
 
-/// The highest migration version recorded as applied (0 when none).
-pub async fn applied_version(db: &Client) -> Result<u32, ClickHouseError> {
+/// The migrations this build needs that are not recorded as applied (empty when current).
+pub async fn missing_versions(db: &Client) -> Result<Vec<u32>, ClickHouseError> {
     #[derive(clickhouse::Row, Deserialize)]
-    struct Version {
+    struct Applied {
         version: u32,
     }
-    let row: Version = with_timeout(
-        db.query("SELECT toUInt32(max(version)) AS version FROM schema_migrations")
-            .fetch_one(),
+    let applied: Vec<u32> = with_timeout(
+        db.query("SELECT DISTINCT version FROM schema_migrations")
+            .fetch_all::<Applied>(),
     )
-    .await?;
-    Ok(row.version)
+    .await?
+    .into_iter()
+    .map(|a| a.version)
+    .collect();
+    Ok(MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect())
 }
 
 #[cfg(test)]
@@ -118,7 +157,6 @@ mod tests {
     fn versions_are_strictly_increasing() {
         let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
         assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
-        assert_eq!(latest_version(), *versions.last().unwrap());
     }
 
     #[test]

@@ -8,9 +8,13 @@
 //! (a device, a revocation, an accepted event) another server behind the same load balancer
 //! learns from ClickHouse.
 
+pub mod audit;
 pub mod events;
+pub mod items;
 pub mod migrations;
+pub mod policies;
 pub mod registry;
+pub mod reports;
 
 use clickhouse::Client;
 use serde::Deserialize;
@@ -64,12 +68,11 @@ impl Store {
             Ok(_) => return Err("ClickHouse answered SELECT 1 wrongly".into()),
             Err(e) => return Err(format!("ClickHouse unreachable: {e}")),
         }
-        let applied = migrations::applied_version(&self.client)
+        let missing = migrations::missing_versions(&self.client)
             .await
             .map_err(|e| format!("cannot read schema_migrations: {e}"))?;
-        let needed = migrations::latest_version();
-        if applied < needed {
-            return Err(format!("schema at version {applied}, this server needs {needed}"));
+        if !missing.is_empty() {
+            return Err(format!("schema migrations not applied yet: {missing:?}"));
         }
         Ok(())
     }

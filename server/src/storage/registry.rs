@@ -22,7 +22,9 @@ pub enum RegistryError {
     ClickHouse(#[from] ClickHouseError),
     #[error("tenant {0} already exists")]
     TenantExists(TenantId),
-    #[error("tenant {0} does not exist (create it with `backlight-server admin tenant create {0}`)")]
+    #[error(
+        "tenant {0} does not exist (create it with `backlight-server admin tenant create {0}`)"
+    )]
     NoSuchTenant(TenantId),
     #[error("{what} {id} not found in tenant {tenant}")]
     NotFound {
@@ -131,6 +133,28 @@ pub struct NewDevice<'a> {
     pub agent_version: &'a str,
 }
 
+/// A registry record that can be revoked by writing a newer version of it.
+trait Revocable {
+    fn tenant_id(&self) -> &str;
+    fn mark_revoked(&mut self);
+}
+
+macro_rules! revocable {
+    ($($row:ty),*) => {$(
+        impl Revocable for $row {
+            fn tenant_id(&self) -> &str {
+                &self.tenant_id
+            }
+            fn mark_revoked(&mut self) {
+                self.revoked = 1;
+                self.updated_ms = next_version(self.updated_ms);
+            }
+        }
+    )*};
+}
+
+revocable!(EnrollmentKeyRow, DeviceRow, ApiKeyRow);
+
 /// Access to the registry tables.
 #[derive(Clone)]
 pub struct Registry {
@@ -160,12 +184,62 @@ impl Registry {
         .await
     }
 
-    async fn fetch_one_by<T>(&self, table: &str, key: &str, value: &str) -> Result<Option<T>, ClickHouseError>
+    async fn fetch_one_by<T>(
+        &self,
+        table: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<T>, ClickHouseError>
     where
         T: clickhouse::RowOwned + clickhouse::RowRead,
     {
         let sql = format!("SELECT ?fields FROM {table} FINAL WHERE {key} = ?");
         with_timeout(self.client.query(&sql).bind(value).fetch_optional::<T>()).await
+    }
+
+    /// Every current row of `table` that belongs to `tenant`, sorted by `order_by`.
+    async fn list_for_tenant<T>(
+        &self,
+        table: &str,
+        tenant: &TenantId,
+        order_by: &str,
+    ) -> Result<Vec<T>, ClickHouseError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        let sql =
+            format!("SELECT ?fields FROM {table} FINAL WHERE tenant_id = ? ORDER BY {order_by}");
+        with_timeout(
+            self.client
+                .query(&sql)
+                .bind(tenant.as_str())
+                .fetch_all::<T>(),
+        )
+        .await
+    }
+
+    /// Writes a revoked version of `row`, which must exist and belong to `tenant` (another
+    /// tenant's record looks exactly like a missing one).
+    async fn revoke<T>(
+        &self,
+        table: &str,
+        what: &'static str,
+        id: &str,
+        tenant: &TenantId,
+        row: Option<T>,
+    ) -> Result<(), RegistryError>
+    where
+        T: Revocable + clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        let mut row = row
+            .filter(|r| r.tenant_id() == tenant.as_str())
+            .ok_or_else(|| RegistryError::NotFound {
+                what,
+                id: id.to_string(),
+                tenant: tenant.clone(),
+            })?;
+        row.mark_revoked();
+        Ok(self.insert(table, &row).await?)
     }
 
     pub async fn create_tenant(&self, tenant: &TenantId, name: &str) -> Result<(), RegistryError> {
@@ -183,7 +257,8 @@ impl Registry {
     }
 
     pub async fn tenant(&self, tenant: &TenantId) -> Result<Option<TenantRow>, ClickHouseError> {
-        self.fetch_one_by("tenants", "tenant_id", tenant.as_str()).await
+        self.fetch_one_by("tenants", "tenant_id", tenant.as_str())
+            .await
     }
 
     pub async fn tenants(&self) -> Result<Vec<TenantRow>, ClickHouseError> {
@@ -226,33 +301,29 @@ impl Registry {
         Ok(token)
     }
 
-    pub async fn enrollment_key(&self, key_id: &str) -> Result<Option<EnrollmentKeyRow>, ClickHouseError> {
+    pub async fn enrollment_key(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<EnrollmentKeyRow>, ClickHouseError> {
         self.fetch_one_by("enrollment_keys", "key_id", key_id).await
     }
 
-    pub async fn enrollment_keys(&self, tenant: &TenantId) -> Result<Vec<EnrollmentKeyRow>, ClickHouseError> {
-        with_timeout(
-            self.client
-                .query("SELECT ?fields FROM enrollment_keys FINAL WHERE tenant_id = ? ORDER BY created_ms")
-                .bind(tenant.as_str())
-                .fetch_all(),
-        )
-        .await
+    pub async fn enrollment_keys(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<EnrollmentKeyRow>, ClickHouseError> {
+        self.list_for_tenant("enrollment_keys", tenant, "created_ms")
+            .await
     }
 
-    pub async fn revoke_enrollment_key(&self, tenant: &TenantId, key_id: &str) -> Result<(), RegistryError> {
-        let mut row = self
-            .enrollment_key(key_id)
-            .await?
-            .filter(|k| k.tenant_id == tenant.as_str())
-            .ok_or_else(|| RegistryError::NotFound {
-                what: "enrollment key",
-                id: key_id.to_string(),
-                tenant: tenant.clone(),
-            })?;
-        row.revoked = 1;
-        row.updated_ms = next_version(row.updated_ms);
-        Ok(self.insert("enrollment_keys", &row).await?)
+    pub async fn revoke_enrollment_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+    ) -> Result<(), RegistryError> {
+        let row = self.enrollment_key(key_id).await?;
+        self.revoke("enrollment_keys", "enrollment key", key_id, tenant, row)
+            .await
     }
 
     /// Registers a new device under a (checked, usable) enrollment key; the returned token is
@@ -292,32 +363,26 @@ impl Registry {
     }
 
     pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRow>, ClickHouseError> {
-        with_timeout(
-            self.client
-                .query("SELECT ?fields FROM devices FINAL WHERE tenant_id = ? ORDER BY enrolled_ms")
-                .bind(tenant.as_str())
-                .fetch_all(),
-        )
-        .await
+        self.list_for_tenant("devices", tenant, "enrolled_ms").await
     }
 
-    pub async fn revoke_device(&self, tenant: &TenantId, device_id: Uuid) -> Result<(), RegistryError> {
-        let mut row = self
-            .device(device_id)
-            .await?
-            .filter(|d| d.tenant_id == tenant.as_str())
-            .ok_or_else(|| RegistryError::NotFound {
-                what: "device",
-                id: device_id.to_string(),
-                tenant: tenant.clone(),
-            })?;
-        row.revoked = 1;
-        row.updated_ms = next_version(row.updated_ms);
-        Ok(self.insert("devices", &row).await?)
+    pub async fn revoke_device(
+        &self,
+        tenant: &TenantId,
+        device_id: Uuid,
+    ) -> Result<(), RegistryError> {
+        let row = self.device(device_id).await?;
+        self.revoke("devices", "device", &device_id.to_string(), tenant, row)
+            .await
     }
 
     /// Creates an API key; the returned token is the only copy of its secret.
-    pub async fn create_api_key(&self, tenant: &TenantId, role: Role, name: &str) -> Result<Token, RegistryError> {
+    pub async fn create_api_key(
+        &self,
+        tenant: &TenantId,
+        role: Role,
+        name: &str,
+    ) -> Result<Token, RegistryError> {
         self.require_tenant(tenant).await?;
         let token = secrets::new_token(SecretKind::ApiKey, secrets::new_key_id());
         let now = now_ms();
@@ -340,28 +405,17 @@ impl Registry {
     }
 
     pub async fn api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRow>, ClickHouseError> {
-        with_timeout(
-            self.client
-                .query("SELECT ?fields FROM api_keys FINAL WHERE tenant_id = ? ORDER BY created_ms")
-                .bind(tenant.as_str())
-                .fetch_all(),
-        )
-        .await
+        self.list_for_tenant("api_keys", tenant, "created_ms").await
     }
 
-    pub async fn revoke_api_key(&self, tenant: &TenantId, key_id: &str) -> Result<(), RegistryError> {
-        let mut row = self
-            .api_key(key_id)
-            .await?
-            .filter(|k| k.tenant_id == tenant.as_str())
-            .ok_or_else(|| RegistryError::NotFound {
-                what: "API key",
-                id: key_id.to_string(),
-                tenant: tenant.clone(),
-            })?;
-        row.revoked = 1;
-        row.updated_ms = next_version(row.updated_ms);
-        Ok(self.insert("api_keys", &row).await?)
+    pub async fn revoke_api_key(
+        &self,
+        tenant: &TenantId,
+        key_id: &str,
+    ) -> Result<(), RegistryError> {
+        let row = self.api_key(key_id).await?;
+        self.revoke("api_keys", "API key", key_id, tenant, row)
+            .await
     }
 
     /// Assigns a device to a team (and optionally a person). The device must be the tenant's.
@@ -380,7 +434,11 @@ impl Registry {
                 id: device_id.to_string(),
                 tenant: tenant.clone(),
             })?;
-        let previous = self.assignments(tenant).await?.into_iter().find(|a| a.device_id == device_id);
+        let previous = self
+            .assignments(tenant)
+            .await?
+            .into_iter()
+            .find(|a| a.device_id == device_id);
         let row = DeviceAssignmentRow {
             tenant_id: tenant.to_string(),
             device_id,
@@ -392,14 +450,12 @@ impl Registry {
     }
 
     /// The current assignment of every assigned device of a tenant.
-    pub async fn assignments(&self, tenant: &TenantId) -> Result<Vec<DeviceAssignmentRow>, ClickHouseError> {
-        with_timeout(
-            self.client
-                .query("SELECT ?fields FROM device_assignments FINAL WHERE tenant_id = ? ORDER BY team, person")
-                .bind(tenant.as_str())
-                .fetch_all(),
-        )
-        .await
+    pub async fn assignments(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<DeviceAssignmentRow>, ClickHouseError> {
+        self.list_for_tenant("device_assignments", tenant, "team, person")
+            .await
     }
 
     /// A tenant's settings (defaults when never set).
