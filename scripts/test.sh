@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
-# Runs every test of Backlight: unit tests and the end-to-end tests that run the real binaries
-# against a real, throwaway ClickHouse. Installs ClickHouse first when it is missing.
+# Runs every test of Backlight: unit tests, the end-to-end tests that run the real binaries
+# against a real, throwaway ClickHouse, the desktop tests on a real X server (Xvfb), and the
+# browser tests of the web pages in headless Chromium. Installs what is missing first
+# (ClickHouse, Xvfb and xdotool, Chromium, Node.js) from the OS package manager.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=""
+need_package() { # need_package COMMAND PACKAGE...
+  local command=$1; shift
+  command -v "$command" >/dev/null 2>&1 && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "$command is missing and this is not a Debian/Ubuntu machine: install $* yourself" >&2
+    exit 1
+  fi
+  echo "==> installing $*"
+  [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@"
+}
 
 if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/sbin/clickhouse-server ] && [ -z "${BACKLIGHT_CLICKHOUSE_BINARY:-}" ]; then
   echo "==> ClickHouse is missing; installing it"
   bash deploy/install-clickhouse.sh
 fi
+need_package Xvfb xvfb
+need_package xdotool xdotool
+need_package xset x11-xserver-utils
+need_package xmessage x11-utils
 
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 
 echo "==> running the tests"
 cargo test --workspace --locked "$@"
+
+echo "==> running the browser tests"
+bash scripts/browser-test.sh
