@@ -45,6 +45,13 @@ if [ ! -f "$AGENT_DIR/credentials.json" ]; then
   "$SERVER" admin tenant create demo --name "Demo Insurance" 2>/dev/null || true
   KEY=$("$SERVER" admin enrollment-key create --tenant demo --note "scripts/run.sh demo" 2>/dev/null)
   "$AGENT" --data-dir "$AGENT_DIR" enroll --server "http://$LISTEN" --key "$KEY"
+  "$SERVER" admin device assign --tenant demo "$("$AGENT" --data-dir "$AGENT_DIR" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["device_id"])')" --team claims-north >/dev/null
+  {
+    echo "contact-center key (cc_agent): $("$SERVER" admin api-key create --tenant demo --role cc_agent --name demo-cc 2>/dev/null)"
+    echo "workforce key (wfm):           $("$SERVER" admin api-key create --tenant demo --role wfm --name demo-wfm 2>/dev/null)"
+    echo "admin key (admin):             $("$SERVER" admin api-key create --tenant demo --role admin --name demo-admin 2>/dev/null)"
+  } >"$DATA/demo-keys.txt"
+  chmod 600 "$DATA/demo-keys.txt"
 fi
 
 echo "==> starting the demo agent (synthetic work; log: $DATA/agent.log)"
@@ -55,7 +62,10 @@ CH_URL=$(cat "$DATA/clickhouse/endpoint" 2>/dev/null || echo "see $DATA/server.l
 cat <<EOT
 
 Backlight is running.
-  Server API        http://$LISTEN   (health: /healthz, readiness: /readyz, metrics: /metrics)
+  Lookup page       http://$LISTEN/            (contact center: search an item id that '$AGENT --data-dir $AGENT_DIR show' lists)
+  Dashboard         http://$LISTEN/dashboard   (workforce managers)
+  API keys          $DATA/demo-keys.txt  (the pages ask for one)
+  Server API        http://$LISTEN   (/openapi.json, /healthz, /readyz, /metrics)
   Embedded ClickHouse  $CH_URL   (database: backlight)
   Devices           $SERVER admin device list --tenant demo
   Agent status      $AGENT --data-dir $AGENT_DIR status
