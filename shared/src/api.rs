@@ -10,6 +10,7 @@ pub const INGEST_PATH: &str = "/v1/ingest";
 
 /// `POST /v1/enroll`: exchange an enrollment key for a device credential.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The enrollment key an admin created (`ble_…`).
@@ -25,6 +26,7 @@ pub struct EnrollRequest {
 /// The answer to a successful enrollment. The credential is shown once; the server keeps only
 /// its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub device_id: Uuid,
     pub tenant_id: String,
@@ -34,6 +36,7 @@ pub struct EnrollResponse {
 
 /// The answer to an accepted batch: every event in it is stored in ClickHouse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestResponse {
     /// Number of events stored (a resent batch is stored again and counted once by every query).
     pub accepted: usize,
@@ -43,6 +46,7 @@ pub struct IngestResponse {
 
 /// The body of every error answer, whatever the endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// A stable, machine-readable code, e.g. `invalid_field`, `unauthorized`, `unavailable`.
     pub error: String,

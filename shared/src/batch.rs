@@ -12,6 +12,7 @@ use crate::event::Event;
 
 /// A batch of events from one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     /// Must equal [`crate::PROTOCOL_VERSION`].

@@ -14,6 +14,7 @@ use crate::UnixMillis;
 // No `deny_unknown_fields` here: serde cannot combine it with `flatten`; the body's own structs
 // deny unknown fields, which catches the same mistakes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Device-local sequence number, starting at 1, strictly increasing, never reused.
     pub seq: u64,
@@ -26,6 +27,7 @@ pub struct Event {
 
 /// The kinds of event, tagged by `kind` on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventBody {
     /// A continuous stretch of the same focused application, title and presence state.
@@ -62,6 +64,7 @@ impl EventBody {
 
 /// The kind of an event without its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     ActivitySpan,
@@ -90,6 +93,7 @@ impl EventKind {
 
 /// Presence of the person at the desktop during a span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ActivityState {
     /// Input was seen recently.
@@ -112,6 +116,7 @@ impl ActivityState {
 
 /// A continuous stretch of the same focused application, title and state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActivitySpan {
     /// The focused application (e.g. its WM_CLASS or executable name). Empty when nothing had focus.
@@ -121,8 +126,10 @@ pub struct ActivitySpan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
     /// Start of the span, inclusive.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub start_ms: UnixMillis,
     /// End of the span, exclusive; never before `start_ms`.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub end_ms: UnixMillis,
     pub state: ActivityState,
     /// The work item this span was spent on, when a rule or an app said so.
@@ -135,6 +142,7 @@ pub struct ActivitySpan {
 
 /// What happened to a work item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ItemAction {
     Started,
@@ -166,6 +174,7 @@ impl ItemAction {
 
 /// Who said that a work item changed state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ItemSource {
     /// A centrally managed rule matched the focused window.
@@ -188,6 +197,7 @@ impl ItemSource {
 
 /// A work item changed state on this desktop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkItemEvent {
     /// The business identifier of the item (claim, order, case number).
@@ -195,12 +205,14 @@ pub struct WorkItemEvent {
     pub action: ItemAction,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at_ms: UnixMillis,
     pub source: ItemSource,
 }
 
 /// The employee granted or withdrew consent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConsentChange {
     pub granted: bool,
@@ -208,11 +220,13 @@ pub struct ConsentChange {
     pub policy_version: u32,
     /// What the consent covers, e.g. `activity,items`.
     pub scope: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at_ms: UnixMillis,
 }
 
 /// Periodic report on the agent itself, so losses and clock trouble are visible centrally.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentHealth {
     pub agent_version: String,
@@ -225,5 +239,6 @@ pub struct AgentHealth {
     pub events_rejected: u64,
     /// Server clock minus agent clock, in ms, as last measured from the server's `Date` header.
     pub clock_offset_ms: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at_ms: UnixMillis,
 }

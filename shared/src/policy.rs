@@ -18,6 +18,7 @@ pub const POLICY_PATH: &str = "/v1/agent/policy";
 
 /// What may leave the desktop of a window title.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TitlePolicy {
     /// Titles never leave the desktop (only the app name and matched item id/step do).
@@ -31,6 +32,7 @@ pub enum TitlePolicy {
 
 /// A tenant's policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Version of the notice. Employees are asked for consent again whenever it increases.
@@ -75,6 +77,7 @@ pub struct Policy {
 /// resumed; when focus leaves it, the item is paused. A title matching `complete_title` (also
 /// capturing `item`) completes the item; with `complete_on_close`, closing the item's window does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ItemRule {
     /// A name for admins and logs.

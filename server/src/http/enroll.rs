@@ -13,6 +13,27 @@ use super::AppState;
 use crate::secrets;
 use crate::storage::registry::NewDevice;
 
+/// Trade an enrollment key for a device credential.
+///
+/// Called once by an agent. No `Authorization` header: the enrollment key (`ble_…`) travels in
+/// the body. The device credential (`bld_…`) in the answer is shown only this once.
+#[utoipa::path(
+    post,
+    path = backlight_shared::api::ENROLL_PATH,
+    tag = "agent",
+    operation_id = "enroll",
+    request_body = backlight_shared::api::EnrollRequest,
+    responses(
+        (status = 200, description = "Enrolled", body = backlight_shared::api::EnrollResponse),
+        (status = 400, description = "Malformed JSON (`bad_request`)", body = backlight_shared::api::ErrorBody),
+        (status = 401, description = "Malformed or unknown enrollment key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "Enrollment key expired, revoked or used up (`enrollment_key_unusable`)", body = backlight_shared::api::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
+        (status = 422, description = "A field is invalid (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse unavailable; retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 pub async fn enroll(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<EnrollRequest>,

@@ -23,6 +23,32 @@ use crate::storage::events::EventRow;
 /// Bodies above this size are decoded on the blocking pool so they do not stall other requests.
 const DECODE_INLINE_MAX: usize = 256 * 1024;
 
+/// Upload a batch of events.
+///
+/// Authenticated with the device credential (`bld_…`). The body is a JSON `Batch`, sent as
+/// is or compressed (`Content-Encoding: zstd` or `gzip`); at most 4 MiB as sent and 16 MiB
+/// decompressed. A 200 means ClickHouse accepted every event of the batch.
+#[utoipa::path(
+    post,
+    path = backlight_shared::api::INGEST_PATH,
+    tag = "agent",
+    operation_id = "ingest",
+    security(("device" = [])),
+    params(
+        ("Content-Encoding" = Option<String>, Header, description = "`zstd`, `gzip`, or absent for plain JSON"),
+    ),
+    request_body(content = Batch, content_type = "application/json", description = "A batch of events from one device, optionally compressed (see `Content-Encoding`)"),
+    responses(
+        (status = 200, description = "Every event is stored", body = backlight_shared::api::IngestResponse),
+        (status = 400, description = "Corrupt compression or malformed JSON (`bad_request`)", body = backlight_shared::api::ErrorBody),
+        (status = 401, description = "Missing, malformed or unknown device credential (`unauthorized`)", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "Device revoked (`device_revoked`) or batch for another device (`device_mismatch`)", body = backlight_shared::api::ErrorBody),
+        (status = 413, description = "Body too large before or after decompression (`too_large`)", body = backlight_shared::api::ErrorBody),
+        (status = 415, description = "Unsupported `Content-Encoding` (`unsupported_encoding`)", body = backlight_shared::api::ErrorBody),
+        (status = 422, description = "A field breaks the protocol (`invalid_field`, `field` is its JSON path)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "Group commit full or ClickHouse unavailable (`unavailable`); nothing was stored, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 pub async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -80,7 +80,7 @@ pub fn routes() -> Router<AppState> {
 // ---------------------------------------------------------------------------------------
 
 /// Who has the item: always the team, the person only where the tenant shows names.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HandlerDoc {
     /// `null` when the device is not assigned to a team.
     pub team: Option<String>,
@@ -88,7 +88,7 @@ pub struct HandlerDoc {
     pub person: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RegistrationDoc {
     pub queue: String,
     pub priority: u8,
@@ -96,7 +96,7 @@ pub struct RegistrationDoc {
     pub registered_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SlaDoc {
     pub state: SlaState,
     pub due_ms: Option<u64>,
@@ -104,7 +104,7 @@ pub struct SlaDoc {
 }
 
 /// One entry of the history or timeline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     /// `action` or `span`.
     pub kind: &'static str,
@@ -121,7 +121,7 @@ pub struct TimelineEntry {
 }
 
 /// What `GET /v1/items/{id}` answers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StatusDoc {
     pub item_id: String,
     pub status: Status,
@@ -159,7 +159,7 @@ impl StatusDoc {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TimelineDoc {
     pub item_id: String,
     /// Whether activity spans are included (wfm and admin only).
@@ -167,7 +167,7 @@ pub struct TimelineDoc {
     pub entries: Vec<TimelineEntry>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SearchDoc {
     pub items: Vec<StatusDoc>,
     /// Registered items examined (bounded by [`MAX_SEARCH_CANDIDATES`]).
@@ -433,6 +433,23 @@ fn item_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
     Ok(id)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/items/{id}",
+    tag = "items",
+    operation_id = "get_item",
+    description = "The status document of one item: status, step, handler, times, SLA, ETA and recent history. Required role: `cc_agent`, `wfm` or `admin`. Recorded in the audit log. An item of another tenant answers exactly like an unknown one.",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The item's business identifier (claim, order, case number)")),
+    responses(
+        (status = 200, description = "The status document", body = StatusDoc),
+        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 404, description = "No such item (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
+        (status = 422, description = "Invalid item id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn lookup(
     State(app): State<AppState>,
     caller: ApiCaller,
@@ -451,6 +468,23 @@ async fn lookup(
     Ok(Json(doc))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/items/{id}/timeline",
+    tag = "items",
+    operation_id = "item_timeline",
+    description = "Every recorded event of one item, oldest first. Activity spans are included only for `wfm` and `admin`. Required role: `cc_agent`, `wfm` or `admin`. Recorded in the audit log.",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The item's business identifier (claim, order, case number)")),
+    responses(
+        (status = 200, description = "The timeline", body = TimelineDoc),
+        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 404, description = "No such item (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
+        (status = 422, description = "Invalid item id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn timeline(
     State(app): State<AppState>,
     caller: ApiCaller,
@@ -480,16 +514,38 @@ async fn timeline(
     Ok(Json(doc))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SearchParams {
+    /// Exact customer reference.
     customer_ref: Option<String>,
+    /// Exact queue name.
     queue: Option<String>,
+    /// `waiting`, `in_progress`, `paused` or `completed`.
     status: Option<String>,
+    /// `on_track`, `at_risk`, `breached` or `none`.
     sla_state: Option<String>,
+    /// Most items to return: 1-200, default 50.
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/items",
+    tag = "items",
+    operation_id = "search_items",
+    description = "Registered items matching all given filters, as status documents without history. Required role: `cc_agent`, `wfm` or `admin`. Recorded in the audit log.",
+    security(("api_key" = [])),
+    params(SearchParams),
+    responses(
+        (status = 200, description = "The matching items", body = SearchDoc),
+        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 422, description = "Unknown or invalid parameter (`invalid_query`, `invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn search(
     State(app): State<AppState>,
     caller: ApiCaller,
@@ -659,6 +715,23 @@ async fn next_stream_event(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/items/{id}/events",
+    tag = "items",
+    operation_id = "item_events",
+    description = "Server-sent events: a `status` event with the status document at once and whenever it changes; `error` (an `ErrorBody`) while storage is unavailable; `end` when the stream's 30-minute lifetime is reached (reconnect). Keep-alive comments every 15 s. Required role: `cc_agent`, `wfm` or `admin`. Recorded in the audit log.",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The item's business identifier (claim, order, case number)")),
+    responses(
+        (status = 200, description = "An event stream; each `data:` line is JSON (`StatusDoc` for `status` events)", body = String, content_type = "text/event-stream"),
+        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 404, description = "No such item (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
+        (status = 422, description = "Invalid item id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn stream(
     State(app): State<AppState>,
     caller: ApiCaller,
@@ -690,11 +763,30 @@ async fn stream(
         .into_response())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Registered {
     registered: usize,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/items",
+    tag = "items",
+    operation_id = "register_items",
+    description = "Registers (or re-registers; the newest wins) up to 1,000 items with queue, priority, customer reference and SLA. Required role: `admin`. Recorded in the audit log.",
+    security(("api_key" = [])),
+    request_body = RegisterItems,
+    responses(
+        (status = 200, description = "Registered", body = Registered),
+        (status = 400, description = "Malformed JSON", body = backlight_shared::api::ErrorBody),
+        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
+        (status = 422, description = "An item is invalid (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn register_items(
     State(app): State<AppState>,
     caller: ApiCaller,
@@ -751,11 +843,25 @@ async fn register_items(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SlaClassesDoc {
     classes: Vec<register::SlaClass>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sla-classes",
+    tag = "items",
+    operation_id = "list_sla_classes",
+    description = "The tenant's named SLA targets. Required role: `wfm` or `admin`.",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The SLA classes, by name", body = SlaClassesDoc),
+        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse unavailable; retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn list_sla_classes(
     State(app): State<AppState>,
     caller: ApiCaller,
@@ -773,6 +879,25 @@ async fn list_sla_classes(
     Ok(Json(SlaClassesDoc { classes }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/sla-classes",
+    tag = "items",
+    operation_id = "put_sla_classes",
+    description = "Creates or updates named SLA targets. Required role: `admin`. Recorded in the audit log.",
+    security(("api_key" = [])),
+    request_body = PutSlaClasses,
+    responses(
+        (status = 200, description = "The classes as saved", body = SlaClassesDoc),
+        (status = 400, description = "Malformed JSON", body = backlight_shared::api::ErrorBody),
+        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
+        (status = 422, description = "A class is invalid (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn put_sla_classes(
     State(app): State<AppState>,
     caller: ApiCaller,

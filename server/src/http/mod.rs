@@ -16,6 +16,7 @@ pub mod error;
 pub mod ingest;
 pub mod items;
 pub mod json;
+pub mod openapi;
 pub mod ops;
 pub mod pages;
 pub mod policy;
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(policy::routes())
         .merge(reports::routes())
         .merge(pages::routes())
+        .merge(openapi::routes())
         .fallback(error::fallback)
         .with_state(state)
         .layer(middleware::from_fn(record_request))

@@ -16,12 +16,33 @@ use crate::storage::events::{self, DeviceProgress};
 const PROGRESS_CACHE_TTL: Duration = Duration::from_secs(15);
 
 /// `GET /healthz`: the process is up and serving.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    operation_id = "healthz",
+    description = "Liveness: the process is up and serving. No authentication.",
+    responses(
+        (status = 200, description = "Up", body = Object, example = json!({"status": "ok"})),
+    )
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: ClickHouse answers and the schema is current; a load balancer should only
 /// send traffic to servers that say yes.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    operation_id = "readyz",
+    description = "Readiness: ClickHouse answers and the schema is current. No authentication.",
+    responses(
+        (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
+        (status = 503, description = "Not ready; `reason` says why", body = Object, example = json!({"status": "not_ready", "reason": "ClickHouse unreachable: …"})),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.readiness().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
@@ -35,6 +56,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: Prometheus text. Per-device sequence gaps come from ClickHouse (so every
 /// server reports the same truth) and are cached for a few seconds.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    operation_id = "metrics",
+    description = "Prometheus metrics, including per-device sequence gaps. No authentication.",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = crate::telemetry::prometheus().render();
     match device_progress(&state).await {

@@ -127,10 +127,42 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/static/{file}", get(asset))
 }
 
+#[utoipa::path(
+    get,
+    path = "/lookup",
+    tag = "pages",
+    operation_id = "lookup_page",
+    description = "The item lookup page for contact-center agents (also served at `/`). Needs no authentication: the page asks for an API key and calls the JSON APIs with it.",
+    params(("If-None-Match" = Option<String>, Header, description = "The page's `ETag`")),
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html; charset=utf-8", headers(
+            ("ETag" = String, description = "Revalidate with `If-None-Match`"),
+            ("Cache-Control" = String, description = "`no-cache`"),
+            ("Content-Security-Policy" = String, description = "Same origin only, no inline script or style"),
+        )),
+        (status = 304, description = "Unchanged since `If-None-Match`"),
+    )
+)]
 async fn lookup(headers: HeaderMap) -> Response {
     serve_page(&SITE.lookup, &headers)
 }
 
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "pages",
+    operation_id = "dashboard_page",
+    description = "The performance dashboard for workforce managers. Needs no authentication: the page asks for an API key and calls the JSON APIs with it.",
+    params(("If-None-Match" = Option<String>, Header, description = "The page's `ETag`")),
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html; charset=utf-8", headers(
+            ("ETag" = String, description = "Revalidate with `If-None-Match`"),
+            ("Cache-Control" = String, description = "`no-cache`"),
+            ("Content-Security-Policy" = String, description = "Same origin only, no inline script or style"),
+        )),
+        (status = 304, description = "Unchanged since `If-None-Match`"),
+    )
+)]
 async fn dashboard(headers: HeaderMap) -> Response {
     serve_page(&SITE.dashboard, &headers)
 }
@@ -170,6 +202,18 @@ fn serve_page(page: &Page, request: &HeaderMap) -> Response {
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/static/{file}",
+    tag = "pages",
+    operation_id = "static_asset",
+    description = "CSS and JavaScript of the pages, under content-hashed names (`app.1a2b3c4d5e.css`) that the pages link to; served `immutable` for a year. No authentication.",
+    params(("file" = String, Path, description = "Versioned file name, as linked from a page")),
+    responses(
+        (status = 200, description = "The file", content(("text/css; charset=utf-8"), ("text/javascript; charset=utf-8"))),
+        (status = 404, description = "No such file (unknown or stale name)", body = backlight_shared::api::ErrorBody),
+    )
+)]
 async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
     let asset = SITE
         .assets

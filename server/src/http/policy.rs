@@ -30,6 +30,24 @@ fn with_etag(stored: StoredPolicy) -> Response {
 }
 
 /// `GET /v1/agent/policy`: the policy of the calling device's tenant.
+#[utoipa::path(
+    get,
+    path = POLICY_PATH,
+    tag = "agent",
+    operation_id = "agent_policy",
+    description = "The policy of the calling device's tenant. Authenticated with the device credential (`bld_…`); an unchanged policy costs a 304.",
+    security(("device" = [])),
+    params(
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of the policy the agent has"),
+    ),
+    responses(
+        (status = 200, description = "The current policy", body = Policy, headers(("ETag" = String, description = "Version of the policy; send it back as `If-None-Match`"))),
+        (status = 304, description = "Unchanged since `If-None-Match`", headers(("ETag" = String, description = "Version of the policy; send it back as `If-None-Match`"))),
+        (status = 401, description = "Missing, malformed or unknown device credential", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "Device revoked (`revoked`)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse unavailable; retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn agent_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -58,6 +76,20 @@ async fn agent_policy(
 }
 
 /// `GET /v1/admin/policy`: the caller's tenant's current policy.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/policy",
+    tag = "admin",
+    operation_id = "admin_policy",
+    description = "The caller's tenant's current policy. Required role: `admin`.",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The current policy", body = Policy, headers(("ETag" = String, description = "Version of the policy; send it back as `If-None-Match`"))),
+        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "API key revoked, or not `admin` (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse unavailable; retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn admin_policy(
     State(state): State<AppState>,
     caller: ApiCaller,
@@ -70,6 +102,25 @@ async fn admin_policy(
 
 /// `PUT /v1/admin/policy`: validates and saves a new policy; agents pick it up on their next
 /// poll without a restart.
+#[utoipa::path(
+    put,
+    path = "/v1/admin/policy",
+    tag = "admin",
+    operation_id = "save_policy",
+    description = "Validates and saves a new policy for the caller's tenant; agents pick it up on their next poll. Required role: `admin`.",
+    security(("api_key" = [])),
+    request_body = Policy,
+    responses(
+        (status = 200, description = "Saved; the policy as stored", body = Policy, headers(("ETag" = String, description = "Version of the policy; send it back as `If-None-Match`"))),
+        (status = 400, description = "Malformed JSON", body = backlight_shared::api::ErrorBody),
+        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
+        (status = 403, description = "API key revoked, or not `admin` (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
+        (status = 422, description = "Invalid policy, e.g. a bad regex (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 503, description = "ClickHouse unavailable; retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn save_policy(
     State(state): State<AppState>,
     caller: ApiCaller,

@@ -296,14 +296,12 @@ async fn build(
     offsets: &TzOffsets,
     team: Option<String>,
 ) -> Result<Report, crate::clickhouse::ClickHouseError> {
-    let totals_q = ReportQuery {
-        total: true,
-        ..q.clone()
-    };
-    let time = sql::time_figures(client, q).await?;
-    let items = sql::item_figures(client, q).await?;
-    let items_total = sql::item_figures(client, &totals_q).await?;
-    let backlog = sql::backlog(client, &q.tenant, q.to_ms, q.queue.as_deref()).await?;
+    // Independent queries: run them side by side.
+    let (time, items, backlog) = tokio::try_join!(
+        sql::time_figures(client, q),
+        sql::item_figures(client, q),
+        sql::backlog(client, &q.tenant, q.to_ms, q.queue.as_deref()),
+    )?;
 
     let mut groups: BTreeMap<String, (TimeFigures, ItemFigures)> = BTreeMap::new();
     for t in &time {
@@ -313,7 +311,7 @@ async fn build(
             idle_ms: t.idle_ms,
         };
     }
-    for i in &items {
+    for i in &items.groups {
         groups.entry(i.g.clone()).or_default().1 = item_figures(i);
     }
     let item_time_only = q.item_time_only();
@@ -358,13 +356,14 @@ async fn build(
         }
     }
     // Every piece of time lies in exactly one group (one device, one interval, one queue), so
-    // the time totals are the sums of the rows; items need their own query (counted once).
+    // the time totals are the sums of the rows; item totals come with the item figures (each
+    // item counted once).
     let t = TimeFigures {
         productive_ms: time.iter().map(|t| t.productive_ms).sum(),
         other_ms: time.iter().map(|t| t.other_ms).sum(),
         idle_ms: time.iter().map(|t| t.idle_ms).sum(),
     };
-    let i = items_total.first().map(item_figures).unwrap_or_default();
+    let i = items.total.as_ref().map(item_figures).unwrap_or_default();
     let mut totals = ReportRow::new("total".to_string(), &t, &i, item_time_only);
     if q.group_by.period().is_some() {
         totals.start_ms = Some(q.from_ms);

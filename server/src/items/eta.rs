@@ -52,7 +52,7 @@ impl HandleTimeStats {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EtaMethod {
     QueueMedian,
@@ -61,7 +61,7 @@ pub enum EtaMethod {
 }
 
 /// An expected completion and how it was reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Eta {
     /// Expected completion (ms since the epoch, UTC); `None` without an estimate.
     pub expected_ms: Option<u64>,

@@ -23,14 +23,14 @@ pub const MIN_CLASS_TARGET_MS: u64 = 60_000;
 pub const MAX_CLASS_TARGET_MS: u64 = MAX_DUE_DISTANCE_MS;
 
 /// `POST /v1/items`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterItems {
     pub items: Vec<NewItem>,
 }
 
 /// One item to register (or re-register: the newest registration wins).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewItem {
     pub item_id: String,
@@ -49,13 +49,13 @@ pub struct NewItem {
 }
 
 /// `PUT /v1/sla-classes`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutSlaClasses {
     pub classes: Vec<SlaClass>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlaClass {
     pub sla_class: String,

@@ -16,7 +16,7 @@ use serde::Serialize;
 /// Share of the SLA window below which an open item is at risk: 1/5 = 20 %.
 pub const AT_RISK_DIVISOR: u64 = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SlaState {
     OnTrack,
