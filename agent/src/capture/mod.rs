@@ -20,6 +20,8 @@
 
 use backlight_shared::UnixMillis;
 
+pub mod x11;
+
 /// The focused window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Focus {
@@ -73,8 +75,16 @@ pub trait DesktopBackend: Send {
 }
 
 /// Opens the first backend that works in this session.
+///
+/// Today that is the X11 backend when `$DISPLAY` names a reachable X server (including
+/// XWayland). The error says why capture is off ([`CaptureError::Unavailable`]: no display, a
+/// Wayland session without XWayland) or that the display may come back
+/// ([`CaptureError::Disconnected`]: the X server is not reachable yet; call again later).
 pub fn open_backend() -> Result<Box<dyn DesktopBackend>, CaptureError> {
-    Err(CaptureError::Unavailable(
-        "no desktop backend is built into this agent yet".to_string(),
-    ))
+    let display = std::env::var_os("DISPLAY");
+    let wayland_display = std::env::var_os("WAYLAND_DISPLAY");
+    let display = display.as_deref().map(|d| d.to_string_lossy());
+    let wayland_display = wayland_display.as_deref().map(|w| w.to_string_lossy());
+    let backend = x11::open_for_session(display.as_deref(), wayland_display.as_deref())?;
+    Ok(Box::new(backend))
 }
