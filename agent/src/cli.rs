@@ -1,5 +1,6 @@
-//! The command line: `backlight-agent [--data-dir DIR] enroll|run|status`.
+//! The command line: `backlight-agent [--data-dir DIR] enroll|run|status|consent|pause|item|show`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::duration;
 use crate::enroll::EnrollOptions;
+use crate::items::Verb;
 use crate::run::RunOptions;
 use crate::source::SourceSpec;
 
@@ -33,6 +35,71 @@ pub enum Command {
     Run(RunArgs),
     /// Show the enrollment, the spool and the last upload. Works while `run` is running.
     Status(StatusArgs),
+    /// Read the organisation's notice, and grant or withdraw consent to recording.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
+    /// Pause recording for private time (e.g. `pause 30m`); it resumes by itself.
+    Pause(PauseArgs),
+    /// Report a work item yourself: `item start CLM-1042 --step intake`.
+    Item(ItemArgs),
+    /// Show exactly what this computer recorded today, and what is waiting to be sent.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// Show the notice, your answer, and the local consent page (while `run` is running).
+    Show,
+    /// Consent to the notice of the policy in force (recording starts within a second).
+    Grant {
+        /// Do not ask for confirmation on the terminal.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Withdraw consent: recording stops at once and data not yet sent is deleted.
+    Revoke,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["duration", "resume"])))]
+pub struct PauseArgs {
+    /// How long to pause (e.g. 30m, 2h; at most 24h)
+    #[arg(value_parser = parse_pause)]
+    pub duration: Option<Duration>,
+    /// End the pause now
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ItemArgs {
+    /// What happened: start, pause, resume, done or transfer
+    pub action: Verb,
+    /// The work item's id (claim, order, case number)
+    pub item: String,
+    /// The step of the work item
+    #[arg(long)]
+    pub step: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Print one JSON object (fields: since_ms, waiting, events[{seq, recorded_ms, upload,
+    /// event}])
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Longest pause: private time is for a break, not a way to stop the agent for days (that is
+/// what withdrawing consent is for).
+const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
+
+fn parse_pause(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text).map_err(|e| e.to_string())?;
+    if d > MAX_PAUSE {
+        return Err("a pause lasts at most 24h".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -70,10 +137,10 @@ impl EnrollArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Where events come from: `synthetic` (demo data; never on a real employee's desktop),
-    /// `file:PATH` (JSON Lines of event bodies, each line recorded once), or `none` (only the
-    /// agent's health reports)
-    #[arg(long, default_value = "none", value_name = "SOURCE")]
+    /// Where events come from: `desktop` (the focused window, idle and lock, after consent),
+    /// `synthetic` (demo data; never on a real employee's desktop), `file:PATH` (JSON Lines of
+    /// event bodies, each line recorded once), or `none` (only the agent's health reports)
+    #[arg(long, default_value = "desktop", value_name = "SOURCE")]
     pub source: SourceSpec,
     /// Events per second of the synthetic source
     #[arg(long, default_value_t = 2.0, value_name = "EVENTS_PER_SEC", value_parser = parse_rate)]
@@ -84,9 +151,10 @@ pub struct RunArgs {
     /// Most events per upload batch
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=limits::MAX_EVENTS_PER_BATCH as u64))]
     pub batch_max_events: u64,
-    /// Longest an event waits for its batch to fill (e.g. 500ms, 5s, 2m)
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = duration::parse)]
-    pub batch_max_age: Duration,
+    /// Longest an event waits for its batch to fill (e.g. 500ms, 5s, 2m) [default: the policy's
+    /// upload_interval_ms, 30s unless an admin changed it]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub batch_max_age: Option<Duration>,
     /// Most events kept while the server is unreachable; beyond it the oldest are dropped (and
     /// counted)
     #[arg(long, default_value_t = 1_000_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -94,6 +162,37 @@ pub struct RunArgs {
     /// How often the agent records a health report
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = duration::parse)]
     pub health_interval: Duration,
+    /// How often the agent asks the server for a new policy
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = duration::parse)]
+    pub policy_interval: Duration,
+    /// Where the local item API listens (a loopback address), or `off`
+    #[arg(long, default_value = crate::local_api::DEFAULT_ADDR, value_name = "ADDR|off", value_parser = parse_local_api)]
+    pub local_api: LocalApi,
+    /// Do not open the consent page in a browser (its address is still logged)
+    #[arg(long)]
+    pub no_browser: bool,
+}
+
+/// The `--local-api` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalApi {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_local_api(text: &str) -> Result<LocalApi, String> {
+    if text == "off" {
+        return Ok(LocalApi::Off);
+    }
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:47777 (or off)"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the local API is for this computer only"
+        ));
+    }
+    Ok(LocalApi::On(addr))
 }
 
 impl RunArgs {
@@ -108,6 +207,12 @@ impl RunArgs {
             batch_max_age: self.batch_max_age,
             spool_max_events: self.spool_max_events,
             health_interval: self.health_interval,
+            policy_interval: self.policy_interval,
+            local_api: match self.local_api {
+                LocalApi::Off => None,
+                LocalApi::On(addr) => Some(addr),
+            },
+            open_browser: !self.no_browser,
         }
     }
 }
@@ -115,7 +220,8 @@ impl RunArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print one JSON object (fields: enrolled, device_id, tenant_id, server_url, spool_depth,
-    /// last_seq, events_dropped, events_rejected, last_upload_ms, last_error)
+    /// last_seq, events_dropped, events_rejected, last_upload_ms, last_error, consent_granted,
+    /// consent_policy_version, policy_version, policy_error, paused_until_ms, capture)
     #[arg(long)]
     pub json: bool,
 }
@@ -152,10 +258,13 @@ mod tests {
             panic!("expected run");
         };
         let options = args.options();
-        assert_eq!(options.source, SourceSpec::None);
+        assert_eq!(options.source, SourceSpec::Desktop);
         assert_eq!(options.rate, 2.0);
         assert_eq!(options.batch_max_events, 1000);
-        assert_eq!(options.batch_max_age, Duration::from_secs(5));
+        assert_eq!(options.batch_max_age, None);
+        assert_eq!(options.policy_interval, Duration::from_secs(60));
+        assert_eq!(options.local_api, Some("127.0.0.1:47777".parse().unwrap()));
+        assert!(options.open_browser);
         assert_eq!(options.spool_max_events, 1_000_000);
         assert_eq!(options.health_interval, Duration::from_secs(60));
         assert!(!options.exit_when_drained);
@@ -186,7 +295,7 @@ mod tests {
             panic!("expected run");
         };
         assert_eq!(args.source, SourceSpec::File("/tmp/in.jsonl".into()));
-        assert_eq!(args.batch_max_age, Duration::from_millis(500));
+        assert_eq!(args.batch_max_age, Some(Duration::from_millis(500)));
         assert!(args.exit_when_drained);
     }
 
@@ -198,11 +307,39 @@ mod tests {
             vec!["run", "--batch-max-events", "0"],
             vec!["run", "--batch-max-events", "5001"],
             vec!["run", "--batch-max-age", "5"],
-            vec!["run", "--source", "desktop"],
+            vec!["run", "--source", "x11"],
             vec!["run", "--spool-max-events", "0"],
+            vec!["run", "--local-api", "0.0.0.0:47777"],
+            vec!["run", "--local-api", "192.168.1.2:80"],
+            vec!["pause"],
+            vec!["pause", "25h"],
+            vec!["item", "finish", "CLM-1"],
+            vec!["consent", "maybe"],
         ] {
             let argv = std::iter::once("backlight-agent").chain(args.iter().copied());
             assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn new_commands_parse() {
+        let cli = Cli::try_parse_from(["backlight-agent", "item", "done", "CLM-1", "--step", "x"])
+            .unwrap();
+        let Command::Item(item) = cli.command else {
+            panic!("expected item");
+        };
+        assert_eq!(
+            item.action,
+            Verb(backlight_shared::event::ItemAction::Completed)
+        );
+        assert_eq!(item.step.as_deref(), Some("x"));
+        let cli = Cli::try_parse_from(["backlight-agent", "pause", "30m"]).unwrap();
+        let Command::Pause(pause) = cli.command else {
+            panic!("expected pause");
+        };
+        assert_eq!(pause.duration, Some(Duration::from_secs(1800)));
+        assert!(Cli::try_parse_from(["backlight-agent", "pause", "--resume"]).is_ok());
+        assert!(Cli::try_parse_from(["backlight-agent", "run", "--local-api", "off"]).is_ok());
+        assert!(Cli::try_parse_from(["backlight-agent", "run", "--local-api", "[::1]:9"]).is_ok());
     }
 }

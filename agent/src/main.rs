@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use backlight_agent::cli::{Cli, Command};
+use backlight_agent::cli::{Cli, Command, ConsentCommand};
+use backlight_agent::consent::{commands, show};
 use backlight_agent::{data_dir, enroll, run, status};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -37,6 +38,34 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => runtime()?.block_on(run::run(&dir, args.options()))?,
         Command::Status(args) => print_status(&dir, args.json)?,
+        Command::Consent(ConsentCommand::Show) => {
+            print!("{}", runtime()?.block_on(commands::show(&dir))?)
+        }
+        Command::Consent(ConsentCommand::Grant { yes }) => {
+            print!("{}", runtime()?.block_on(commands::grant(&dir, yes))?)
+        }
+        Command::Consent(ConsentCommand::Revoke) => {
+            print!("{}", runtime()?.block_on(commands::revoke(&dir))?)
+        }
+        Command::Pause(args) => print!(
+            "{}",
+            runtime()?.block_on(commands::pause(
+                &dir,
+                args.duration.filter(|_| !args.resume)
+            ))?
+        ),
+        Command::Item(args) => print!(
+            "{}",
+            runtime()?.block_on(commands::item(&dir, args.action, &args.item, args.step))?
+        ),
+        Command::Show(args) => {
+            let today = show::today(&dir)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&today)?);
+            } else {
+                print!("{}", show::render_text(&today));
+            }
+        }
     }
     Ok(())
 }

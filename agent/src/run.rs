@@ -2,31 +2,41 @@
 //! SIGINT/SIGTERM (or, with `--exit-when-drained`, until the source is exhausted and the spool
 //! is empty).
 //!
-//! Three tasks share one spool: the source pump, the health reporter and the uploader. On
-//! shutdown each stops at its next await point; a spool commit already started always finishes
-//! (the spool's owner thread does not abandon a transaction because a caller stopped waiting),
-//! and events not yet acknowledged simply wait for the next run.
+//! Tasks share one spool: the source pump, the health reporter, the uploader, the policy poller
+//! and the local item API; with the desktop source also the consent control loop (gate, asking)
+//! and the local consent page. On shutdown each stops at its next await point; a spool commit
+//! already started always finishes (the spool's owner thread does not abandon a transaction
+//! because a caller stopped waiting), the desktop source's open span is flushed, and events not
+//! yet acknowledged simply wait for the next run.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::consent::{self, AskOptions};
 use crate::credentials::{self, CredentialsError};
 use crate::data_dir;
+use crate::desktop::{DesktopSource, Opener};
 use crate::health::{self, ClockOffset};
 use crate::http::{self, InvalidServerUrl};
+use crate::policy::{self, ActivePolicy, Fetcher};
 use crate::source::file::FileSource;
 use crate::source::none::NoSource;
 use crate::source::synthetic::SyntheticSource;
 use crate::source::{Pulled, Source, SourceError, SourceSpec};
-use crate::spool::{Spool, SpoolConfig, SpoolError};
+use crate::spool::{Spool, SpoolConfig, SpoolError, MAX_SEEN_ITEMS};
 use crate::upload::{Finished, UploadConfig, Uploader};
 
 /// How often an exhausted source is asked again (a file may grow).
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// How long `run` waits for the server's policy at start before it uses the cached one (so
+/// the employee is asked about the current notice, not an old one).
+const FIRST_POLICY_WAIT: Duration = Duration::from_secs(5);
 /// How long tasks get to reach a stopping point after shutdown is requested. Each is at most
 /// one spool transaction away from it; the margin covers a slow disk.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -39,9 +49,16 @@ pub struct RunOptions {
     pub rate: f64,
     pub exit_when_drained: bool,
     pub batch_max_events: usize,
-    pub batch_max_age: Duration,
+    /// `None`: the policy's `upload_interval_ms`, following policy changes.
+    pub batch_max_age: Option<Duration>,
     pub spool_max_events: u64,
     pub health_interval: Duration,
+    /// How often the server is asked for a new policy.
+    pub policy_interval: Duration,
+    /// Where the local item API listens (`None`: it does not run).
+    pub local_api: Option<SocketAddr>,
+    /// Open the consent page in the browser when asking.
+    pub open_browser: bool,
 }
 
 /// The agent could not run, or stopped because of a failure.
@@ -95,25 +112,30 @@ pub async fn run(dir: &Path, options: RunOptions) -> Result<(), RunError> {
             max_events: options.spool_max_events,
         },
     )?;
-    let result = run_with(&credentials, &spool, options, &mut signals).await;
+    let result = run_with(
+        dir,
+        &credentials,
+        &spool,
+        options,
+        DesktopSource::production_opener(),
+        &mut signals,
+    )
+    .await;
     spool.close().await;
     result
 }
 
+/// Runs with an already open spool; `opener` opens the desktop backend (a script in tests).
 async fn run_with(
+    dir: &Path,
     credentials: &credentials::Credentials,
     spool: &Spool,
     options: RunOptions,
+    opener: Opener,
     signals: &mut Signals,
 ) -> Result<(), RunError> {
     let clock = ClockOffset::new();
-    let uploader = Uploader::new(
-        http::client().map_err(RunError::Client)?,
-        credentials,
-        spool.clone(),
-        UploadConfig::new(options.batch_max_events, options.batch_max_age),
-        clock.clone(),
-    )?;
+    let client = http::client().map_err(RunError::Client)?;
     tracing::info!(
         device_id = %credentials.device_id,
         server = %credentials.server_url,
@@ -126,6 +148,47 @@ async fn run_with(
     let (drain_tx, drain) = watch::channel(false);
     let mut tasks: JoinSet<Result<TaskEnd, RunError>> = JoinSet::new();
     let exit = options.exit_when_drained;
+
+    // The policy: cached, then the server's answer (briefly awaited), then polled.
+    let cached = policy::load_cached(spool).await?;
+    let mut fetcher = Fetcher::new(client.clone(), credentials, &cached)?;
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(cached));
+    tokio::select! {
+        first = tokio::time::timeout(FIRST_POLICY_WAIT, fetcher.fetch()) => match first {
+            Ok(result) => policy::apply(result, spool, &policy_tx).await?,
+            Err(_) => tracing::info!("the server did not send the policy in time; using the cached one"),
+        },
+        signal = signals.next() => {
+            tracing::info!(signal, "stopping");
+            return Ok(());
+        }
+    }
+    {
+        let spool = spool.clone();
+        let shutdown = shutdown.clone();
+        let interval = options.policy_interval;
+        tasks.spawn(async move {
+            policy::poll(fetcher, spool, policy_tx, interval, shutdown).await?;
+            Ok(TaskEnd::Stopped)
+        });
+    }
+    if let Some(addr) = options.local_api {
+        match crate::local_api::start(
+            addr,
+            dir,
+            spool.clone(),
+            policy_rx.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(addr) => tracing::info!(%addr, "local item API listening"),
+            // Not fatal: capture and uploads matter more than this door (another user's agent
+            // may hold the port on a shared machine).
+            Err(error) => tracing::error!(%error, "the local item API is not available"),
+        }
+    }
+
     match options.source {
         SourceSpec::Synthetic => {
             let source = SyntheticSource::new(options.rate);
@@ -156,19 +219,72 @@ async fn run_with(
                 exit,
             ));
         }
+        SourceSpec::Desktop => {
+            let refresh = Arc::new(Notify::new());
+            let page_url = match consent::page::start(
+                spool.clone(),
+                dir.to_path_buf(),
+                policy_rx.clone(),
+                Arc::clone(&refresh),
+                shutdown.clone(),
+            )
+            .await
+            {
+                Ok(url) => Some(url),
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the local consent page; use `backlight-agent consent grant`");
+                    None
+                }
+            };
+            let initial = consent::gate(
+                &spool.control().await?,
+                policy_rx.borrow().policy.version,
+                backlight_shared::now_ms(),
+            );
+            let (gate_tx, gate_rx) = watch::channel(initial);
+            let ask = AskOptions {
+                open_browser: options.open_browser,
+                page_url,
+            };
+            {
+                let spool = spool.clone();
+                let policy_rx = policy_rx.clone();
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    consent::watch_control(spool, policy_rx, gate_tx, refresh, ask, shutdown)
+                        .await?;
+                    Ok(TaskEnd::Stopped)
+                });
+            }
+            let seen = spool.seen_items(MAX_SEEN_ITEMS as usize).await?;
+            let source =
+                DesktopSource::new(opener, spool.clone(), policy_rx.clone(), gate_rx, seen);
+            tasks.spawn(pump(
+                source,
+                spool.clone(),
+                shutdown.clone(),
+                drain_tx,
+                exit,
+            ));
+        }
     }
     tasks.spawn(report_health(
         spool.clone(),
-        clock,
+        clock.clone(),
         options.health_interval,
         shutdown.clone(),
     ));
-    tasks.spawn(async move {
-        match uploader.run(shutdown, drain).await? {
-            Finished::Drained => Ok(TaskEnd::Drained),
-            Finished::Stopped => Ok(TaskEnd::Stopped),
-        }
-    });
+    tasks.spawn(upload(
+        client,
+        credentials.clone(),
+        spool.clone(),
+        clock,
+        options.batch_max_events,
+        options.batch_max_age,
+        policy_rx,
+        shutdown,
+        drain,
+    ));
 
     let mut outcome = Ok(());
     loop {
@@ -228,12 +344,12 @@ async fn pump<S: Source>(
     tracing::info!(source = %source.describe(), "recording");
     loop {
         if *shutdown.borrow() {
-            return Ok(TaskEnd::Stopped);
+            return finish(&mut source, &spool).await;
         }
         // Abandoning a pull loses nothing: its progress was not committed.
         let pulled = tokio::select! {
             pulled = source.pull() => pulled?,
-            _ = shutdown.changed() => return Ok(TaskEnd::Stopped),
+            _ = shutdown.changed() => return finish(&mut source, &spool).await,
         };
         match pulled {
             Pulled::Events { bodies, progress } => {
@@ -242,6 +358,13 @@ async fn pump<S: Source>(
                 }
                 // Not raced against shutdown: once started, the commit completes.
                 spool.append(bodies, progress).await?;
+            }
+            Pulled::Guarded { bodies, guard } => {
+                if !bodies.is_empty() {
+                    spool
+                        .append_guarded(bodies, Default::default(), guard)
+                        .await?;
+                }
             }
             Pulled::Exhausted if exit_when_drained => {
                 tracing::info!(source = %source.describe(), "source exhausted; exiting once the spool is drained");
@@ -256,6 +379,78 @@ async fn pump<S: Source>(
                 }
             }
         }
+    }
+}
+
+/// Commits what the source still holds at shutdown (the desktop's open span).
+async fn finish<S: Source>(source: &mut S, spool: &Spool) -> Result<TaskEnd, RunError> {
+    match source.finish() {
+        Some(Pulled::Events { bodies, progress }) => {
+            spool.append(bodies, progress).await?;
+        }
+        Some(Pulled::Guarded { bodies, guard }) if !bodies.is_empty() => {
+            spool
+                .append_guarded(bodies, Default::default(), guard)
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(TaskEnd::Stopped)
+}
+
+/// Runs the uploader; without a `--batch-max-age`, its batch age is the policy's
+/// `upload_interval_ms`, and a policy change restarts it with the new one (abandoning an
+/// upload step is safe: unacknowledged events stay in the spool).
+#[allow(clippy::too_many_arguments)]
+async fn upload(
+    client: reqwest::Client,
+    credentials: credentials::Credentials,
+    spool: Spool,
+    clock: Arc<health::ClockOffset>,
+    batch_max_events: usize,
+    batch_max_age: Option<Duration>,
+    mut policy: watch::Receiver<Arc<ActivePolicy>>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+) -> Result<TaskEnd, RunError> {
+    let age_of = |p: &ActivePolicy| {
+        batch_max_age.unwrap_or(Duration::from_millis(p.policy.upload_interval_ms))
+    };
+    let mut follow_policy = batch_max_age.is_none();
+    loop {
+        let age = age_of(&policy.borrow_and_update());
+        let uploader = Uploader::new(
+            client.clone(),
+            &credentials,
+            spool.clone(),
+            UploadConfig::new(batch_max_events, age),
+            clock.clone(),
+        )?;
+        let (stop_tx, stop) = watch::channel(false);
+        let running = uploader.run(stop, drain.clone());
+        tokio::pin!(running);
+        let restart = loop {
+            tokio::select! {
+                finished = &mut running => return match finished? {
+                    Finished::Drained => Ok(TaskEnd::Drained),
+                    Finished::Stopped => Ok(TaskEnd::Stopped),
+                },
+                changed = policy.changed(), if follow_policy => {
+                    if changed.is_err() {
+                        follow_policy = false;
+                    } else if age_of(&policy.borrow()) != age {
+                        break true;
+                    }
+                }
+                _ = shutdown.changed() => break false,
+            }
+        };
+        let _ = stop_tx.send(true);
+        running.await?;
+        if !restart {
+            return Ok(TaskEnd::Stopped);
+        }
+        tracing::info!(batch_max_age = ?age_of(&policy.borrow()), "the policy changed the upload interval");
     }
 }
 

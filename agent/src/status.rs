@@ -11,8 +11,11 @@ use backlight_shared::UnixMillis;
 use serde::Serialize;
 use uuid::Uuid;
 
+use backlight_shared::policy::Policy;
+
 use crate::credentials::{self, CredentialsError};
 use crate::data_dir;
+use crate::policy;
 use crate::spool::{self, RejectedEvent, SpoolError};
 
 /// The status report. The JSON field names are a contract with scripts and tests: do not
@@ -33,6 +36,21 @@ pub struct Status {
     pub last_upload_ms: Option<UnixMillis>,
     /// The last upload problem; cleared by the next success.
     pub last_error: Option<String>,
+    /// The employee's latest consent answer (`None` before the first).
+    pub consent_granted: Option<bool>,
+    /// The policy version that answer was for.
+    pub consent_policy_version: Option<u32>,
+    /// The version of the policy in force (the cached one; the default's before the first fetch).
+    pub policy_version: Option<u32>,
+    /// Why the server's latest policy was refused (the previous one stays in force).
+    pub policy_error: Option<String>,
+    /// Private time ends at this instant.
+    pub paused_until_ms: Option<UnixMillis>,
+    /// What desktop capture was last doing (`capturing (x11 :0)`, `waiting for consent…`,
+    /// `unavailable: …`), as the running agent last wrote it.
+    pub capture: Option<String>,
+    #[serde(skip)]
+    pub consent_url: Option<String>,
     #[serde(skip)]
     pub lines_skipped: u64,
     #[serde(skip)]
@@ -66,6 +84,22 @@ pub fn gather(dir: &Path) -> Result<Status, StatusError> {
         status.last_error = report.last_error;
         status.lines_skipped = report.lines_skipped;
         status.recent_rejected = report.recent_rejected;
+        status.consent_granted = report.control.consent.as_ref().map(|c| c.granted);
+        status.consent_policy_version = report.control.consent.as_ref().map(|c| c.policy_version);
+        status.policy_version = Some(
+            report
+                .policy
+                .as_deref()
+                .and_then(policy::parse_cached)
+                .map_or(Policy::default().version, |p| p.policy.version),
+        );
+        status.policy_error = report.policy_error;
+        status.paused_until_ms = report
+            .control
+            .pause_until_ms
+            .filter(|until| *until > backlight_shared::now_ms());
+        status.capture = report.capture;
+        status.consent_url = report.consent_url;
     }
     Ok(status)
 }
@@ -114,6 +148,36 @@ pub fn render(status: &Status) -> String {
         "last error:       {}",
         status.last_error.as_ref().unwrap_or(&none)
     );
+    let _ = writeln!(
+        out,
+        "policy version:   {}",
+        status
+            .policy_version
+            .map_or(none.clone(), |v| v.to_string())
+    );
+    if let Some(error) = &status.policy_error {
+        let _ = writeln!(out, "policy refused:   {error}");
+    }
+    let _ = writeln!(
+        out,
+        "consent:          {}",
+        match (status.consent_granted, status.consent_policy_version) {
+            (Some(true), Some(v)) => format!("granted (policy version {v})"),
+            (Some(false), Some(v)) => format!("declined or withdrawn (policy version {v})"),
+            _ => "not given yet (`backlight-agent consent show`)".to_string(),
+        }
+    );
+    if let Some(until) = status.paused_until_ms {
+        let _ = writeln!(out, "paused until:     {}", format_ms(until));
+    }
+    let _ = writeln!(
+        out,
+        "capture:          {}",
+        status.capture.as_ref().unwrap_or(&none)
+    );
+    if let Some(url) = &status.consent_url {
+        let _ = writeln!(out, "local page:       {url}");
+    }
     if !status.recent_rejected.is_empty() {
         let _ = writeln!(out, "recently rejected events (newest first):");
         for rejected in &status.recent_rejected {
@@ -145,6 +209,9 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "capture",
+                "consent_granted",
+                "consent_policy_version",
                 "device_id",
                 "enrolled",
                 "events_dropped",
@@ -152,6 +219,9 @@ mod tests {
                 "last_error",
                 "last_seq",
                 "last_upload_ms",
+                "paused_until_ms",
+                "policy_error",
+                "policy_version",
                 "server_url",
                 "spool_depth",
                 "tenant_id"

@@ -7,9 +7,7 @@
 //! - [`synthetic`]: realistic demo data for trials and load tests.
 //! - [`file`](mod@file): a JSON Lines file, each line recorded exactly once, even across crashes.
 //! - [`none`]: nothing (the agent then only reports its own health).
-//!
-//! Desktop capture (focused window, idle, lock) will be added as further implementations; the
-//! runner does not change.
+//! - [`crate::desktop`]: the desktop itself (focused window, idle, lock), behind consent.
 
 pub mod file;
 pub mod none;
@@ -24,7 +22,7 @@ use backlight_shared::validate::{validate_event, ValidationError};
 use backlight_shared::UnixMillis;
 use uuid::Uuid;
 
-use crate::spool::{SourceProgress, SpoolError};
+use crate::spool::{ConsentGuard, SourceProgress, SpoolError};
 
 /// What one pull from a source gave.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +32,12 @@ pub enum Pulled {
     Events {
         bodies: Vec<EventBody>,
         progress: SourceProgress,
+    },
+    /// Desktop data, committed only if the stored consent covers `guard` (checked in the
+    /// inserting transaction; see the spool's design note).
+    Guarded {
+        bodies: Vec<EventBody>,
+        guard: ConsentGuard,
     },
     /// Nothing more for now: the input is read to its end (a file may still grow later).
     Exhausted,
@@ -48,6 +52,12 @@ pub trait Source: Send {
     /// the future (on shutdown) must not lose anything: progress only counts once the runner
     /// has committed it.
     fn pull(&mut self) -> impl Future<Output = Result<Pulled, SourceError>> + Send;
+
+    /// Called once on shutdown, after the last pull was dropped: what the source still holds
+    /// (an open activity span), to be committed before the agent exits.
+    fn finish(&mut self) -> Option<Pulled> {
+        None
+    }
 }
 
 /// A source failed in a way the agent cannot skip over.
@@ -73,6 +83,8 @@ pub enum SourceSpec {
     File(PathBuf),
     /// No events besides the agent's health reports.
     None,
+    /// The desktop: focused window, idle and lock, work-item rules — after consent.
+    Desktop,
 }
 
 impl FromStr for SourceSpec {
@@ -82,11 +94,12 @@ impl FromStr for SourceSpec {
         match s {
             "synthetic" => Ok(SourceSpec::Synthetic),
             "none" => Ok(SourceSpec::None),
+            "desktop" => Ok(SourceSpec::Desktop),
             _ => match s.strip_prefix("file:") {
                 Some("") => Err("file: needs a path, e.g. file:/var/lib/app/events.jsonl".into()),
                 Some(path) => Ok(SourceSpec::File(PathBuf::from(path))),
                 None => Err(format!(
-                    "unknown source {s:?} (expected synthetic, file:PATH or none)"
+                    "unknown source {s:?} (expected desktop, synthetic, file:PATH or none)"
                 )),
             },
         }
@@ -118,6 +131,7 @@ mod tests {
             Ok(SourceSpec::File("/tmp/a b.jsonl".into()))
         );
         assert!("file:".parse::<SourceSpec>().is_err());
-        assert!("desktop".parse::<SourceSpec>().is_err());
+        assert_eq!("desktop".parse(), Ok(SourceSpec::Desktop));
+        assert!("x11".parse::<SourceSpec>().is_err());
     }
 }

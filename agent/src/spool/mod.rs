@@ -32,6 +32,18 @@
 //!    finishes.
 //! 7. **Readable while running.** `backlight-agent status` opens the database read-only
 //!    ([`inspect()`]); WAL lets it read while the owner writes.
+//! 8. **Consent is checked where events are committed.** Desktop data (activity spans and work
+//!    items) appended with a [`ConsentGuard`] is kept only if the stored consent
+//!    covers it, checked inside the inserting transaction; so a `consent revoke` from another
+//!    process can never be followed by capture data recorded before the agent noticed it.
+//!    Revoking ([`Spool::set_consent`] with `purge`) deletes the unsent spans and work items in
+//!    the same transaction that records the consent event.
+//! 9. **Other writers are noticed.** The short-lived commands (`consent`, `pause`, `item`) open
+//!    their own connection and write while `run` is running; the owner thread notices through
+//!    `PRAGMA data_version`, recounts its depth and wakes the uploader.
+//! 10. **The desktop's own memory is bounded too:** `recent` (the transparency log behind
+//!     `backlight-agent show`) keeps [`RECENT_KEEP_MS`] and at most [`MAX_RECENT`] events;
+//!     `seen_items` keeps the [`MAX_SEEN_ITEMS`] most recently seen work items.
 //!
 //! The schema is versioned with `PRAGMA user_version`; a spool written by a newer agent is
 //! refused rather than misread.
@@ -46,16 +58,23 @@ mod tests;
 use std::path::Path;
 use std::sync::Arc;
 
-use backlight_shared::event::{Event, EventBody};
+use backlight_shared::event::{ConsentChange, Event, EventBody};
 use backlight_shared::UnixMillis;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use inspect::{inspect, RejectedEvent, SpoolReport};
+pub use inspect::{inspect, recent, RecentEvent, RejectedEvent, SpoolReport};
 use worker::{Command, Worker};
 
 /// Most rows kept in the `rejected` table; older ones are deleted (they stay counted in
 /// `events_rejected`). A server that refuses everything must not fill the disk.
 pub const MAX_REJECTED_KEPT: u64 = 10_000;
+
+/// How long `recent` keeps an event after it was recorded (uploaded or not).
+pub const RECENT_KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Most events kept in `recent`, whatever their age.
+pub const MAX_RECENT: u64 = 100_000;
+/// Most work items remembered as seen.
+pub const MAX_SEEN_ITEMS: u64 = 10_000;
 
 /// Commands waiting for the owner thread. Callers wait for room, which pushes back on a
 /// source that produces faster than the disk commits.
@@ -87,6 +106,57 @@ pub struct SpoolConfig {
     pub max_events: u64,
 }
 
+impl Default for SpoolConfig {
+    /// The `run` command's default bound, also used by the short-lived commands.
+    fn default() -> Self {
+        SpoolConfig {
+            max_events: 1_000_000,
+        }
+    }
+}
+
+/// Small values the agent keeps between runs in `meta`, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// The last valid policy from the server, JSON `{"etag": …, "policy": …}`.
+    Policy,
+    /// Why the last policy from the server was refused; cleared by the next good one.
+    PolicyError,
+    /// What desktop capture is doing (`capturing`, `waiting for consent`, `unavailable: …`).
+    Capture,
+    /// Where the running agent's consent page can be reached, while it is asking.
+    ConsentUrl,
+}
+
+impl Note {
+    fn key(self) -> &'static str {
+        match self {
+            Note::Policy => "policy",
+            Note::PolicyError => "policy_error",
+            Note::Capture => "capture",
+            Note::ConsentUrl => "consent_url",
+        }
+    }
+}
+
+/// The state the running agent polls to decide whether it may capture.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Control {
+    /// The employee's latest answer, `None` before the first.
+    pub consent: Option<ConsentChange>,
+    /// Capture is paused for private time until this instant.
+    pub pause_until_ms: Option<UnixMillis>,
+}
+
+/// What recording a consent answer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConsentRecorded {
+    /// The sequence number of the consent event.
+    pub seq: u64,
+    /// Unsent activity spans and work items deleted (on revoke).
+    pub purged: u64,
+}
+
 /// A source's position in its input, stored in `meta` under `key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -103,6 +173,17 @@ pub struct SourceProgress {
     pub lines_skipped: u64,
 }
 
+/// The condition desktop data is appended under ([`Spool::append_guarded`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsentGuard {
+    /// Activity spans and work items are kept only if the stored consent is granted for at
+    /// least this policy version; otherwise they are discarded (and counted in
+    /// [`Appended::discarded`]). Health and consent events are always kept.
+    pub policy_version: u32,
+    /// Work items seen for the first time (remembered in `seen_items` when the data is kept).
+    pub seen_items: Vec<String>,
+}
+
 /// The result of a committed [`Spool::append`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Appended {
@@ -110,6 +191,8 @@ pub struct Appended {
     pub seqs: Option<(u64, u64)>,
     /// Events dropped (oldest first) to keep the spool within its bound.
     pub dropped: u64,
+    /// Events refused by the consent guard (never recorded).
+    pub discarded: u64,
 }
 
 /// A snapshot of the spool's counters.
@@ -139,16 +222,14 @@ impl Spool {
     /// Errors opening or migrating the database are returned here, before any thread starts.
     pub fn open(path: &Path, config: SpoolConfig) -> Result<Spool, SpoolError> {
         let connection = schema::open_read_write(path)?;
-        let worker = Worker::new(connection, config)?;
+        let appended = Arc::new(Notify::new());
+        let worker = Worker::new(connection, config, Arc::clone(&appended))?;
         let (commands, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         std::thread::Builder::new()
             .name("spool".into())
             .spawn(move || worker.run(receiver))
             .map_err(SpoolError::Thread)?;
-        Ok(Spool {
-            commands,
-            appended: Arc::new(Notify::new()),
-        })
+        Ok(Spool { commands, appended })
     }
 
     /// Records `bodies` (giving each a `seq` and a random id) and the source's `progress`, in
@@ -158,15 +239,35 @@ impl Spool {
         bodies: Vec<EventBody>,
         progress: SourceProgress,
     ) -> Result<Appended, SpoolError> {
-        let has_events = !bodies.is_empty();
+        self.append_with(bodies, progress, None).await
+    }
+
+    /// Like [`Spool::append`], for desktop data: activity spans and work items are kept only if
+    /// the stored consent covers `guard.policy_version`, checked in the inserting transaction.
+    pub async fn append_guarded(
+        &self,
+        bodies: Vec<EventBody>,
+        progress: SourceProgress,
+        guard: ConsentGuard,
+    ) -> Result<Appended, SpoolError> {
+        self.append_with(bodies, progress, Some(guard)).await
+    }
+
+    async fn append_with(
+        &self,
+        bodies: Vec<EventBody>,
+        progress: SourceProgress,
+        guard: Option<ConsentGuard>,
+    ) -> Result<Appended, SpoolError> {
         let appended = self
             .call(|reply| Command::Append {
                 bodies,
                 progress,
+                guard,
                 reply,
             })
             .await?;
-        if has_events {
+        if appended.seqs.is_some() {
             self.appended.notify_one();
         }
         Ok(appended)
@@ -206,6 +307,53 @@ impl Spool {
     /// The value stored for a source cursor.
     pub async fn cursor(&self, key: String) -> Result<Option<String>, SpoolError> {
         self.call(|reply| Command::Cursor { key, reply }).await
+    }
+
+    /// Records a consent answer: the [`EventBody::Consent`] event and the stored state, in one
+    /// transaction. With `purge` (a revocation), unsent activity spans and work items, their
+    /// copies in the local log and the remembered items are deleted in the same transaction.
+    pub async fn set_consent(
+        &self,
+        change: ConsentChange,
+        purge: bool,
+    ) -> Result<ConsentRecorded, SpoolError> {
+        let recorded = self
+            .call(|reply| Command::SetConsent {
+                change,
+                purge,
+                reply,
+            })
+            .await?;
+        self.appended.notify_one();
+        Ok(recorded)
+    }
+
+    /// Consent and pause, as stored. Cheap; the running agent asks every second. Also how the
+    /// owner thread notices writes by other processes.
+    pub async fn control(&self) -> Result<Control, SpoolError> {
+        self.call(|reply| Command::Control { reply }).await
+    }
+
+    /// Pauses capture until `until_ms`, or ends a pause (`None`).
+    pub async fn set_pause(&self, until_ms: Option<UnixMillis>) -> Result<(), SpoolError> {
+        self.call(|reply| Command::SetPause { until_ms, reply })
+            .await
+    }
+
+    /// A stored [`Note`].
+    pub async fn note(&self, note: Note) -> Result<Option<String>, SpoolError> {
+        self.call(|reply| Command::Note { note, reply }).await
+    }
+
+    /// Stores (or with `None` removes) a [`Note`].
+    pub async fn set_note(&self, note: Note, value: Option<String>) -> Result<(), SpoolError> {
+        self.call(|reply| Command::SetNote { note, value, reply })
+            .await
+    }
+
+    /// The most recently seen work items, newest first, at most `max`.
+    pub async fn seen_items(&self, max: usize) -> Result<Vec<String>, SpoolError> {
+        self.call(|reply| Command::SeenItems { max, reply }).await
     }
 
     /// Woken after every append that added events, so the uploader need not poll.

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use super::SpoolError;
 
 /// The schema this agent writes. Bump it with a migration step in [`migrate`].
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for another one's lock before failing. Only `status` competes
 /// with the owner thread, and its reads are short.
@@ -24,6 +24,10 @@ pub(super) mod key {
     pub const LAST_ERROR: &str = "last_error";
     /// Source cursors are stored under this prefix plus the source's own key.
     pub const CURSOR_PREFIX: &str = "cursor:";
+    /// The employee's latest consent answer, a JSON [`ConsentChange`](backlight_shared::event::ConsentChange).
+    pub const CONSENT: &str = "consent";
+    /// End of a private-time pause (`backlight-agent pause`), in ms since the epoch.
+    pub const PAUSE_UNTIL_MS: &str = "pause_until_ms";
 }
 
 const SCHEMA_V1: &str = "
@@ -45,6 +49,27 @@ const SCHEMA_V1: &str = "
         rejected_ms INTEGER
     );
     CREATE INDEX rejected_by_time ON rejected(rejected_ms);
+";
+
+#[cfg(test)]
+pub(super) const SCHEMA_V1_FOR_TESTS: &str = SCHEMA_V1;
+
+/// Version 2: the desktop's local memory. `recent` is the transparency log behind
+/// `backlight-agent show` (a copy of every recorded event, kept for days after upload, bounded);
+/// `seen_items` lets rules tell a first `started` from a `resumed` across restarts (bounded).
+const SCHEMA_V2: &str = "
+    CREATE TABLE recent (
+        seq         INTEGER PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        recorded_ms INTEGER NOT NULL
+    );
+    CREATE INDEX recent_by_time ON recent(recorded_ms);
+    CREATE TABLE seen_items (
+        item_id      TEXT PRIMARY KEY,
+        last_seen_ms INTEGER NOT NULL
+    );
+    CREATE INDEX seen_items_by_time ON seen_items(last_seen_ms);
 ";
 
 /// Opens the spool for the owner thread: creates it if needed, sets durability pragmas and
@@ -115,6 +140,12 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), SpoolError> {
         let tx = connection.transaction()?;
         tx.execute_batch(SCHEMA_V1)?;
         tx.pragma_update(None, "user_version", 1)?;
+        tx.commit()?;
+    }
+    if version < 2 {
+        let tx = connection.transaction()?;
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.pragma_update(None, "user_version", 2)?;
         tx.commit()?;
     }
     Ok(())

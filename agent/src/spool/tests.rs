@@ -373,3 +373,166 @@ async fn reopen_after_a_crash_keeps_everything_committed() {
     assert_eq!(appended.seqs, Some((101, 101)));
     spool.close().await;
 }
+
+fn span(n: u64) -> EventBody {
+    EventBody::ActivitySpan(backlight_shared::event::ActivitySpan {
+        app: format!("app-{n}"),
+        title: None,
+        start_ms: NOW,
+        end_ms: NOW + 1,
+        state: backlight_shared::event::ActivityState::Active,
+        item_id: None,
+        step: None,
+    })
+}
+
+fn consent(granted: bool, version: u32) -> backlight_shared::event::ConsentChange {
+    backlight_shared::event::ConsentChange {
+        granted,
+        policy_version: version,
+        scope: "activity,items".into(),
+        at_ms: NOW,
+    }
+}
+
+fn guard(version: u32, seen: &[&str]) -> ConsentGuard {
+    ConsentGuard {
+        policy_version: version,
+        seen_items: seen.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn the_consent_guard_keeps_desktop_data_out_without_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(&db(&dir), 100);
+    let appended = spool
+        .append_guarded(
+            vec![span(1), item(1)],
+            SourceProgress::default(),
+            guard(1, &["CLM-1"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!((appended.seqs, appended.discarded), (None, 2));
+    assert!(spool.seen_items(10).await.unwrap().is_empty());
+
+    spool.set_consent(consent(true, 1), false).await.unwrap();
+    let appended = spool
+        .append_guarded(
+            vec![span(2)],
+            SourceProgress::default(),
+            guard(1, &["CLM-1"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!((appended.seqs, appended.discarded), (Some((2, 2)), 0));
+    assert_eq!(spool.seen_items(10).await.unwrap(), ["CLM-1"]);
+    // Data captured under a newer notice needs consent to that one.
+    let appended = spool
+        .append_guarded(vec![span(3)], SourceProgress::default(), guard(2, &[]))
+        .await
+        .unwrap();
+    assert_eq!(appended.discarded, 1);
+    spool.close().await;
+}
+
+#[tokio::test]
+async fn revoking_purges_unsent_desktop_data_but_keeps_consent_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(&db(&dir), 100);
+    spool.set_consent(consent(true, 1), false).await.unwrap();
+    spool
+        .append_guarded(
+            vec![span(1), item(1), span(2)],
+            SourceProgress::default(),
+            guard(1, &["CLM-1"]),
+        )
+        .await
+        .unwrap();
+    let health = crate::health::report(
+        &spool.stats().await.unwrap(),
+        &crate::health::ClockOffset::default(),
+    );
+    spool
+        .append(vec![health], SourceProgress::default())
+        .await
+        .unwrap();
+    let recorded = spool.set_consent(consent(false, 1), true).await.unwrap();
+    assert_eq!(recorded.purged, 3);
+    let kinds: Vec<_> = spool
+        .oldest(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.body.kind().as_str())
+        .collect();
+    assert_eq!(kinds, ["consent", "health", "consent"]);
+    assert_eq!(spool.stats().await.unwrap().depth, 3);
+    assert!(spool.seen_items(10).await.unwrap().is_empty());
+    let control = spool.control().await.unwrap();
+    assert_eq!(control.consent.map(|c| c.granted), Some(false));
+    spool.close().await;
+    // The purged events are gone from the local log too.
+    let recent = super::recent(&db(&dir), 0, 100).unwrap().unwrap();
+    assert!(recent
+        .iter()
+        .all(|e| !matches!(e.body, EventBody::ActivitySpan(_) | EventBody::WorkItem(_))));
+}
+
+#[tokio::test]
+async fn the_local_log_keeps_uploaded_events_and_marks_waiting_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(&db(&dir), 100);
+    spool
+        .append(items(0..3), SourceProgress::default())
+        .await
+        .unwrap();
+    spool.acknowledge(vec![1, 2], NOW).await.unwrap();
+    spool.close().await;
+    let recent = super::recent(&db(&dir), 0, 100).unwrap().unwrap();
+    let waiting: Vec<_> = recent.iter().map(|e| (e.seq, e.waiting)).collect();
+    assert_eq!(waiting, [(1, false), (2, false), (3, true)]);
+}
+
+#[tokio::test]
+async fn writes_by_another_process_are_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = open(&db(&dir), 100);
+    assert_eq!(agent.stats().await.unwrap().depth, 0);
+    let command = open(&db(&dir), 100);
+    command
+        .append(items(0..2), SourceProgress::default())
+        .await
+        .unwrap();
+    command.set_pause(Some(NOW)).await.unwrap();
+    command.close().await;
+    assert_eq!(agent.stats().await.unwrap().depth, 2);
+    assert_eq!(agent.control().await.unwrap().pause_until_ms, Some(NOW));
+    agent.close().await;
+}
+
+#[test]
+fn a_version_1_spool_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(super::schema::SCHEMA_V1_FOR_TESTS).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute(
+            "INSERT INTO events(id, body, created_ms) VALUES ('x', '{}', 1)",
+            [],
+        )
+        .unwrap();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let spool = open(&path, 100);
+        assert_eq!(spool.stats().await.unwrap().depth, 1);
+        assert!(spool.seen_items(1).await.unwrap().is_empty());
+        spool.close().await;
+    });
+}

@@ -1,13 +1,21 @@
 //! The thread that owns the spool's read-write connection and runs its commands one at a time.
 
-use backlight_shared::event::{Event, EventBody};
+use std::sync::Arc;
+
+use backlight_shared::event::{ConsentChange, Event, EventBody};
 use backlight_shared::{now_ms, UnixMillis};
 use rusqlite::{params, Connection, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use super::schema::{self, from_sql_int, key, to_sql_int};
-use super::{Appended, SourceProgress, SpoolConfig, SpoolError, SpoolStats, MAX_REJECTED_KEPT};
+use super::{
+    Appended, ConsentGuard, ConsentRecorded, Control, Note, SourceProgress, SpoolConfig,
+    SpoolError, SpoolStats, MAX_RECENT, MAX_REJECTED_KEPT, MAX_SEEN_ITEMS, RECENT_KEEP_MS,
+};
+
+/// Kinds of event that are desktop data: covered by consent, deleted on revoke.
+const CAPTURED_KINDS: &str = "('activity_span', 'work_item')";
 
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
@@ -16,6 +24,7 @@ pub(super) enum Command {
     Append {
         bodies: Vec<EventBody>,
         progress: SourceProgress,
+        guard: Option<ConsentGuard>,
         reply: Reply<Appended>,
     },
     Oldest {
@@ -43,6 +52,31 @@ pub(super) enum Command {
         key: String,
         reply: Reply<Option<String>>,
     },
+    SetConsent {
+        change: ConsentChange,
+        purge: bool,
+        reply: Reply<ConsentRecorded>,
+    },
+    Control {
+        reply: Reply<Control>,
+    },
+    SetPause {
+        until_ms: Option<UnixMillis>,
+        reply: Reply<()>,
+    },
+    Note {
+        note: Note,
+        reply: Reply<Option<String>>,
+    },
+    SetNote {
+        note: Note,
+        value: Option<String>,
+        reply: Reply<()>,
+    },
+    SeenItems {
+        max: usize,
+        reply: Reply<Vec<String>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -54,31 +88,60 @@ pub(super) struct Worker {
     /// Rows in `events`. This thread is the only writer, so it can keep the count instead of
     /// running `COUNT(*)` over up to a million rows at every append.
     depth: u64,
+    /// `PRAGMA data_version` when `depth` was last known right: it changes when another
+    /// connection (a `backlight-agent item` or `consent` command) commits.
+    data_version: i64,
+    /// Woken when another process added events, so the uploader need not wait for its recheck.
+    appended: Arc<Notify>,
 }
 
 impl Worker {
-    pub(super) fn new(connection: Connection, config: SpoolConfig) -> Result<Worker, SpoolError> {
-        let depth: i64 =
-            connection.query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))?;
+    pub(super) fn new(
+        connection: Connection,
+        config: SpoolConfig,
+        appended: Arc<Notify>,
+    ) -> Result<Worker, SpoolError> {
+        let depth = count_events(&connection)?;
+        let data_version = data_version(&connection)?;
         Ok(Worker {
             connection,
             config,
-            depth: from_sql_int(depth),
+            depth,
+            data_version,
+            appended,
         })
+    }
+
+    /// Recounts `depth` if another process wrote since we last looked.
+    fn notice_other_writers(&mut self) -> Result<(), SpoolError> {
+        let version = data_version(&self.connection)?;
+        if version != self.data_version {
+            self.data_version = version;
+            let depth = count_events(&self.connection)?;
+            if depth > self.depth {
+                self.appended.notify_one();
+            }
+            self.depth = depth;
+        }
+        Ok(())
     }
 
     /// Runs commands until [`Command::Close`] or until every handle is dropped.
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut close_reply = None;
         while let Some(command) = commands.blocking_recv() {
+            if let Err(error) = self.notice_other_writers() {
+                tracing::warn!(%error, "cannot check the spool for other writers");
+            }
             // A failed `send` means the caller stopped waiting; the work is done regardless.
             match command {
                 Command::Append {
                     bodies,
                     progress,
+                    guard,
                     reply,
                 } => {
-                    let _ = reply.send(self.append(bodies, progress));
+                    let _ = reply.send(self.append(bodies, progress, guard));
                 }
                 Command::Oldest { max, reply } => {
                     let _ = reply.send(self.oldest(max));
@@ -101,6 +164,40 @@ impl Worker {
                         &format!("{}{key}", key::CURSOR_PREFIX),
                     ));
                 }
+                Command::SetConsent {
+                    change,
+                    purge,
+                    reply,
+                } => {
+                    let _ = reply.send(self.set_consent(change, purge));
+                }
+                Command::Control { reply } => {
+                    let _ = reply.send(control(&self.connection));
+                }
+                Command::SetPause { until_ms, reply } => {
+                    let result = match until_ms {
+                        Some(until) => schema::set_meta(
+                            &self.connection,
+                            key::PAUSE_UNTIL_MS,
+                            to_sql_int(until),
+                        ),
+                        None => delete_meta(&self.connection, key::PAUSE_UNTIL_MS),
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Note { note, reply } => {
+                    let _ = reply.send(schema::meta_text(&self.connection, note.key()));
+                }
+                Command::SetNote { note, value, reply } => {
+                    let result = match value {
+                        Some(value) => schema::set_meta(&self.connection, note.key(), value),
+                        None => delete_meta(&self.connection, note.key()),
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::SeenItems { max, reply } => {
+                    let _ = reply.send(self.seen_items(max));
+                }
                 Command::Close { reply } => {
                     close_reply = Some(reply);
                     break;
@@ -120,22 +217,29 @@ impl Worker {
         &mut self,
         bodies: Vec<EventBody>,
         progress: SourceProgress,
+        guard: Option<ConsentGuard>,
     ) -> Result<Appended, SpoolError> {
         // IMMEDIATE takes the write lock up front instead of upgrading mid-transaction.
         let tx = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let created_ms = to_sql_int(now_ms());
+        let now = now_ms();
+        let mut discarded = 0u64;
+        let consented = match &guard {
+            None => true,
+            Some(guard) => consent_covers(&tx, guard.policy_version)?,
+        };
         let mut seqs: Option<(u64, u64)> = None;
-        {
-            let mut insert =
-                tx.prepare_cached("INSERT INTO events(id, body, created_ms) VALUES (?1, ?2, ?3)")?;
-            for body in &bodies {
-                let json = serde_json::to_string(body)?;
-                insert.execute(params![Uuid::new_v4().to_string(), json, created_ms])?;
-                let seq = from_sql_int(tx.last_insert_rowid());
-                seqs = Some((seqs.map_or(seq, |(first, _)| first), seq));
+        let mut inserted = 0u64;
+        for body in &bodies {
+            let captured = matches!(body, EventBody::ActivitySpan(_) | EventBody::WorkItem(_));
+            if captured && !consented {
+                discarded += 1;
+                continue;
             }
+            let seq = insert_event(&tx, body, now)?;
+            inserted += 1;
+            seqs = Some((seqs.map_or(seq, |(first, _)| first), seq));
         }
         if let Some(cursor) = &progress.cursor {
             schema::set_meta(
@@ -147,7 +251,16 @@ impl Worker {
         if progress.lines_skipped > 0 {
             schema::add_to_counter(&tx, key::LINES_SKIPPED, progress.lines_skipped)?;
         }
-        let depth = self.depth + bodies.len() as u64;
+        if let Some(guard) = guard
+            .as_ref()
+            .filter(|g| consented && !g.seen_items.is_empty())
+        {
+            remember_items(&tx, &guard.seen_items, now)?;
+        }
+        if let Some((_, last)) = seqs {
+            trim_recent(&tx, last, now)?;
+        }
+        let depth = self.depth + inserted;
         let excess = depth.saturating_sub(self.config.max_events);
         let mut dropped = 0;
         if excess > 0 {
@@ -167,7 +280,61 @@ impl Worker {
                 "spool full: dropped the oldest events (the server has been unreachable too long?)"
             );
         }
-        Ok(Appended { seqs, dropped })
+        if discarded > 0 {
+            tracing::info!(
+                discarded,
+                "not recording desktop data: consent is not (or no longer) given"
+            );
+        }
+        Ok(Appended {
+            seqs,
+            dropped,
+            discarded,
+        })
+    }
+
+    fn set_consent(
+        &mut self,
+        change: ConsentChange,
+        purge: bool,
+    ) -> Result<ConsentRecorded, SpoolError> {
+        let tx = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let mut purged = 0u64;
+        if purge {
+            tx.execute(
+                &format!(
+                    "DELETE FROM recent WHERE seq IN (SELECT seq FROM events
+                       WHERE json_extract(body, '$.kind') IN {CAPTURED_KINDS})"
+                ),
+                [],
+            )?;
+            purged = tx.execute(
+                &format!(
+                    "DELETE FROM events WHERE json_extract(body, '$.kind') IN {CAPTURED_KINDS}"
+                ),
+                [],
+            )? as u64;
+            tx.execute("DELETE FROM seen_items", [])?;
+        }
+        schema::set_meta(&tx, key::CONSENT, serde_json::to_string(&change)?)?;
+        let seq = insert_event(&tx, &EventBody::Consent(change), now)?;
+        trim_recent(&tx, seq, now)?;
+        tx.commit()?;
+        self.depth = (self.depth + 1).saturating_sub(purged);
+        Ok(ConsentRecorded { seq, purged })
+    }
+
+    fn seen_items(&self, max: usize) -> Result<Vec<String>, SpoolError> {
+        let mut select = self
+            .connection
+            .prepare_cached("SELECT item_id FROM seen_items ORDER BY last_seen_ms DESC LIMIT ?1")?;
+        let items = select
+            .query_map([to_sql_int(max as u64)], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(items)
     }
 
     fn oldest(&mut self, max: usize) -> Result<Vec<Event>, SpoolError> {
@@ -270,6 +437,90 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Inserts one event (and its copy in the local log); returns its `seq`.
+fn insert_event(
+    tx: &rusqlite::Transaction<'_>,
+    body: &EventBody,
+    now: UnixMillis,
+) -> Result<u64, SpoolError> {
+    let json = serde_json::to_string(body)?;
+    tx.prepare_cached("INSERT INTO events(id, body, created_ms) VALUES (?1, ?2, ?3)")?
+        .execute(params![Uuid::new_v4().to_string(), json, to_sql_int(now)])?;
+    let seq = tx.last_insert_rowid();
+    tx.prepare_cached("INSERT INTO recent(seq, kind, body, recorded_ms) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![seq, body.kind().as_str(), json, to_sql_int(now)])?;
+    Ok(from_sql_int(seq))
+}
+
+/// Keeps `recent` within its age and size bounds. Seqs only grow, so "the last
+/// [`MAX_RECENT`] seqs" bounds the row count with one indexed range delete.
+fn trim_recent(tx: &Connection, last_seq: u64, now: UnixMillis) -> Result<(), SpoolError> {
+    tx.prepare_cached("DELETE FROM recent WHERE recorded_ms < ?1")?
+        .execute([to_sql_int(now.saturating_sub(RECENT_KEEP_MS))])?;
+    if last_seq > MAX_RECENT {
+        tx.prepare_cached("DELETE FROM recent WHERE seq <= ?1")?
+            .execute([to_sql_int(last_seq - MAX_RECENT)])?;
+    }
+    Ok(())
+}
+
+/// Remembers work items as seen, keeping the [`MAX_SEEN_ITEMS`] most recent.
+fn remember_items(tx: &Connection, items: &[String], now: UnixMillis) -> Result<(), SpoolError> {
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO seen_items(item_id, last_seen_ms) VALUES (?1, ?2)
+             ON CONFLICT(item_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+        )?;
+        for item in items {
+            upsert.execute(params![item, to_sql_int(now)])?;
+        }
+    }
+    tx.prepare_cached(
+        "DELETE FROM seen_items WHERE item_id IN
+           (SELECT item_id FROM seen_items ORDER BY last_seen_ms DESC LIMIT -1 OFFSET ?1)",
+    )?
+    .execute([to_sql_int(MAX_SEEN_ITEMS)])?;
+    Ok(())
+}
+
+/// Whether the stored consent is granted for policy `version` or a later one.
+fn consent_covers(connection: &Connection, version: u32) -> Result<bool, SpoolError> {
+    Ok(stored_consent(connection)?.is_some_and(|c| c.granted && c.policy_version >= version))
+}
+
+/// The stored consent answer. An unreadable value (hand-edited file) counts as no answer:
+/// the safe reading for consent.
+pub(super) fn stored_consent(connection: &Connection) -> Result<Option<ConsentChange>, SpoolError> {
+    Ok(schema::meta_text(connection, key::CONSENT)?
+        .and_then(|json| serde_json::from_str(&json).ok()))
+}
+
+/// Consent and pause as stored.
+pub(super) fn control(connection: &Connection) -> Result<Control, SpoolError> {
+    let pause_until_ms = match schema::meta_u64(connection, key::PAUSE_UNTIL_MS)? {
+        0 => None,
+        until => Some(until),
+    };
+    Ok(Control {
+        consent: stored_consent(connection)?,
+        pause_until_ms,
+    })
+}
+
+fn delete_meta(connection: &Connection, key: &str) -> Result<(), SpoolError> {
+    connection.execute("DELETE FROM meta WHERE key = ?1", [key])?;
+    Ok(())
+}
+
+fn count_events(connection: &Connection) -> Result<u64, SpoolError> {
+    let depth: i64 = connection.query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))?;
+    Ok(from_sql_int(depth))
+}
+
+fn data_version(connection: &Connection) -> Result<i64, SpoolError> {
+    Ok(connection.pragma_query_value(None, "data_version", |row| row.get(0))?)
 }
 
 /// Decodes a stored row back into an event's id and body.
