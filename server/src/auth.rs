@@ -2,9 +2,11 @@
 //! with a role, for the query APIs).
 //!
 //! Looking a credential up costs a ClickHouse query, and agents send a batch every few seconds.
-//! A short cache (`ttl`, a few seconds) keeps positive and negative answers, so a fleet does not
-//! turn every request into a registry query. It is a cache, not state: a revocation written by
-//! any server reaches every server within `ttl`.
+//! Devices are therefore kept in a directory that is brought up to date with ONE query per
+//! `ttl` (the devices changed since the last refresh), whatever the size of the fleet; a device
+//! not in it yet (enrolled moments ago through another server) is looked up on its own. API
+//! keys, used far less often, have a plain short cache. Both are caches, not state: a revocation
+//! written by any server reaches every server within `ttl`.
 //!
 //! **Architecture invariant:** every API key is bound to one tenant, and every query handler
 //! takes the tenant from the [`ApiCaller`], never from the request.
@@ -27,7 +29,7 @@ use crate::secrets;
 use crate::storage::registry::{ApiKeyRow, DeviceRow, Registry};
 use crate::tenancy::{Role, TenantId};
 
-/// Most cached credentials per cache; beyond it the cache is cleared (simple and bounded).
+/// Most cached API keys or unknown device ids; beyond it that cache is cleared (simple, bounded).
 const MAX_CACHED: usize = 100_000;
 
 /// A bounded map whose entries expire after `ttl`.
@@ -115,14 +117,35 @@ impl From<AuthError> for ApiError {
 #[derive(Clone)]
 pub struct DeviceAuthenticator {
     registry: Registry,
-    cache: Arc<TtlCache<Uuid, Option<DeviceRow>>>,
+    ttl: Duration,
+    directory: Arc<Mutex<DeviceDirectory>>,
+    /// Held while refreshing, so a burst of requests after expiry makes one query, not many.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// What this server knows of the devices, and how fresh that is.
+#[derive(Default)]
+struct DeviceDirectory {
+    devices: HashMap<Uuid, DeviceRow>,
+    /// Device ids recently looked up and not found, with when.
+    unknown: HashMap<Uuid, Instant>,
+    refreshed_at: Option<Instant>,
+    /// The newest `updated_ms` seen; the next refresh asks for rows changed since then.
+    high_water_ms: u64,
+}
+
+/// How far back each refresh looks before the newest change it has seen. Versions are stamped
+/// by the clock of the server that wrote them, so a change stamped slightly in the past by a
+/// server with a slow clock is still picked up.
+const REFRESH_OVERLAP_MS: u64 = 10 * 60 * 1000;
 
 impl DeviceAuthenticator {
     pub fn new(registry: Registry, ttl: Duration) -> DeviceAuthenticator {
         DeviceAuthenticator {
             registry,
-            cache: Arc::new(TtlCache::new(ttl)),
+            ttl,
+            directory: Arc::default(),
+            refreshing: Arc::default(),
         }
     }
 
@@ -134,8 +157,7 @@ impl DeviceAuthenticator {
         let token = bearer(authorization, SecretKind::Device).ok_or(AuthError::Missing("bld"))?;
         let device_id = Uuid::parse_str(&token.id).map_err(|_| AuthError::Unknown)?;
         let device = self
-            .cache
-            .get_or_load(device_id, self.registry.device(device_id))
+            .device(device_id)
             .await?
             .filter(|d| secrets::verify(&token, &d.secret_hash))
             .ok_or(AuthError::Unknown)?;
@@ -146,6 +168,71 @@ impl DeviceAuthenticator {
             device_id,
             tenant_id: device.tenant_id,
         })
+    }
+
+    fn directory(&self) -> std::sync::MutexGuard<'_, DeviceDirectory> {
+        // A panic while holding this lock cannot leave the maps inconsistent; keep serving.
+        self.directory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_fresh(&self) -> bool {
+        self.directory()
+            .refreshed_at
+            .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    async fn device(&self, device_id: Uuid) -> Result<Option<DeviceRow>, ClickHouseError> {
+        if !self.is_fresh() {
+            self.refresh().await?;
+        }
+        {
+            let directory = self.directory();
+            if let Some(device) = directory.devices.get(&device_id) {
+                return Ok(Some(device.clone()));
+            }
+            let known_unknown = directory
+                .unknown
+                .get(&device_id)
+                .is_some_and(|at| at.elapsed() < self.ttl);
+            if known_unknown {
+                return Ok(None);
+            }
+        }
+        // Not in the directory: perhaps enrolled since the last refresh.
+        let found = self.registry.device(device_id).await?;
+        let mut directory = self.directory();
+        match &found {
+            Some(device) => {
+                directory.devices.insert(device_id, device.clone());
+            }
+            None => {
+                if directory.unknown.len() >= MAX_CACHED {
+                    directory.unknown.clear();
+                }
+                directory.unknown.insert(device_id, Instant::now());
+            }
+        }
+        Ok(found)
+    }
+
+    async fn refresh(&self) -> Result<(), ClickHouseError> {
+        let _single_flight = self.refreshing.lock().await;
+        if self.is_fresh() {
+            return Ok(()); // another request refreshed while this one waited
+        }
+        let since = self
+            .directory()
+            .high_water_ms
+            .saturating_sub(REFRESH_OVERLAP_MS);
+        let changed = self.registry.devices_changed_since(since).await?;
+        let mut directory = self.directory();
+        for device in changed {
+            directory.high_water_ms = directory.high_water_ms.max(device.updated_ms);
+            directory.unknown.remove(&device.device_id);
+            directory.devices.insert(device.device_id, device);
+        }
+        directory.refreshed_at = Some(Instant::now());
+        Ok(())
     }
 }
 

@@ -90,7 +90,7 @@ pub struct ServeArgs {
     #[arg(long, env = "BACKLIGHT_AUTH_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub auth_cache_ttl: Duration,
     /// Longest an accepted batch waits to be grouped with others into one ClickHouse INSERT.
-    #[arg(long, env = "BACKLIGHT_INSERT_MAX_DELAY", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = "BACKLIGHT_INSERT_MAX_DELAY", default_value = "500ms", value_parser = parse_duration)]
     pub insert_max_delay: Duration,
     /// How long to keep trying to reach ClickHouse at start before giving up.
     #[arg(long, env = "BACKLIGHT_CLICKHOUSE_WAIT", default_value = "60s", value_parser = parse_duration)]

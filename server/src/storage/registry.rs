@@ -362,6 +362,22 @@ impl Registry {
         .await
     }
 
+    /// Every device (of every tenant) whose newest version was written at or after `since_ms`;
+    /// with 0, the whole directory. Used by servers to keep their device directory current
+    /// with one query.
+    pub async fn devices_changed_since(
+        &self,
+        since_ms: u64,
+    ) -> Result<Vec<DeviceRow>, ClickHouseError> {
+        with_timeout(
+            self.client
+                .query("SELECT ?fields FROM devices FINAL WHERE updated_ms >= ?")
+                .bind(since_ms)
+                .fetch_all(),
+        )
+        .await
+    }
+
     pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRow>, ClickHouseError> {
         self.list_for_tenant("devices", tenant, "enrolled_ms").await
     }

@@ -25,7 +25,7 @@ async fn clickhouse_outage_loses_nothing() {
     )
     .await;
     let probe = spine.server.enroll_device(&spine.key).await;
-    let mut fa = FileAgent::enroll(&spine, 4_000).await;
+    let mut fa = FileAgent::enroll(&spine, 12_000).await;
     let device = fa.device_id().await;
     let db = spine.server.db();
 
