@@ -9,16 +9,20 @@
 #      zstd JSON batches over HTTP for WARMUP + DURATION; each run checks its acknowledged
 #      events against `SELECT count() FROM events FINAL`,
 #   5. runs the ceiling: the same number of the same rows straight into a copy of `events`
-#      with clickhouse-client (RowBinary on stdin, 100k-row blocks), BASELINE_REPEAT times,
-#   6. times the ingest path's stages in process (one core),
+#      with clickhouse-client (RowBinary on stdin, one INSERT and one client process per 100k
+#      rows), BASELINE_REPEAT times,
+#   6. times the ingest path's stages in process (thread CPU time) and the heap per request,
 #   7. prints a summary (medians) and one JSON line, and stops everything it started.
 #
-# Loopback only; every step is bounded by `timeout`. About 5 minutes with the defaults.
+# Loopback only; every step is bounded by `timeout`. About 8 minutes with the defaults, plus the
+# build. Loadgen, server and ClickHouse share the machine; the loadgen reports the CPU taken by
+# everything else ("other") so a busy machine shows in the figures.
 #
 # Knobs (environment): AGENTS=1000 BATCH_EVENTS=200 DURATION=60s WARMUP=10s RUNS=3
 #   RATE= (events/s offered; empty = closed loop, measures capacity)
 #   INSERT_MAX_DELAY= AUTH_CACHE_TTL= (passed to backlight-server when set)
-#   BASELINE_REPEAT=3 BASELINE_FORMAT=rowbinary|tsv BASELINE_ROWS= (default: run 1's acked events)
+#   BASELINE_REPEAT=3 (0 skips the ceiling) BASELINE_FORMAT=rowbinary|tsv
+#   BASELINE_ROWS= (default: the events run 1 acknowledged)
 #   PROFILE_STAGES=1 SKIP_BUILD=0 KEEP=0 (keep the work directory) RESULTS= (write the JSON there)
 #   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
 set -euo pipefail
@@ -90,10 +94,15 @@ bounded() {
   return "$rc"
 }
 
+# A port below the kernel's ephemeral range, so the ports the embedded ClickHouse (or anyone
+# else) gets from the kernel cannot collide with it; starting the server is still retried.
 free_port() {
-  local port
+  local low=20000 high=32767 port
+  read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range || ephemeral=32768
+  if [ "$ephemeral" -le "$high" ]; then high=$((ephemeral - 1)); fi
+  if [ "$high" -le "$low" ]; then low=10000; fi
   for _ in $(seq 1 100); do
-    port=$(( (RANDOM % 20000) + 30000 ))
+    port=$(( low + RANDOM % (high - low) ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
   done
   echo "bench-ingest: no free port found" >&2
@@ -111,21 +120,33 @@ fi
 SERVER_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-server"
 LOADGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-loadgen"
 
-PORT="$(free_port)"
-URL="http://127.0.0.1:$PORT"
-server_args=(--data-dir "$DATA" --listen "127.0.0.1:$PORT")
-if [ -n "$INSERT_MAX_DELAY" ]; then server_args+=(--insert-max-delay "$INSERT_MAX_DELAY"); fi
-if [ -n "$AUTH_CACHE_TTL" ]; then server_args+=(--auth-cache-ttl "$AUTH_CACHE_TTL"); fi
 mkdir -p "$DATA"
-echo "==> starting backlight-server ($BUILD_PROFILE) on $URL; ClickHouse: embedded, started by the server under $DATA/clickhouse"
-"$SERVER_BIN" "${server_args[@]}" >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 240); do
-  curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited:"; tail -20 "$WORK/server.log"; exit 1; }
-  sleep 0.5
+echo "==> starting backlight-server ($BUILD_PROFILE); ClickHouse: embedded, started by the server under $DATA/clickhouse"
+for attempt in 1 2 3; do
+  PORT="$(free_port)"
+  URL="http://127.0.0.1:$PORT"
+  server_args=(--data-dir "$DATA" --listen "127.0.0.1:$PORT")
+  if [ -n "$INSERT_MAX_DELAY" ]; then server_args+=(--insert-max-delay "$INSERT_MAX_DELAY"); fi
+  if [ -n "$AUTH_CACHE_TTL" ]; then server_args+=(--auth-cache-ttl "$AUTH_CACHE_TTL"); fi
+  "$SERVER_BIN" "${server_args[@]}" >"$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 240); do
+    curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  if curl -fsS "$URL/readyz" >/dev/null 2>&1; then break; fi
+  if kill -0 "$SERVER_PID" 2>/dev/null; then echo "server not ready after 120 s:"; tail -20 "$WORK/server.log"; exit 1; fi
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  if [ "$attempt" -lt 3 ] && grep -q "Address already in use" "$WORK/server.log"; then
+    echo "    port $PORT was taken meanwhile; trying another"
+    sleep 3  # the embedded ClickHouse of the failed start stops on its parent's death
+    continue
+  fi
+  echo "server exited:"; tail -20 "$WORK/server.log"; exit 1
 done
-curl -fsS "$URL/readyz" >/dev/null || { echo "server not ready after 120 s:"; tail -20 "$WORK/server.log"; exit 1; }
+echo "    listening on $URL"
 
 CH_URL="$(cat "$DATA/clickhouse/endpoint")"
 CH_TCP_PORT="$(sed -n 's:.*<tcp_port>\([0-9]*\)</tcp_port>.*:\1:p' "$DATA/clickhouse/config.xml")"
@@ -152,17 +173,20 @@ for run in $(seq 1 "$RUNS"); do
   if [ "$run" -lt "$RUNS" ]; then sleep 5; fi
 done
 
-ROWS="${BASELINE_ROWS:-$(head -1 "$WORK/load.jsonl" | jq '.acked_events')}"
-echo "==> ceiling: $ROWS rows straight into ClickHouse with clickhouse-client ($BASELINE_FORMAT), $BASELINE_REPEAT times"
-bounded 900 "$LOADGEN_BIN" --baseline --rows "$ROWS" --agents "$AGENTS" --batch-events "$BATCH_EVENTS" \
-  --repeat "$BASELINE_REPEAT" --format "$BASELINE_FORMAT" --clickhouse-url "$CH_URL" \
-  --clickhouse-tcp-port "$CH_TCP_PORT" --clickhouse-pid "${CH_PID:-0}" --work-dir "$WORK" \
-  | tee "$WORK/baseline.txt"
-BASELINE_JSON="$(tail -1 "$WORK/baseline.txt")"
+BASELINE_JSON='{"rows_per_s": null, "format": null}'
+if [ "$BASELINE_REPEAT" -gt 0 ]; then
+  ROWS="${BASELINE_ROWS:-$(head -1 "$WORK/load.jsonl" | jq '.acked_events')}"
+  echo "==> ceiling: $ROWS rows straight into ClickHouse with clickhouse-client ($BASELINE_FORMAT), $BASELINE_REPEAT times"
+  bounded 900 "$LOADGEN_BIN" --baseline --rows "$ROWS" --agents "$AGENTS" --batch-events "$BATCH_EVENTS" \
+    --repeat "$BASELINE_REPEAT" --format "$BASELINE_FORMAT" --clickhouse-url "$CH_URL" \
+    --clickhouse-tcp-port "$CH_TCP_PORT" --clickhouse-pid "${CH_PID:-0}" --work-dir "$WORK" \
+    | tee "$WORK/baseline.txt"
+  BASELINE_JSON="$(tail -1 "$WORK/baseline.txt")"
+fi
 
 PROFILE_JSON=null
 if [ "$PROFILE_STAGES" = 1 ]; then
-  echo "==> stage profile (in process, one core)"
+  echo "==> stage profile (in process, thread CPU time)"
   bounded 300 "$LOADGEN_BIN" --profile-stages --batch-events "$BATCH_EVENTS" | tee "$WORK/profile.txt"
   PROFILE_JSON="$(tail -1 "$WORK/profile.txt")"
 fi
@@ -187,12 +211,16 @@ SUMMARY="$(jq -s -c --argjson baseline "$BASELINE_JSON" --argjson profile "$PROF
     all_stored_match: (map(.stored_matches_acked) | all),
     errors: (map(.errors | to_entries) | add | group_by(.key) | map({key: .[0].key, value: (map(.value) | add)}) | from_entries),
     cpu_cores: {server: (map(.cpu_cores.server) | median), clickhouse: (map(.cpu_cores.clickhouse) | median),
-                loadgen: (map(.cpu_cores.loadgen) | median), machine_busy: (map(.cpu_cores.machine_busy) | median)},
+                loadgen: (map(.cpu_cores.loadgen) | median), machine_busy: (map(.cpu_cores.machine_busy) | median),
+                other: (map(if .cpu_cores.machine_busy and .cpu_cores.server and .cpu_cores.clickhouse and .cpu_cores.loadgen
+                            then .cpu_cores.machine_busy - .cpu_cores.server - .cpu_cores.clickhouse - .cpu_cores.loadgen
+                            else empty end) | median)},
     rows_per_insert: (map(.rows_per_insert) | median),
     inserts_per_s: (map(.inserts_per_s) | median),
     ceiling_rows_per_s: $baseline.rows_per_s,
+    ceiling_rows_per_s_without_client_startup: $baseline.rows_per_s_without_client_startup,
     ceiling_format: $baseline.format,
-    ratio: ((map(.events_per_s) | median) / $baseline.rows_per_s),
+    ratio: (if $baseline.rows_per_s then (map(.events_per_s) | median) / $baseline.rows_per_s else null end),
     target_met: (((map(.events_per_s) | median) >= 100000) and (.[0].agents >= 1000) and ((map(.server_peak_rss_mb) | max) < 150)),
     machine: $machine,
     profile: $profile
@@ -201,16 +229,17 @@ SUMMARY="$(jq -s -c --argjson baseline "$BASELINE_JSON" --argjson profile "$PROF
 echo
 echo "== Ingest benchmark summary (median of $RUNS runs)"
 jq -r '
+  def r(n): if . == null then "?" else (. * n | round / n) end;
   "machine         \(.machine.nproc) cores (\(.machine.cpu)), \(.machine.ram) RAM, \(.machine.kernel); ClickHouse \(.machine.clickhouse), embedded",
   "load            \(.agents) agents, \(if .rate_offered then "paced at \(.rate_offered) events/s" else "closed loop" end); server, ClickHouse and loadgen share the machine",
   "server          \(.events_per_s) events/s acknowledged (runs: \(.events_per_s_runs | map(tostring) | join(", "))); stored = acked in every run: \(.all_stored_match)",
-  "latency         p50 \(.p50_ms) ms, p90 \(.p90_ms) ms, p99 \(.p99_ms) ms, max \(.max_ms) ms",
+  "latency         p50 \(.p50_ms | r(10)) ms, p90 \(.p90_ms | r(10)) ms, p99 \(.p99_ms | r(10)) ms, max \(.max_ms | r(10)) ms",
   "errors          \(if (.errors | length) == 0 then "none" else (.errors | to_entries | map("\(.key): \(.value)") | join(", ")) end)",
-  "server RSS      peak \(.server_peak_rss_mb * 10 | round / 10) MB",
-  "cpu (cores)     server \(.cpu_cores.server * 100 | round / 100), clickhouse \(.cpu_cores.clickhouse * 100 | round / 100), loadgen \(.cpu_cores.loadgen * 100 | round / 100), machine busy \(.cpu_cores.machine_busy * 100 | round / 100)",
-  "inserts         \(.inserts_per_s * 10 | round / 10) INSERTs/s of \(.rows_per_insert | round) rows",
-  "ceiling         \(.ceiling_rows_per_s) rows/s (clickhouse-client \(.ceiling_format), same rows)",
-  "ratio           server / ceiling = \(.ratio * 1000 | round / 1000)",
+  "server RSS      peak \(.server_peak_rss_mb | r(10)) MB",
+  "cpu (cores)     server \(.cpu_cores.server | r(100)), clickhouse \(.cpu_cores.clickhouse | r(100)), loadgen \(.cpu_cores.loadgen | r(100)), other processes \(.cpu_cores.other | r(100)), machine busy \(.cpu_cores.machine_busy | r(100)) of \(.machine.nproc)",
+  "inserts         \(.inserts_per_s | r(10)) INSERTs/s of \(.rows_per_insert | r(1)) rows",
+  "ceiling         \(if .ceiling_rows_per_s then "\(.ceiling_rows_per_s) rows/s (clickhouse-client \(.ceiling_format), same rows; \(.ceiling_rows_per_s_without_client_startup) rows/s without client start-ups)" else "not measured (BASELINE_REPEAT=0)" end)",
+  "ratio           server / ceiling = \(.ratio | r(1000))",
   "target          >= 100,000 events/s from >= 1,000 agents with RSS < 150 MB: \(if .target_met then "MET" else "NOT MET" end)"
 ' <<<"$SUMMARY"
 echo "$SUMMARY"
