@@ -41,7 +41,7 @@ SKIP_BUILD="${SKIP_BUILD:-0}"
 KEEP="${KEEP:-0}"
 RESULTS="${RESULTS:-}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-AGENT_BIN="$TARGET_DIR/release/backlight-agent"
+AGENT_BIN="$TARGET_DIR/agent/backlight-agent"   # the size-tuned profile the agent ships with
 PROBE_BIN="$TARGET_DIR/release/examples/capture_probe"
 SERVER_BIN="$TARGET_DIR/release/backlight-server"
 
@@ -81,8 +81,9 @@ trap 'exit 130' INT TERM
 
 # ---- build and mode -------------------------------------------------------------------------
 if [ "$SKIP_BUILD" != 1 ]; then
-  echo "==> building release binaries"
-  timeout 3600 cargo build --release -p backlight-agent --bin backlight-agent --example capture_probe
+  echo "==> building release binaries (the agent with its shipping profile, see Cargo.toml)"
+  timeout 3600 cargo build --profile agent -p backlight-agent --bin backlight-agent
+  timeout 3600 cargo build --release -p backlight-agent --example capture_probe
 fi
 if [ "$MODE" = auto ]; then
   if "$AGENT_BIN" run --help 2>/dev/null | grep -qw desktop; then MODE=agent; else MODE=probe; fi

@@ -130,22 +130,19 @@ fn check_version(connection: &Connection, path: &Path) -> Result<i64, SpoolError
 }
 
 fn migrate(connection: &mut Connection, path: &Path) -> Result<(), SpoolError> {
-    let version = check_version(connection, path)?;
-    if version == SCHEMA_VERSION {
+    if check_version(connection, path)? == SCHEMA_VERSION {
         return Ok(());
     }
-    // Each step runs in its own transaction together with the version bump, so a crash leaves
+    // Each step runs in its own IMMEDIATE transaction together with the version bump, and reads
+    // the version again inside it: two processes opening a new spool at once (`run` and
+    // `consent grant`, say) then take turns instead of both creating the tables. A crash leaves
     // the schema at a known version.
-    if version < 1 {
-        let tx = connection.transaction()?;
-        tx.execute_batch(SCHEMA_V1)?;
-        tx.pragma_update(None, "user_version", 1)?;
-        tx.commit()?;
-    }
-    if version < 2 {
-        let tx = connection.transaction()?;
-        tx.execute_batch(SCHEMA_V2)?;
-        tx.pragma_update(None, "user_version", 2)?;
+    for (step, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+        let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if check_version(&tx, path)? < step {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", step)?;
+        }
         tx.commit()?;
     }
     Ok(())
@@ -226,4 +223,33 @@ pub(super) fn to_sql_int(n: u64) -> i64 {
 /// The reverse of [`to_sql_int`]; a negative value (never written by us) reads as 0.
 pub(super) fn from_sql_int(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Regression: `run` and `consent grant` opening a new spool at the same moment both saw
+    // version 0 and both tried to create the tables ("table events already exists").
+    #[test]
+    fn two_processes_creating_the_spool_at_once_both_succeed() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("spool.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let openers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        open_read_write(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                let result = opener.join().unwrap();
+                assert!(result.is_ok(), "round {round}: {result:?}");
+            }
+        }
+    }
 }
