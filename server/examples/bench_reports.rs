@@ -48,7 +48,11 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::open(&config).await?;
     let client = store.client().clone();
     let tenant: TenantId = "acme".parse()?;
-    store.registry().create_tenant(&tenant, "Acme").await?;
+    // BENCH_REUSE=1 (with BENCH_CLICKHOUSE_URL): the data of an earlier run is there; skip loading.
+    let reuse = std::env::var("BENCH_REUSE").is_ok_and(|v| v == "1");
+    if !reuse {
+        store.registry().create_tenant(&tenant, "Acme").await?;
+    }
     let key = store
         .registry()
         .create_api_key(&tenant, Role::Wfm, "bench")
@@ -58,6 +62,116 @@ async fn main() -> anyhow::Result<()> {
     // The 30 full UTC days before today.
     let to = now_ms() / DAY * DAY;
     let from = to - 30 * DAY;
+    if !reuse {
+        load(&client, from, spans, per_device, per_day).await?;
+    }
+
+    let writer = IngestWriter::spawn(client.clone(), WriterConfig::default());
+    let app = router(AppState::new(
+        store.clone(),
+        writer,
+        Duration::from_secs(60),
+    ));
+    let uri = format!("/v1/reports/performance?from={from}&to={to}&group_by=team&tz=Europe/Berlin");
+    let report = || async {
+        let req = Request::builder()
+            .uri(&uri)
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap();
+        let started = Instant::now();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        (started.elapsed(), body)
+    };
+
+    // The first report over a period builds its rollup (longer than a request may take at this
+    // size: the endpoint answers 503 + Retry-After meanwhile). Build it directly and time it.
+    let started = Instant::now();
+    let built = reports::refresh(&client, "acme", from - 31 * DAY, to).await?;
+    println!(
+        "rollup build of {built} device-days: {:.1?}",
+        started.elapsed()
+    );
+    // Each query of a report on its own (for finding the slow one).
+    let assignments = store.registry().assignments(&tenant).await?;
+    let q = reports::ReportQuery {
+        tenant: "acme".into(),
+        from_ms: from,
+        to_ms: to,
+        tz: "Europe/Berlin".into(),
+        group_by: backlight_server::reports::GroupBy::Team,
+        devices: None,
+        queue: None,
+        device_groups: assignments
+            .iter()
+            .map(|a| (a.device_id, a.team.clone()))
+            .collect(),
+        total: false,
+    };
+    // Medians of 3 runs each; `SELECT count() FROM events` is the baseline for comparing runs
+    // on a noisy machine.
+    let count_events = || async {
+        client
+            .query("SELECT count() FROM events")
+            .fetch_one::<u64>()
+            .await
+    };
+    let baseline = median3(count_events).await?;
+    println!("  baseline SELECT count() FROM events: {baseline:.2?} (median of 3)");
+    let time = median3(|| reports::time_figures(&client, &q)).await?;
+    println!("  time figures: {time:.2?} (median of 3)");
+    let items = median3(|| reports::item_figures(&client, &q)).await?;
+    println!("  item figures (groups and totals): {items:.2?} (median of 3)");
+    let backlog = median3(|| reports::backlog(&client, "acme", to, None)).await?;
+    println!("  backlog: {backlog:.2?} (median of 3)");
+    let (cold, body) = report().await;
+    println!("first report: {cold:.2?}");
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    println!(
+        "  teams {}, items handled {}, productive {} ms",
+        v["rows"].as_array().map_or(0, Vec::len),
+        v["totals"]["items_handled"],
+        v["totals"]["productive_ms"]
+    );
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        warm.push(report().await.0);
+    }
+    warm.sort();
+    println!(
+        "warm 30-day team report: min {:.2?}, median {:.2?}, max {:.2?}",
+        warm[0], warm[2], warm[4]
+    );
+
+    // New rows for the last day of every device: that day is rebuilt by the next report.
+    client
+        .query(&format!(
+            "INSERT INTO events SELECT * FROM events WHERE event_date = toDate(toDateTime(intDiv({}, 1000)), 'UTC') AND seq % 100 = 1",
+            to - DAY
+        ))
+        .execute()
+        .await?;
+    let (stale, _) = report().await;
+    println!("report after one day of all {DEVICES} devices went stale: {stale:.2?}");
+    let (again, _) = report().await;
+    println!("and the next one: {again:.2?}");
+    if let Some(clickhouse) = clickhouse {
+        clickhouse.stop().await?;
+    }
+    Ok(())
+}
+
+/// Generates the data set inside ClickHouse (see the module comment).
+async fn load(
+    client: &clickhouse::Client,
+    from: u64,
+    spans: u64,
+    per_device: u64,
+    per_day: u64,
+) -> anyhow::Result<()> {
     let device =
         "toUUID(concat('00000000-0000-4000-8000-', substring(toString(1000000000000 + d), 2, 12)))";
     let started = Instant::now();
@@ -107,105 +221,21 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    let writer = IngestWriter::spawn(client.clone(), WriterConfig::default());
-    let app = router(AppState::new(
-        store.clone(),
-        writer,
-        Duration::from_secs(60),
-    ));
-    let uri = format!("/v1/reports/performance?from={from}&to={to}&group_by=team&tz=Europe/Berlin");
-    let report = || async {
-        let req = Request::builder()
-            .uri(&uri)
-            .header(header::AUTHORIZATION, format!("Bearer {key}"))
-            .body(Body::empty())
-            .unwrap();
-        let started = Instant::now();
-        let resp = app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-        (started.elapsed(), body)
-    };
-
-    // The first report over a period builds its rollup (longer than a request may take at this
-    // size: the endpoint answers 503 + Retry-After meanwhile). Build it directly and time it.
-    let started = Instant::now();
-    let built = reports::refresh(&client, "acme", from - 31 * DAY, to).await?;
-    println!(
-        "rollup build of {built} device-days: {:.1?}",
-        started.elapsed()
-    );
-    // Each query of a report on its own (for finding the slow one).
-    let assignments = store.registry().assignments(&tenant).await?;
-    let q = reports::ReportQuery {
-        tenant: "acme".into(),
-        from_ms: from,
-        to_ms: to,
-        tz: "Europe/Berlin".into(),
-        group_by: backlight_server::reports::GroupBy::Team,
-        devices: None,
-        queue: None,
-        device_groups: assignments
-            .iter()
-            .map(|a| (a.device_id, a.team.clone()))
-            .collect(),
-        total: false,
-    };
-    let t = Instant::now();
-    let time = reports::time_figures(&client, &q).await;
-    println!(
-        "  time figures: {:.2?} ({} rows)",
-        t.elapsed(),
-        time.map_or(0, |r| r.len())
-    );
-    let t = Instant::now();
-    let items = reports::item_figures(&client, &q).await;
-    println!(
-        "  item figures: {:.2?} ({:?})",
-        t.elapsed(),
-        items.map(|r| r.len())
-    );
-    let t = Instant::now();
-    let backlog = reports::backlog(&client, "acme", to, None).await;
-    println!(
-        "  backlog: {:.2?} ({:?})",
-        t.elapsed(),
-        backlog.map(|r| r.len())
-    );
-    let (cold, body) = report().await;
-    println!("first report: {cold:.2?}");
-    let v: serde_json::Value = serde_json::from_slice(&body)?;
-    println!(
-        "  teams {}, items handled {}, productive {} ms",
-        v["rows"].as_array().map_or(0, Vec::len),
-        v["totals"]["items_handled"],
-        v["totals"]["productive_ms"]
-    );
-    let mut warm = Vec::new();
-    for _ in 0..5 {
-        warm.push(report().await.0);
-    }
-    warm.sort();
-    println!(
-        "warm 30-day team report: min {:.2?}, median {:.2?}, max {:.2?}",
-        warm[0], warm[2], warm[4]
-    );
-
-    // New rows for the last day of every device: that day is rebuilt by the next report.
-    client
-        .query(&format!(
-            "INSERT INTO events SELECT * FROM events WHERE event_date = toDate(toDateTime(intDiv({}, 1000)), 'UTC') AND seq % 100 = 1",
-            to - DAY
-        ))
-        .execute()
-        .await?;
-    let (stale, _) = report().await;
-    println!("report after one day of all {DEVICES} devices went stale: {stale:.2?}");
-    let (again, _) = report().await;
-    println!("and the next one: {again:.2?}");
-    if let Some(clickhouse) = clickhouse {
-        clickhouse.stop().await?;
-    }
     Ok(())
+}
+
+/// Median wall time of three runs of `f`.
+async fn median3<T, E, F, Fut>(f: F) -> Result<Duration, E>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        f().await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[1])
 }

@@ -618,3 +618,134 @@ async fn report_access_and_parameters_are_checked() {
     let (status, _, body) = call(&f.app, "GET", rfc, Some(&f.wfm), None).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
 }
+
+/// Items completed more than once: in two teams (counted in each team, once in the totals, with
+/// the earliest completion deciding the SLA), and twice on one device in two hours (in each
+/// hour, once for the team). Device B's batch is sent twice. Another period than the fixture's
+/// (local day −2), so the fixture's data is not in it.
+#[tokio::test]
+async fn items_completed_in_several_groups_count_once_in_the_totals() {
+    let f = fixture().await;
+    let w = f.l - 72 * H;
+    ingest(
+        &f.app,
+        &f.a,
+        vec![
+            span(20, w + H, w + H + 10 * M, "active", Some("J1")),
+            completed(21, w + H + 10 * M, "J1"),
+            span(22, w + 2 * H, w + 2 * H + 20 * M, "active", Some("J2")),
+            completed(23, w + 2 * H + 20 * M, "J2"),
+            completed(24, w + 3 * H, "J2"),
+        ],
+    )
+    .await;
+    let b_events = || {
+        vec![
+            span(20, w + 4 * H + 55 * M, w + 5 * H, "active", Some("J1")),
+            completed(21, w + 5 * H, "J1"),
+        ]
+    };
+    ingest(&f.app, &f.b, b_events()).await;
+    ingest(&f.app, &f.b, b_events()).await;
+    insert_registrations(
+        f.store.client(),
+        &[ItemRow {
+            tenant_id: "acme".into(),
+            item_id: "J1".into(),
+            queue: "claims".into(),
+            priority: 0,
+            sla_due_ms: w + 2 * H,
+            sla_class: String::new(),
+            customer_ref: String::new(),
+            registered_ms: w,
+            updated_ms: 1,
+        }],
+    )
+    .await
+    .unwrap();
+    let uri = |extra: &str| {
+        format!(
+            "/v1/reports/performance?from={w}&to={}&tz={TZ}{extra}",
+            w + 24 * H
+        )
+    };
+    let (app, wfm) = (&f.app, &f.wfm);
+    let get = |extra: &str| {
+        let uri = uri(extra);
+        async move {
+            let (status, _, body) = call(app, "GET", &uri, Some(wfm), None).await;
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    };
+
+    // J1: handle time 15m (A 10m + B 5m), due W+2h; completed by A (north) at W+1h10m (met)
+    // and by B (south) at W+5h (missed). J2: 20m, no due time, completed twice by A.
+    let r = get("&group_by=team").await;
+    let north = row(&r, "north");
+    assert_eq!(north["items_handled"], json!(2));
+    assert_eq!(north["aht_mean_ms"], json!((35 * M) as f64 / 2.0));
+    assert_eq!(north["aht_median_ms"], json!((35 * M) as f64 / 2.0));
+    assert_eq!(north["aht_p90_ms"], ms(20 * M));
+    assert_eq!(
+        (
+            north["sla_items_with_due"].clone(),
+            north["sla_items_met"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    let south = row(&r, "south");
+    assert_eq!(south["items_handled"], json!(1));
+    assert_eq!(south["aht_mean_ms"], json!((15 * M) as f64));
+    assert_eq!(
+        (
+            south["sla_items_with_due"].clone(),
+            south["sla_items_met"].clone()
+        ),
+        (json!(1), json!(0))
+    );
+    let t = &r["totals"];
+    assert_eq!(t["items_handled"], json!(2));
+    assert_eq!(t["aht_mean_ms"], json!((35 * M) as f64 / 2.0));
+    assert_eq!(t["aht_median_ms"], json!((35 * M) as f64 / 2.0));
+    assert_eq!(t["aht_p90_ms"], ms(20 * M));
+    assert_eq!(
+        (t["sla_items_with_due"].clone(), t["sla_items_met"].clone()),
+        (json!(1), json!(1)),
+        "the earliest completion decides"
+    );
+
+    // Hours: J1 at W+1h and W+5h, J2 at W+2h and W+3h; each hour counts its item once.
+    let r = get("&group_by=hour").await;
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 24);
+    let handled: Vec<u64> = rows
+        .iter()
+        .map(|r| r["items_handled"].as_u64().unwrap())
+        .collect();
+    let mut expected = vec![0; 24];
+    for h in [1, 2, 3, 5] {
+        expected[h] = 1;
+    }
+    assert_eq!(handled, expected);
+    assert_eq!(rows[5]["aht_mean_ms"], json!((15 * M) as f64));
+    assert_eq!(rows[5]["sla_items_met"], json!(0));
+    assert_eq!(rows[1]["sla_items_met"], json!(1));
+    assert_eq!(rows[3]["aht_mean_ms"], json!((20 * M) as f64));
+    assert_eq!(r["totals"]["items_handled"], json!(2));
+
+    // Team filter: only south's completion of J1 counts, but its handle time is all of it.
+    let r = get("&team=south").await;
+    assert_eq!(r["totals"]["items_handled"], json!(1));
+    assert_eq!(r["totals"]["aht_mean_ms"], json!((15 * M) as f64));
+    assert_eq!(r["totals"]["sla_items_met"], json!(0));
+
+    // Queue filter and queue rows: J2 is not registered (queue "").
+    let r = get("&group_by=queue").await;
+    assert_eq!(row(&r, "claims")["items_handled"], json!(1));
+    assert_eq!(row(&r, "")["items_handled"], json!(1));
+    assert_eq!(r["totals"]["items_handled"], json!(2));
+    let r = get("&queue=claims").await;
+    assert_eq!(r["totals"]["items_handled"], json!(1));
+    assert_eq!(r["totals"]["sla_items_met"], json!(1));
+}

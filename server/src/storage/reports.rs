@@ -224,6 +224,8 @@ pub struct TimeRow {
 /// Item figures of one group; handle-time statistics per `docs/metrics.md`.
 #[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
 pub struct ItemRow {
+    /// 1 for the totals row (its `g` is empty), 0 for a group's row.
+    pub t: u8,
     pub g: String,
     pub items: u64,
     pub mean_ms: f64,
@@ -231,6 +233,14 @@ pub struct ItemRow {
     pub p90_ms: u64,
     pub with_due: u64,
     pub met: u64,
+}
+
+/// [`item_figures`] of one report: per group, and all groups together (each item once).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemFigureRows {
+    pub groups: Vec<ItemRow>,
+    /// `None` when nothing was completed.
+    pub total: Option<ItemRow>,
 }
 
 /// Backlog of one queue as of `to`.
@@ -456,16 +466,19 @@ pub async fn time_figures(
     with_timeout(sql.query(client).fetch_all()).await
 }
 
-/// Items completed per group with handle-time statistics and SLA counts (call [`refresh`]
-/// for `[from - HANDLE_LOOKBACK_MS, to)` first).
+/// Items completed per group, and for the whole report, with handle-time statistics and SLA
+/// counts (call [`refresh`] for `[from - HANDLE_LOOKBACK_MS, to)` first).
 ///
-/// One pass over the rollup rows of items in the lookback: per item its handle time (all
-/// devices) and the list of its completions in `[from, to)` (by the filtered devices); the
-/// completions are then spread into their groups.
+/// One query, one pass over the rollup rows of items in the lookback: per item its handle time
+/// (all devices) and the list of its completions in `[from, to)` (by the filtered devices). Each
+/// item row then names its groups (the distinct groups of its completions, each with the
+/// earliest completion in it) plus the totals group (its earliest completion of all), and the
+/// rows are aggregated per group. The totals come from the same per-item rows, so an item in two
+/// groups is counted once there, exactly as `docs/metrics.md` defines.
 pub async fn item_figures(
     client: &Client,
     q: &ReportQuery,
-) -> Result<Vec<ItemRow>, ClickHouseError> {
+) -> Result<ItemFigureRows, ClickHouseError> {
     let (from, to, lo) = (q.from_ms, q.to_ms, q.lookback_ms());
     let all_devices = ReportQuery {
         devices: None,
@@ -473,18 +486,25 @@ pub async fn item_figures(
     };
     let mut sql = Sql::default();
     sql.push(
-        "SELECT g, toUInt64(count()) AS items, avg(h) AS mean_ms,
+        "SELECT t, g, toUInt64(count()) AS items, avg(h) AS mean_ms,
                 if(count() % 2 = 1, toFloat64(arraySort(groupArray(h))[intDiv(count(), 2) + 1]),
                    (arraySort(groupArray(h))[intDiv(count(), 2)] + arraySort(groupArray(h))[intDiv(count(), 2) + 1]) / 2) AS median_ms,
                 toUInt64(arraySort(groupArray(h))[intDiv(9 * count() + 9, 10)]) AS p90_ms,
                 toUInt64(countIf(due > 0)) AS with_due, toUInt64(countIf(due > 0 AND done <= due)) AS met
-         FROM (SELECT g, item_id, min(done) AS done, any(due) AS due, any(h) AS h FROM (SELECT ",
+         FROM (SELECT k.1 AS t, k.2 AS g, h, due, done FROM (
+           SELECT h, due,
+                  arrayMap((device_id, bucket_ms) -> ",
     );
     q.group_expr(&mut sql);
     sql.push(
-        " AS g, item_id, done, due, h FROM (SELECT item_id, h, c.1 AS device_id, c.2 AS bucket_ms, c.3 AS done FROM (
-           SELECT item_id, toUInt64(sum(active_ms)) AS h,
-                  groupArrayIf((device_id, bucket_ms, completed_ms), completed_ms >= ",
+        ", arrayMap(c -> c.1, comps), arrayMap(c -> c.2, comps)) AS gs,
+                  arrayMap(c -> c.3, comps) AS ds,
+                  arrayReduce('groupUniqArray', gs) AS ug,
+                  arrayConcat(arrayMap(u -> (toUInt8(0), u), ug), [(toUInt8(1), '')]) AS keys,
+                  arrayConcat(arrayMap(u -> arrayReduce('min', arrayFilter((d, x) -> x = u, ds, gs)), ug),
+                              [arrayReduce('min', ds)]) AS dones
+           FROM (SELECT item_id, toUInt64(sum(active_ms)) AS h,
+                        groupArrayIf((device_id, bucket_ms, completed_ms), completed_ms >= ",
     )
     .u64(from)
     .push(" AND completed_ms < ")
@@ -500,7 +520,7 @@ pub async fn item_figures(
         .u64(lo)
         .push(" AND bucket_ms < ")
         .u64(to);
-    sql.push(" GROUP BY item_id HAVING length(comps) > 0) ARRAY JOIN comps AS c) ANY LEFT JOIN ");
+    sql.push(" GROUP BY item_id HAVING length(comps) > 0) ANY LEFT JOIN ");
     q.items_latest(&mut sql, |sql| {
         sql.push("SELECT item_id FROM ");
         q.current_rollup(sql, from);
@@ -514,8 +534,13 @@ pub async fn item_figures(
     if let Some(queue) = &q.queue {
         sql.push(" WHERE queue = ").str(queue);
     }
-    sql.push(") GROUP BY g, item_id) GROUP BY g ORDER BY g");
-    with_timeout(sql.query(client).fetch_all()).await
+    sql.push(") ARRAY JOIN keys AS k, dones AS done) GROUP BY t, g ORDER BY t, g");
+    let rows: Vec<ItemRow> = with_timeout(sql.query(client).fetch_all()).await?;
+    let (totals, groups): (Vec<ItemRow>, Vec<ItemRow>) = rows.into_iter().partition(|r| r.t == 1);
+    Ok(ItemFigureRows {
+        groups,
+        total: totals.into_iter().next(),
+    })
 }
 
 /// Registered items not completed as of `to`, per queue.
