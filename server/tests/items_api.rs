@@ -3,15 +3,15 @@
 //!
 //! Needs `clickhouse-server` installed (`deploy/install-clickhouse.sh`); fails loudly without it.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use backlight_server::clickhouse::embedded::ClickHouseProcess;
-use backlight_server::clickhouse::ClickHouseConfig;
 use backlight_server::http::{router, AppState};
-use backlight_server::ingest::writer::{IngestWriter, WriterConfig};
 use backlight_server::storage::items::HandleTimeCache;
 use backlight_server::storage::{audit, Store};
 use backlight_server::tenancy::{Role, TenantId};
@@ -33,25 +33,12 @@ struct TestApp {
 
 impl TestApp {
     async fn start() -> TestApp {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let clickhouse = ClickHouseProcess::start(dir.path(), None)
-            .await
-            .unwrap_or_else(|e| panic!("these tests need a real ClickHouse: {e}"));
-        let config = ClickHouseConfig {
-            url: clickhouse.url(),
-            database: "backlight_items_test".into(),
-            user: None,
-            password: None,
-        };
-        let store = Store::open(&config).await.expect("opening the store");
-        let writer = IngestWriter::spawn(
-            store.client().clone(),
-            WriterConfig {
-                max_delay: Duration::from_millis(5),
-                ..WriterConfig::default()
-            },
-        );
-        let mut state = AppState::new(store.clone(), writer, Duration::ZERO);
+        let support::Parts {
+            store,
+            mut state,
+            clickhouse,
+            dir,
+        } = support::start_parts().await;
         // No caching of ETA statistics: each lookup sees the history written just before it.
         state.handle_times = HandleTimeCache::new(Duration::ZERO);
         TestApp {

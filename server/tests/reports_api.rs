@@ -26,15 +26,13 @@
 //! Items: I1 claims, due L+5m (missed); I2 claims, due L+2h (met); I3 billing, no due time;
 //! I4 billing, registered L−2h, never completed; I5 claims, registered L+1h, never worked.
 
-use std::time::Duration;
+mod support;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use backlight_server::clickhouse::embedded::ClickHouseProcess;
-use backlight_server::clickhouse::ClickHouseConfig;
 use backlight_server::http::{router, AppState};
-use backlight_server::ingest::writer::{IngestWriter, WriterConfig};
 use backlight_server::storage::items::{insert_registrations, ItemRow};
 use backlight_server::storage::{audit, Store};
 use backlight_server::tenancy::{Role, TenantId};
@@ -148,25 +146,12 @@ fn b_batch(l: u64) -> Vec<Value> {
 }
 
 async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let clickhouse = ClickHouseProcess::start(&dir.path().join("clickhouse"), None)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start ClickHouse for the reports test: {e}"));
-    let config = ClickHouseConfig {
-        url: clickhouse.url(),
-        database: "backlight_reports_test".into(),
-        user: None,
-        password: None,
-    };
-    let store = Store::open(&config).await.expect("open store");
-    let writer = IngestWriter::spawn(
-        store.client().clone(),
-        WriterConfig {
-            max_delay: Duration::from_millis(10),
-            ..WriterConfig::default()
-        },
-    );
-    let state = AppState::new(store.clone(), writer, Duration::ZERO);
+    let support::Parts {
+        store,
+        state,
+        clickhouse,
+        dir,
+    } = support::start_parts().await;
     let app = router(state.clone());
 
     let registry = store.registry();

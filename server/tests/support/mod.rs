@@ -49,33 +49,54 @@ impl TestResponse {
     }
 }
 
+/// A real ClickHouse with a migrated store and the app state on top, for tests that build
+/// their own harness around it.
+pub struct Parts {
+    pub store: Store,
+    pub state: AppState,
+    pub clickhouse: ClickHouseProcess,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts ClickHouse (fails loudly when the binary is missing), opens the store and builds the
+/// app state with credential caching off, so revocations and new keys apply at once.
+pub async fn start_parts() -> Parts {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clickhouse = ClickHouseProcess::start(&dir.path().join("clickhouse"), None)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start ClickHouse for the test: {e}"));
+    let config = ClickHouseConfig {
+        url: clickhouse.url(),
+        database: "backlight_test".into(),
+        user: None,
+        password: None,
+    };
+    let store = Store::open(&config).await.expect("open store");
+    let writer = IngestWriter::spawn(
+        store.client().clone(),
+        WriterConfig {
+            max_delay: Duration::from_millis(10),
+            ..WriterConfig::default()
+        },
+    );
+    let state = AppState::new(store.clone(), writer, Duration::ZERO);
+    Parts {
+        store,
+        state,
+        clickhouse,
+        dir,
+    }
+}
+
 impl TestApp {
     /// Starts ClickHouse (fails loudly when the binary is missing) and the app on top of it.
     pub async fn start() -> TestApp {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let clickhouse = ClickHouseProcess::start(&dir.path().join("clickhouse"), None)
-            .await
-            .unwrap_or_else(|e| panic!("cannot start ClickHouse for the test: {e}"));
-        let config = ClickHouseConfig {
-            url: clickhouse.url(),
-            database: "backlight_test".into(),
-            user: None,
-            password: None,
-        };
-        let store = Store::open(&config).await.expect("open store");
-        let writer = IngestWriter::spawn(
-            store.client().clone(),
-            WriterConfig {
-                max_delay: Duration::from_millis(10),
-                ..WriterConfig::default()
-            },
-        );
-        let app = router(AppState::new(store.clone(), writer, Duration::ZERO));
+        let parts = start_parts().await;
         TestApp {
-            app,
-            store,
-            _clickhouse: clickhouse,
-            _dir: dir,
+            app: router(parts.state),
+            store: parts.store,
+            _clickhouse: parts.clickhouse,
+            _dir: parts.dir,
         }
     }
 
