@@ -175,6 +175,12 @@ mod tests {
     #[test]
     fn splitting_drops_comments() {
         let s = statements("-- a; comment\nCREATE TABLE IF NOT EXISTS a (x UInt8) ENGINE = Log;\n\n-- b\nSELECT 1;");
-        assert_eq!(s, vec!["CREATE TABLE IF NOT EXISTS a (x UInt8) ENGINE = Log", "SELECT 1"]);
+        assert_eq!(
+            s,
+            vec![
+                "CREATE TABLE IF NOT EXISTS a (x UInt8) ENGINE = Log",
+                "SELECT 1"
+            ]
+        );
     }
 }

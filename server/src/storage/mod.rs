@@ -62,7 +62,12 @@ impl Store {
         struct One {
             one: u8,
         }
-        let probe = with_timeout(self.client.query("SELECT toUInt8(1) AS one").fetch_one::<One>()).await;
+        let probe = with_timeout(
+            self.client
+                .query("SELECT toUInt8(1) AS one")
+                .fetch_one::<One>(),
+        )
+        .await;
         match probe {
             Ok(One { one: 1 }) => {}
             Ok(_) => return Err("ClickHouse answered SELECT 1 wrongly".into()),
