@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# The status lookup benchmark (docs/BENCHMARKS.md, "Status lookups"):
+#
+#   1. builds the release binaries,
+#   2. starts a release backlight-server on a free loopback port with a throwaway data directory
+#      (mktemp); it runs its own embedded ClickHouse under that directory,
+#   3. creates a "bench" tenant, an enrollment key, an admin and a cc_agent API key with
+#      `backlight-server admin`,
+#   4. runs backlight-lookupgen: registers ITEMS items and uploads their histories through
+#      /v1/ingest (once), then for each of RUNS rounds looks items up at RATE/s, open loop,
+#      first WITHOUT ingest (the baseline), then WITH a concurrent ingest load
+#      (INGEST_RATE events/s from INGEST_AGENTS agents, zstd batches),
+#   5. prints a summary (medians over the rounds, the with/without ratio) and one JSON line,
+#      and stops everything it started.
+#
+# Generator, server and ClickHouse share this machine's cores; the figures include that.
+# Loopback only; every step is bounded by `timeout`. About RUNS x 2 x (WARMUP + DURATION) plus
+# setup (~1-2 minutes for 100k items).
+#
+# Knobs (environment): ITEMS=100000 RATE=1000 DURATION=60s WARMUP=10s RUNS=3
+#   INGEST_RATE=20000 INGEST_AGENTS=200 INGEST_BATCH_EVENTS=100 PROBE_RATE=5
+#   SKIP_BUILD=0 KEEP=0 (keep the work directory) RESULTS= (write the summary JSON there)
+#   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ITEMS="${ITEMS:-100000}"
+RATE="${RATE:-1000}"
+DURATION="${DURATION:-60s}"
+WARMUP="${WARMUP:-10s}"
+RUNS="${RUNS:-3}"
+INGEST_RATE="${INGEST_RATE:-20000}"
+INGEST_AGENTS="${INGEST_AGENTS:-200}"
+INGEST_BATCH_EVENTS="${INGEST_BATCH_EVENTS:-100}"
+PROBE_RATE="${PROBE_RATE:-5}"
+SKIP_BUILD="${SKIP_BUILD:-0}"
+KEEP="${KEEP:-0}"
+RESULTS="${RESULTS:-}"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+BUILD_PROFILE="${BUILD_PROFILE:-release}"
+
+for tool in curl jq timeout pgrep; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "bench-status: $tool is required" >&2; exit 1; }
+done
+if [ "$RUNS" -lt 1 ] || [ "$RUNS" -gt 10 ]; then echo "bench-status: RUNS must be 1..10" >&2; exit 1; fi
+
+WORK="$(mktemp -d -t backlight-status.XXXXXX)"
+DATA="$WORK/data"
+SERVER_PID=""
+CH_PID=""
+CHILD_PID=""
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$CHILD_PID" ] && kill -0 "$CHILD_PID" 2>/dev/null; then
+    kill -TERM "$CHILD_PID" 2>/dev/null || true
+  fi
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    # The server stops its embedded ClickHouse itself after a TERM.
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [ -n "$CH_PID" ] && kill -0 "$CH_PID" 2>/dev/null; then
+    for _ in $(seq 1 30); do kill -0 "$CH_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$CH_PID" 2>/dev/null || true
+  fi
+  wait 2>/dev/null || true
+  if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
+    echo "bench-status: work directory kept: $WORK (server log: $WORK/server.log)" >&2
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Runs a command in the background so the trap can stop it, bounded by `timeout`.
+bounded() {
+  local limit="$1"; shift
+  timeout --kill-after=10s "$limit" "$@" &
+  CHILD_PID=$!
+  local rc=0
+  wait "$CHILD_PID" || rc=$?
+  CHILD_PID=""
+  return "$rc"
+}
+
+# A port below the kernel's ephemeral range (the embedded ClickHouse takes kernel-chosen ports).
+free_port() {
+  local low=20000 high=32767 port
+  read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range || ephemeral=32768
+  if [ "$ephemeral" -le "$high" ]; then high=$((ephemeral - 1)); fi
+  if [ "$high" -le "$low" ]; then low=10000; fi
+  for _ in $(seq 1 100); do
+    port=$(( low + RANDOM % (high - low) ))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
+  done
+  echo "bench-status: no free port found" >&2
+  return 1
+}
+
+if [ "$SKIP_BUILD" != 1 ]; then
+  echo "==> building $BUILD_PROFILE binaries"
+  if [ "$BUILD_PROFILE" = release ]; then
+    bounded 3600 cargo build --release -p backlight-server -p backlight-e2e
+  else
+    bounded 3600 cargo build -p backlight-server -p backlight-e2e
+  fi
+fi
+SERVER_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-server"
+LOOKUPGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-lookupgen"
+
+mkdir -p "$DATA"
+echo "==> starting backlight-server ($BUILD_PROFILE); ClickHouse: embedded, under $DATA/clickhouse"
+for attempt in 1 2 3; do
+  PORT="$(free_port)"
+  URL="http://127.0.0.1:$PORT"
+  "$SERVER_BIN" --data-dir "$DATA" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 240); do
+    curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  if curl -fsS "$URL/readyz" >/dev/null 2>&1; then break; fi
+  if kill -0 "$SERVER_PID" 2>/dev/null; then echo "server not ready after 120 s:"; tail -20 "$WORK/server.log"; exit 1; fi
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  if [ "$attempt" -lt 3 ] && grep -q "Address already in use" "$WORK/server.log"; then
+    echo "    port $PORT was taken meanwhile; trying another"
+    sleep 3
+    continue
+  fi
+  echo "server exited:"; tail -20 "$WORK/server.log"; exit 1
+done
+CH_URL="$(cat "$DATA/clickhouse/endpoint")"
+CH_PID="$(pgrep -P "$SERVER_PID" | head -1 || true)"
+CH_VERSION="$(curl -fsS --data-binary 'SELECT version()' "$CH_URL/")"
+echo "    listening on $URL; server pid $SERVER_PID; ClickHouse $CH_VERSION pid ${CH_PID:-?}"
+
+echo "==> creating tenant 'bench', an enrollment key and API keys (admin, cc_agent)"
+admin() { timeout 60 "$SERVER_BIN" --data-dir "$DATA" admin "$@" 2>/dev/null; }
+admin tenant create bench >/dev/null
+BACKLIGHT_ENROLLMENT_KEY="$(admin enrollment-key create --tenant bench --note lookupgen)"
+BACKLIGHT_ADMIN_KEY="$(admin api-key create --tenant bench --role admin --name bench-admin)"
+BACKLIGHT_LOOKUP_KEY="$(admin api-key create --tenant bench --role cc_agent --name bench-desk)"
+export BACKLIGHT_ENROLLMENT_KEY BACKLIGHT_ADMIN_KEY BACKLIGHT_LOOKUP_KEY
+
+common=(--server "$URL" --items "$ITEMS" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP"
+  --server-pid "$SERVER_PID" --clickhouse-url "$CH_URL" --probe-rate "$PROBE_RATE"
+  --ingest-rate "$INGEST_RATE" --ingest-agents "$INGEST_AGENTS" --ingest-batch-events "$INGEST_BATCH_EVENTS")
+if [ -n "$CH_PID" ]; then common+=(--clickhouse-pid "$CH_PID"); fi
+
+: >"$WORK/without.jsonl"
+: >"$WORK/with.jsonl"
+setup=()
+for run in $(seq 1 "$RUNS"); do
+  if [ "$run" -gt 1 ]; then setup=(--skip-setup); fi
+  if [ "$run" -eq 1 ]; then what="first: registers $ITEMS items and uploads their histories"; else what="same items"; fi
+  echo "==> run $run/$RUNS without ingest ($what)"
+  bounded 1800 "$LOOKUPGEN_BIN" "${common[@]}" "${setup[@]}" --label "without ingest, run $run" \
+    | tee "$WORK/without-$run.txt"
+  tail -1 "$WORK/without-$run.txt" >>"$WORK/without.jsonl"
+  sleep 5
+  echo "==> run $run/$RUNS with ingest ($INGEST_RATE events/s from $INGEST_AGENTS agents)"
+  bounded 900 "$LOOKUPGEN_BIN" "${common[@]}" --skip-setup --with-ingest --label "with ingest, run $run" \
+    | tee "$WORK/with-$run.txt"
+  tail -1 "$WORK/with-$run.txt" >>"$WORK/with.jsonl"
+  if [ "$run" -lt "$RUNS" ]; then sleep 5; fi
+done
+
+MACHINE="$(jq -n --arg nproc "$(nproc)" --arg mem "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)" \
+  --arg cpu "$(sed -n 's/^model name\s*:\s*//p' /proc/cpuinfo | head -1)" --arg kernel "$(uname -sr)" \
+  --arg ch "$CH_VERSION" '{nproc: ($nproc|tonumber), ram: $mem, cpu: $cpu, kernel: $kernel, clickhouse: $ch}')"
+SUMMARY="$(jq -n -c --slurpfile without "$WORK/without.jsonl" --slurpfile with "$WORK/with.jsonl" \
+  --argjson machine "$MACHINE" --arg rate "$RATE" --arg items "$ITEMS" '
+  def median: map(select(. != null)) | sort | if length == 0 then null else .[(length / 2 | floor)] end;
+  def side(runs): {
+    runs: (runs | length),
+    lookups_per_s: (runs | map(.lookups_per_s) | median),
+    p50_ms: (runs | map(.latency_ms.p50) | median),
+    p90_ms: (runs | map(.latency_ms.p90) | median),
+    p99_ms: (runs | map(.latency_ms.p99) | median),
+    p99_9_ms: (runs | map(.latency_ms.p99_9) | median),
+    max_ms: (runs | map(.latency_ms.max) | max),
+    p99_ms_runs: (runs | map(.latency_ms.p99)),
+    errors: (runs | map(.errors | to_entries) | add // [] | group_by(.key) | map({key: .[0].key, value: (map(.value) | add)}) | from_entries),
+    server_mean_ms: (runs | map(.server_mean_ms) | median),
+    clickhouse_item_events_p99_ms: (runs | map(.clickhouse_probe.item_events_ms.p99) | median),
+    generator_lag_p99_ms: (runs | map(.generator_lag_ms.p99) | median),
+    ingest_events_per_s: (runs | map(.ingest_events_per_s) | median),
+    server_peak_rss_mb: (runs | map(.server_peak_rss_mb) | max),
+    cpu_cores: {server: (runs | map(.cpu_cores.server) | median), clickhouse: (runs | map(.cpu_cores.clickhouse) | median),
+                generator: (runs | map(.cpu_cores.generator) | median), machine_busy: (runs | map(.cpu_cores.machine_busy) | median)}
+  };
+  side($without) as $a | side($with) as $b |
+  {
+    items: ($items | tonumber), rate_offered: ($rate | tonumber),
+    without_ingest: $a, with_ingest: $b,
+    p50_ratio: (if $a.p50_ms and $b.p50_ms then ($b.p50_ms / $a.p50_ms * 100 | round / 100) else null end),
+    p99_ratio: (if $a.p99_ms and $b.p99_ms then ($b.p99_ms / $a.p99_ms * 100 | round / 100) else null end),
+    target_met: (($b.p99_ms // 1e9) <= 20 and ($b.lookups_per_s // 0) >= 0.99 * ($rate | tonumber)),
+    machine: $machine
+  }')"
+
+echo
+echo "== Status lookup benchmark summary (median of $RUNS runs each)"
+jq -r '
+  def r: if . == null then "?" else (. * 10 | round / 10 | tostring) end;
+  def line(s): "\(s.lookups_per_s | r)/s  p50 \(s.p50_ms | r)  p90 \(s.p90_ms | r)  p99 \(s.p99_ms | r)  p99.9 \(s.p99_9_ms | r)  max \(s.max_ms | r) ms  errors \(if (s.errors | length) == 0 then "none" else (s.errors | tostring) end)  server RSS \(s.server_peak_rss_mb | r) MB";
+  "machine         \(.machine.nproc) cores (\(.machine.cpu)), \(.machine.ram) RAM, \(.machine.kernel); ClickHouse \(.machine.clickhouse), embedded; generator, server and ClickHouse share the cores",
+  "load            \(.items) registered items, \(.rate_offered) lookups/s offered, open loop, latency from the scheduled time",
+  "without ingest  " + line(.without_ingest),
+  "with ingest     " + line(.with_ingest) + "  ingest \(.with_ingest.ingest_events_per_s | r) events/s",
+  "p99 per run     without \(.without_ingest.p99_ms_runs | tostring)  with \(.with_ingest.p99_ms_runs | tostring)",
+  "server time     mean \(.without_ingest.server_mean_ms | r) ms without, \(.with_ingest.server_mean_ms | r) ms with ingest; ClickHouse item_events read p99 \(.without_ingest.clickhouse_item_events_p99_ms | r) / \(.with_ingest.clickhouse_item_events_p99_ms | r) ms",
+  "cpu (cores)     without: server \(.without_ingest.cpu_cores.server | r) clickhouse \(.without_ingest.cpu_cores.clickhouse | r) generator \(.without_ingest.cpu_cores.generator | r); with: server \(.with_ingest.cpu_cores.server | r) clickhouse \(.with_ingest.cpu_cores.clickhouse | r) generator \(.with_ingest.cpu_cores.generator | r)",
+  "ratio           with / without ingest: p50 x\(.p50_ratio), p99 x\(.p99_ratio)",
+  "target          p99 <= 20 ms at \(.rate_offered) lookups/s with ingest: \(if .target_met then "MET" else "NOT MET" end)"
+' <<<"$SUMMARY"
+echo "$SUMMARY"
+if [ -n "$RESULTS" ]; then echo "$SUMMARY" >"$RESULTS"; fi
