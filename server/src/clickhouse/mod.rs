@@ -36,6 +36,12 @@ pub enum ClickHouseError {
     Timeout(Duration),
     #[error("ClickHouse self-test failed: {0}")]
     SelfTest(String),
+    /// Too many reads waiting already; turning this one away protects ClickHouse (which
+    /// refuses past its own limit, taking ingest and audit writes down with it).
+    #[error("too many {0} in progress; retry shortly")]
+    Saturated(&'static str),
+    #[error("a background ClickHouse task ended unexpectedly: {0}")]
+    Interrupted(String),
 }
 
 impl ClickHouseConfig {

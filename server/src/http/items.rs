@@ -332,6 +332,7 @@ async fn load(
     caller: &ApiCaller,
     item_id: &str,
 ) -> Result<Option<Loaded>, ClickHouseError> {
+    let _turn = app.item_reads.enter().await?;
     let client = app.store.client();
     let tenant = caller.tenant.as_str();
     let (events, registration, settings, stats) = tokio::try_join!(
@@ -604,6 +605,7 @@ async fn search(
     }
     let target = raw.unwrap_or_default();
     let read = async {
+        let _turn = app.item_reads.enter().await?;
         let client = app.store.client();
         let tenant = caller.tenant.as_str();
         let candidates = if status.is_some() || sla_state.is_some() {

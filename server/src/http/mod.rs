@@ -40,6 +40,10 @@ use crate::ingest::writer::IngestWriter;
 use crate::storage::events::DeviceProgress;
 use crate::storage::Store;
 
+/// Item lookups and searches reading ClickHouse at once, per server. Each costs a few ms of
+/// ClickHouse CPU; more in parallel only queue inside ClickHouse (which refuses past 100).
+pub const MAX_CONCURRENT_ITEM_READS: usize = 32;
+
 /// Longest any request may take, end to end, before the server answers 408 itself.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -58,6 +62,38 @@ pub struct AppState {
     pub audit: crate::storage::audit::AuditLog,
     /// Per-tenant handle-time statistics for item ETAs (a cache; see [`crate::storage::items`]).
     pub handle_times: crate::storage::items::HandleTimeCache,
+    /// Bounds the item reads in flight: beyond it lookups wait briefly, then get 503.
+    pub item_reads: ReadLimit,
+}
+
+/// A bound on concurrent reads of one kind, so a burst of lookups queues here instead of
+/// overrunning ClickHouse's own query limit.
+#[derive(Clone)]
+pub struct ReadLimit {
+    permits: Arc<tokio::sync::Semaphore>,
+    what: &'static str,
+}
+
+impl ReadLimit {
+    /// How long a read may wait for its turn before it is turned away.
+    const WAIT: Duration = Duration::from_secs(2);
+
+    pub fn new(concurrent: usize, what: &'static str) -> ReadLimit {
+        ReadLimit {
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrent)),
+            what,
+        }
+    }
+
+    /// Waits for a turn (at most [`Self::WAIT`]); hold the permit while reading.
+    pub async fn enter(
+        &self,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, crate::clickhouse::ClickHouseError> {
+        match tokio::time::timeout(Self::WAIT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(crate::clickhouse::ClickHouseError::Saturated(self.what)),
+        }
+    }
 }
 
 impl AppState {
@@ -70,6 +106,7 @@ impl AppState {
             handle_times: crate::storage::items::HandleTimeCache::new(
                 crate::storage::items::HANDLE_TIME_CACHE_TTL,
             ),
+            item_reads: ReadLimit::new(MAX_CONCURRENT_ITEM_READS, "item reads"),
             store,
             writer,
             progress_cache: Arc::default(),

@@ -385,6 +385,8 @@ struct CacheEntry {
 pub struct HandleTimeCache {
     ttl: Duration,
     entries: Arc<Mutex<HashMap<String, CacheEntry>>>,
+    /// One first load at a time: a cold server hit by many lookups runs one scan, not one each.
+    cold_loads: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Most tenants cached; beyond it the cache is cleared (simple and bounded).
@@ -396,6 +398,7 @@ impl HandleTimeCache {
         HandleTimeCache {
             ttl,
             entries: Arc::default(),
+            cold_loads: Arc::default(),
         }
     }
 
@@ -464,9 +467,20 @@ impl HandleTimeCache {
                 Ok(stats)
             }
             None => {
-                let stats = Self::load(client, tenant).await?;
-                self.store(tenant, stats.clone());
-                Ok(stats)
+                let _turn = self.cold_loads.lock().await;
+                if let Some(entry) = self.lock().get(tenant) {
+                    return Ok(entry.stats.clone()); // loaded while this lookup waited its turn
+                }
+                // Spawned, so a caller that gives up (client timeout) does not throw the
+                // finished scan away and leave the next caller to start it again.
+                let (cache, client, tenant) = (self.clone(), client.clone(), tenant.to_string());
+                let load = tokio::spawn(async move {
+                    let stats = Self::load(&client, &tenant).await?;
+                    cache.store(&tenant, stats.clone());
+                    Ok(stats)
+                });
+                load.await
+                    .map_err(|e| ClickHouseError::Interrupted(e.to_string()))?
             }
         }
     }
