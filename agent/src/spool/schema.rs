@@ -79,8 +79,9 @@ pub(super) fn open_read_write(path: &Path) -> Result<Connection, SpoolError> {
     restrict_to_owner(path);
     connection.busy_timeout(BUSY_TIMEOUT)?;
     // WAL lets `status` read while we write, and a commit is one sequential append.
-    let mode: String =
-        connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    let mode: String = retry_while_busy(|| {
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+    })?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(%mode, "the spool database refused WAL mode; status may block while the agent writes");
     }
@@ -89,6 +90,25 @@ pub(super) fn open_read_write(path: &Path) -> Result<Connection, SpoolError> {
     connection.pragma_update(None, "synchronous", "FULL")?;
     migrate(&mut connection, path)?;
     Ok(connection)
+}
+
+/// Runs `f` again while SQLite answers "database is locked". Switching a new database to WAL
+/// can fail at once, without waiting for the busy timeout,
+/// when another process is doing the same at that instant — `run` and `consent grant` started
+/// together, say. The other process finishes within milliseconds.
+fn retry_while_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut attempts = 0;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && attempts < 100 =>
+            {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The spool is a record of someone's work: readable by its owner only, even when an
