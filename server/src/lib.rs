@@ -12,6 +12,7 @@
 //! - [`http`]: the axum router and handlers.
 //! - [`auth`], [`secrets`], [`tenancy`]: who may do what.
 //! - [`telemetry`]: metrics and logs.
+//! - [`tls`]: loading the HTTPS certificate and key.
 
 pub mod admin;
 pub mod auth;
@@ -27,3 +28,4 @@ pub mod serve;
 pub mod storage;
 pub mod telemetry;
 pub mod tenancy;
+pub mod tls;

@@ -17,13 +17,22 @@ const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(30);
 pub async fn serve(storage: StorageArgs, args: ServeArgs) -> anyhow::Result<()> {
     // Install the recorder before anything records, or early metrics are lost.
     crate::telemetry::prometheus();
+    // The certificate and key are checked before ClickHouse starts: a bad file fails at once.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::load(cert, key)?),
+        _ => None,
+    };
     let (config, clickhouse) = launch::for_serve(&storage).await?;
-    let result = serve_with(&config, &args).await;
+    let result = serve_with(&config, &args, tls).await;
     clickhouse.shutdown().await;
     result
 }
 
-async fn serve_with(config: &ClickHouseConfig, args: &ServeArgs) -> anyhow::Result<()> {
+async fn serve_with(
+    config: &ClickHouseConfig,
+    args: &ServeArgs,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+) -> anyhow::Result<()> {
     let store = open_store(config, args.clickhouse_wait).await?;
     let writer = IngestWriter::spawn(
         store.client().clone(),
@@ -39,18 +48,15 @@ async fn serve_with(config: &ClickHouseConfig, args: &ServeArgs) -> anyhow::Resu
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
     let service = app.into_make_service();
-    match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
+    match tls {
+        Some(tls) => {
             tracing::info!(listen = %args.listen, "serving HTTPS");
             axum_server::bind_rustls(args.listen, tls)
                 .handle(handle)
                 .serve(service)
                 .await
         }
-        _ => {
+        None => {
             if !args.listen.ip().is_loopback() {
                 tracing::warn!(listen = %args.listen, "serving plain HTTP on a non-loopback address: use --tls-cert/--tls-key or a TLS-terminating proxy");
             }

@@ -48,7 +48,7 @@ pub use harness::clickhouse::{ClickHouse, Db};
 pub use harness::ingest::{
     activity_span, batch, events_file_lines, work_item, zstd, Device, FileEvent, Posted,
 };
-pub use harness::server::{Server, ServerOptions};
+pub use harness::server::{Server, ServerOptions, TlsFiles};
 pub use harness::wait::{millis, secs, wait_for, wait_until};
 
 pub use backlight_shared::api::{EnrollResponse, ErrorBody, IngestResponse};

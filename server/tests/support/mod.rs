@@ -100,6 +100,17 @@ impl TestApp {
         }
     }
 
+    /// The app on `state` (e.g. with a writer configured by the test) instead of the state of
+    /// `parts`, whose ClickHouse it keeps alive.
+    pub fn from_state(state: AppState, parts: Parts) -> TestApp {
+        TestApp {
+            app: router(state),
+            store: parts.store,
+            _clickhouse: parts.clickhouse,
+            _dir: parts.dir,
+        }
+    }
+
     pub async fn request(&self, request: Request<Body>) -> TestResponse {
         use tower::ServiceExt;
         let response = self

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use backlight_server::cli::parse_duration;
-use backlight_server::storage::events::EventRow;
+use backlight_server::storage::events::{EncodedRows, EventRow};
 use backlight_shared::api::{
     EnrollRequest, EnrollResponse, IngestResponse, ENROLL_PATH, INGEST_PATH,
 };
@@ -1918,6 +1918,20 @@ fn profile_stages(args: &Args) -> Result<()> {
             std::hint::black_box(rows);
         }
     });
+    time(
+        "server",
+        "EncodedRows::encode (RowBinary per request, as served)",
+        &mut || {
+            for b in &input {
+                std::hint::black_box(EncodedRows::encode(
+                    BENCH_TENANT,
+                    b.device_id,
+                    &b.events,
+                    now,
+                ));
+            }
+        },
+    );
     let rows: Vec<EventRow> = input
         .iter()
         .flat_map(|b| {
@@ -1981,6 +1995,17 @@ fn profile_stages(args: &Args) -> Result<()> {
                                 .map(|e| EventRow::new(BENCH_TENANT, b.device_id, e, now))
                                 .collect::<Vec<_>>()
                         })
+                        .collect::<Vec<_>>(),
+                )
+            }),
+        ),
+        (
+            "EncodedRows (as served)",
+            held(&mut || {
+                Box::new(
+                    input
+                        .iter()
+                        .map(|b| EncodedRows::encode(BENCH_TENANT, b.device_id, &b.events, now))
                         .collect::<Vec<_>>(),
                 )
             }),

@@ -24,6 +24,21 @@ pub fn free_port() -> u16 {
 /// The HTTP client every helper uses: short timeouts, no redirects, no connection reuse
 /// surprises across server restarts.
 pub fn http_client() -> reqwest::Client {
+    client_builder().build().expect("building the HTTP client")
+}
+
+/// [`http_client`] that trusts only the root certificate(s) in `root_pem` for HTTPS, e.g. a
+/// test's self-signed server certificate.
+pub fn https_client(root_pem: &[u8]) -> reqwest::Client {
+    let roots = reqwest::Certificate::from_pem_bundle(root_pem)
+        .unwrap_or_else(|e| panic!("the test's root certificate is not PEM: {e}"));
+    client_builder()
+        .tls_certs_only(roots)
+        .build()
+        .expect("building the HTTPS client")
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
     // reqwest is built without a TLS provider of its own; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
@@ -31,6 +46,4 @@ pub fn http_client() -> reqwest::Client {
         .timeout(std::time::Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
-        .build()
-        .expect("building the HTTP client")
 }

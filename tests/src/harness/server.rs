@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use super::clickhouse::{ClickHouse, Db};
 use super::ingest::{zstd, Device, Posted};
 use super::process::{log_tail, print_log_if_panicking, Child};
-use super::{bins, free_port, http_client};
+use super::{bins, free_port, http_client, https_client};
 
 /// How long a server gets to answer `GET /readyz` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,6 +28,26 @@ pub struct ServerOptions {
     pub insert_max_delay: String,
     /// Anything else to pass.
     pub extra_args: Vec<String>,
+    /// Serve HTTPS with this certificate and key; the harness's client then trusts exactly
+    /// that certificate.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `--tls-cert` and `--tls-key` files. The certificate must be self-signed (it is also the one
+/// root the harness's HTTPS client trusts), e.g. made by `rcgen` in the test.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A client with the harness's timeouts that trusts only this certificate.
+    pub fn client(&self) -> reqwest::Client {
+        let pem = std::fs::read(&self.cert)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.cert.display()));
+        https_client(&pem)
+    }
 }
 
 impl Default for ServerOptions {
@@ -36,6 +56,7 @@ impl Default for ServerOptions {
             auth_cache_ttl: "0s".into(),
             insert_max_delay: "100ms".into(),
             extra_args: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -63,21 +84,30 @@ impl Server {
             .prefix("backlight-e2e-server-")
             .tempdir()
             .expect("creating a temporary directory for the server");
+        let http = match &options.tls {
+            Some(tls) => tls.client(),
+            None => http_client(),
+        };
         let mut server = Server {
             child: None,
             port: free_port(),
             db,
             options,
             dir,
-            http: http_client(),
+            http,
         };
         server.launch().await;
         server
     }
 
-    /// `http://127.0.0.1:<port>`; stays the same across restarts.
+    /// `http://127.0.0.1:<port>` (`https://` when serving TLS); stays the same across restarts.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -167,6 +197,12 @@ impl Server {
             "--insert-max-delay".into(),
             self.options.insert_max_delay.clone(),
         ];
+        if let Some(tls) = &self.options.tls {
+            args.push("--tls-cert".into());
+            args.push(tls.cert.display().to_string());
+            args.push("--tls-key".into());
+            args.push(tls.key.display().to_string());
+        }
         args.extend(self.options.extra_args.iter().cloned());
         args
     }
@@ -359,6 +395,26 @@ impl Drop for Server {
     fn drop(&mut self) {
         print_log_if_panicking("backlight-server", &self.log_path());
         // The child's own drop SIGKILLs it.
+    }
+}
+
+/// Runs `backlight-server <args>` (serving, no `admin`), expecting it to stop by itself within
+/// `timeout` — a start-up that must fail — and returns its output; panics if it is still
+/// running then (it is killed).
+pub async fn serve_until_exit(args: &[String], timeout: Duration) -> Output {
+    let mut command = tokio::process::Command::new(bins::server());
+    command
+        .args(args)
+        .env("BACKLIGHT_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(timeout, command.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => panic!("running `backlight-server {}`: {e}", args.join(" ")),
+        Err(_) => panic!(
+            "`backlight-server {}` was still running after {timeout:?}",
+            args.join(" ")
+        ),
     }
 }
 

@@ -10,6 +10,7 @@ mod dedup;
 mod enrollment;
 mod gaps;
 mod happy_path;
+mod https;
 mod outages;
 
 use backlight_e2e::*;
