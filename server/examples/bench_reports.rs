@@ -27,6 +27,10 @@ const DEVICES: u64 = 500;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // Quiet by default; BACKLIGHT_LOG=backlight_server::storage::reports=debug prints the SQL.
+    if std::env::var_os("BACKLIGHT_LOG").is_some() {
+        backlight_server::telemetry::init_logging(false);
+    }
     let spans: u64 = std::env::args()
         .nth(1)
         .map_or(Ok(10_000_000), |s| s.parse())?;
@@ -72,10 +76,15 @@ async fn main() -> anyhow::Result<()> {
         writer,
         Duration::from_secs(60),
     ));
-    let uri = format!("/v1/reports/performance?from={from}&to={to}&group_by=team&tz=Europe/Berlin");
-    let report = || async {
+    // The whole organisation by team, and one team's month by day (what a team's manager opens).
+    let org_uri =
+        format!("/v1/reports/performance?from={from}&to={to}&group_by=team&tz=Europe/Berlin");
+    let team_uri = format!(
+        "/v1/reports/performance?from={from}&to={to}&group_by=day&team=team-3&tz=Europe/Berlin"
+    );
+    let report_of = |uri: String| async {
         let req = Request::builder()
-            .uri(&uri)
+            .uri(uri)
             .header(header::AUTHORIZATION, format!("Bearer {key}"))
             .body(Body::empty())
             .unwrap();
@@ -127,6 +136,22 @@ async fn main() -> anyhow::Result<()> {
     println!("  item figures (groups and totals): {items:.2?} (median of 3)");
     let backlog = median3(|| reports::backlog(&client, "acme", to, None)).await?;
     println!("  backlog: {backlog:.2?} (median of 3)");
+    let q_team = reports::ReportQuery {
+        devices: Some(
+            assignments
+                .iter()
+                .filter(|a| a.team == "team-3")
+                .map(|a| a.device_id)
+                .collect(),
+        ),
+        group_by: backlight_server::reports::GroupBy::Day,
+        ..q.clone()
+    };
+    let time = median3(|| reports::time_figures(&client, &q_team)).await?;
+    println!("  one team by day, time figures: {time:.2?} (median of 3)");
+    let items = median3(|| reports::item_figures(&client, &q_team)).await?;
+    println!("  one team by day, item figures: {items:.2?} (median of 3)");
+    let report = || report_of(org_uri.clone());
     let (cold, body) = report().await;
     println!("first report: {cold:.2?}");
     let v: serde_json::Value = serde_json::from_slice(&body)?;
@@ -142,8 +167,23 @@ async fn main() -> anyhow::Result<()> {
     }
     warm.sort();
     println!(
-        "warm 30-day team report: min {:.2?}, median {:.2?}, max {:.2?}",
+        "warm 30-day report of all 20 teams, by team: min {:.2?}, median {:.2?}, max {:.2?}",
         warm[0], warm[2], warm[4]
+    );
+    let mut warm = Vec::new();
+    let mut body = Default::default();
+    for _ in 0..5 {
+        let (t, b) = report_of(team_uri.clone()).await;
+        warm.push(t);
+        body = b;
+    }
+    warm.sort();
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    println!(
+        "warm 30-day report of one team (25 devices), by day: min {:.2?}, median {:.2?}, max {:.2?} ({} days, items handled {})",
+        warm[0], warm[2], warm[4],
+        v["rows"].as_array().map_or(0, Vec::len),
+        v["totals"]["items_handled"],
     );
 
     // New rows for the last day of every device: that day is rebuilt by the next report.

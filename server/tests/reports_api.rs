@@ -221,6 +221,22 @@ async fn fixture() -> Fixture {
     )
     .await
     .unwrap();
+    // Older registrations (lower `updated_ms`, in another part) that every figure must ignore:
+    // the newest registration decides an item's queue, due time and registration time.
+    let stale = |id: &str, queue: &str, due: u64, registered: u64| ItemRow {
+        updated_ms: 0,
+        ..item(id, queue, due, registered)
+    };
+    insert_registrations(
+        store.client(),
+        &[
+            stale("I1", "billing", 0, l - 30 * H),
+            stale("I4", "claims", l, l - 40 * H),
+            stale("I5", "billing", 0, l - 50 * H),
+        ],
+    )
+    .await
+    .unwrap();
 
     Fixture {
         app,

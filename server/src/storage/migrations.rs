@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "policies",
         sql: include_str!("../../../deploy/clickhouse/migrations/0007_policies.sql"),
     },
+    Migration {
+        version: 8,
+        name: "report_rollup_by_device",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0008_report_rollup_by_device.sql"),
+    },
 ];
 
 /// Splits a migration file into statements: comments (`-- …` lines) removed, split on `;`.
