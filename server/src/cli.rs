@@ -87,6 +87,7 @@ pub struct ServeArgs {
     #[arg(long, env = "BACKLIGHT_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// How long a device lookup is cached; a revocation takes effect on every server within it.
+    /// Item lookups reuse a tenant's settings and device assignments for at most this (≤ 5 s).
     #[arg(long, env = "BACKLIGHT_AUTH_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub auth_cache_ttl: Duration,
     /// Longest an accepted batch waits to be grouped with others into one ClickHouse INSERT.

@@ -12,7 +12,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use backlight_server::clickhouse::embedded::ClickHouseProcess;
 use backlight_server::http::{router, AppState};
-use backlight_server::storage::items::HandleTimeCache;
+use backlight_server::storage::items::handle_time_cache;
 use backlight_server::storage::{audit, Store};
 use backlight_server::tenancy::{Role, TenantId};
 use backlight_shared::now_ms;
@@ -40,7 +40,7 @@ impl TestApp {
             dir,
         } = support::start_parts().await;
         // No caching of ETA statistics: each lookup sees the history written just before it.
-        state.handle_times = HandleTimeCache::new(Duration::ZERO);
+        state.handle_times = handle_time_cache(Duration::ZERO);
         TestApp {
             app: router(state.clone()),
             store,
@@ -696,4 +696,79 @@ async fn roles_tenant_isolation_and_person_names() {
             .any(|r| r.target == "CLM-9" && r.outcome == "not_found"),
         "{rows:?}"
     );
+}
+
+/// Lookups that arrive together are read in shared batches (`storage::item_reader`); each
+/// caller must still get exactly its own item of its own tenant: the same answer as alone.
+#[tokio::test]
+async fn concurrent_lookups_share_batches_and_answer_each_their_own() {
+    let mut t = TestApp::start().await;
+    // One batch at a time, so concurrent lookups pile up into large batches.
+    t.state.item_reader =
+        backlight_server::storage::item_reader::ItemReader::spawn(t.store.client().clone(), 1);
+    t.app = router(t.state.clone());
+    let base = now_ms() - 600 * MIN;
+    let mut readers = Vec::new();
+    for name in ["north", "south"] {
+        let tenant = t.tenant(name).await;
+        let admin = t.key(&tenant, Role::Admin).await;
+        let reader = t.key(&tenant, Role::CcAgent).await;
+        let mut device = t.device(&tenant, &format!("{name}-team"), "pat").await;
+        // Both tenants have items C-0 … C-9; each tenant's differ in step and status.
+        for i in 0..10u64 {
+            let item = format!("C-{i}");
+            let mut events = vec![action(
+                &item,
+                "started",
+                &format!("{name}-step-{i}"),
+                base + i * MIN,
+            )];
+            if (i + u64::from(name == "south")) % 2 == 0 {
+                events.push(action(&item, "completed", "", base + i * MIN + 1_000));
+            }
+            t.ingest(&mut device, events).await;
+        }
+        let (status, body) = t
+            .register(
+                &admin,
+                json!([{"item_id": "R-only", "queue": format!("{name}-queue")}]),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        readers.push(reader);
+    }
+
+    // Every id of both tenants, some twice, plus unknown ones: first one at a time…
+    let mut uris: Vec<(usize, String)> = Vec::new();
+    for (r, _) in readers.iter().enumerate() {
+        for i in 0..10 {
+            uris.push((r, format!("/v1/items/C-{i}")));
+        }
+        uris.push((r, "/v1/items/C-3".into()));
+        uris.push((r, "/v1/items/R-only".into()));
+        uris.push((r, "/v1/items/missing".into()));
+    }
+    let strip = |(status, mut body): (StatusCode, Value)| {
+        body.as_object_mut().map(|o| o.remove("as_of_ms"));
+        body.as_object_mut().map(|o| o.remove("eta"));
+        (status, body)
+    };
+    let mut alone = Vec::new();
+    for (r, uri) in &uris {
+        alone.push(strip(t.get(uri, &readers[*r]).await));
+    }
+    // …then all at once.
+    let together =
+        futures_util::future::join_all(uris.iter().map(|(r, uri)| t.get(uri, &readers[*r]))).await;
+    for ((uri, alone), together) in uris.iter().zip(&alone).zip(together.into_iter().map(strip)) {
+        assert_eq!(alone, &together, "{uri:?}");
+    }
+    // And the answers are the tenants' own.
+    assert_eq!(alone[4].0, StatusCode::OK);
+    assert_eq!(alone[4].1["step"], "north-step-4");
+    assert_eq!(alone[13 + 4].1["step"], "south-step-4");
+    assert_ne!(alone[4].1["status"], alone[13 + 4].1["status"]);
+    assert_eq!(alone[11].1["registration"]["queue"], "north-queue");
+    assert_eq!(alone[13 + 11].1["registration"]["queue"], "south-queue");
+    assert_eq!(alone[12].0, StatusCode::NOT_FOUND);
 }

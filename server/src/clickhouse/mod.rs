@@ -42,6 +42,9 @@ pub enum ClickHouseError {
     Saturated(&'static str),
     #[error("a background ClickHouse task ended unexpectedly: {0}")]
     Interrupted(String),
+    /// A read shared by several requests failed (the message of the underlying error).
+    #[error("a batched ClickHouse read failed: {0}")]
+    BatchFailed(String),
 }
 
 impl ClickHouseConfig {

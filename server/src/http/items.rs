@@ -44,7 +44,8 @@ use crate::items::{
     self as domain, Eta, HandleTimeStats, ItemEvent, ItemState, Occurrence, SlaState, Status,
 };
 use crate::storage::audit::{AuditEntry, AuditError};
-use crate::storage::items::{self as store, Assignment, ItemRow, SlaClassRow};
+use crate::storage::item_reader::ItemRead;
+use crate::storage::items::{self as store, Assignment, ItemRow, LookupContext, SlaClassRow};
 use crate::tenancy::Role;
 
 /// Roles that may read item status.
@@ -321,37 +322,41 @@ fn build_doc(
 struct Loaded {
     state: ItemState,
     registration: Option<ItemRow>,
-    assignments: HashMap<Uuid, Assignment>,
+    /// The tenant's settings and assignments (cached per tenant).
+    context: Arc<LookupContext>,
     stats: Arc<HandleTimeStats>,
     visibility: Visibility,
 }
 
-/// Reads one item of `caller`'s tenant; `None` when the tenant has no such item.
+/// Reads one item of `caller`'s tenant; `None` when the tenant has no such item. The item's
+/// events and registration are read in a batch with other lookups in flight; what the tenant
+/// has in common for all its lookups comes from per-tenant caches.
 async fn load(
     app: &AppState,
     caller: &ApiCaller,
     item_id: &str,
 ) -> Result<Option<Loaded>, ClickHouseError> {
-    let _turn = app.item_reads.enter().await?;
     let client = app.store.client();
     let tenant = caller.tenant.as_str();
-    let (events, registration, settings, stats) = tokio::try_join!(
-        store::item_events(client, tenant, item_id),
-        store::registration(client, tenant, item_id),
-        app.store.registry().settings(&caller.tenant),
+    let (read, context, stats) = tokio::try_join!(
+        app.item_reader.read(tenant, item_id),
+        app.lookup_context.get(client, tenant),
         app.handle_times.get(client, tenant),
     )?;
+    let ItemRead {
+        events,
+        registration,
+    } = read;
     if events.is_empty() && registration.is_none() {
         return Ok(None);
     }
-    let state = domain::derive(events);
-    let assignments = store::assignments_of(client, tenant, &state.devices).await?;
+    let visibility = Visibility::of(caller.role, context.show_person_names);
     Ok(Some(Loaded {
-        state,
+        state: domain::derive(events),
         registration,
-        assignments,
+        context,
         stats,
-        visibility: Visibility::of(caller.role, settings.show_person_names != 0),
+        visibility,
     }))
 }
 
@@ -362,7 +367,7 @@ async fn status_doc(
 ) -> Result<Option<StatusDoc>, ClickHouseError> {
     Ok(load(app, caller, item_id).await?.map(|l| {
         let who = Who {
-            assignments: &l.assignments,
+            assignments: &l.context.assignments,
             visibility: l.visibility,
         };
         build_doc(
@@ -496,7 +501,7 @@ async fn timeline(
     let read = async {
         Ok(load(&app, &caller, &id).await?.map(|l| {
             let who = Who {
-                assignments: &l.assignments,
+                assignments: &l.context.assignments,
                 visibility: l.visibility,
             };
             TimelineDoc {
@@ -613,9 +618,9 @@ async fn search(
         } else {
             u64::from(limit)
         };
-        let (registrations, settings, stats) = tokio::try_join!(
+        let (registrations, context, stats) = tokio::try_join!(
             store::search_registrations(client, tenant, &customer_ref, &queue, candidates),
-            app.store.registry().settings(&caller.tenant),
+            app.lookup_context.get(client, tenant),
             app.handle_times.get(client, tenant),
         )?;
         let ids: Vec<String> = registrations.iter().map(|r| r.item_id.clone()).collect();
@@ -627,16 +632,9 @@ async fn search(
                 (r, state)
             })
             .collect();
-        let devices: Vec<Uuid> = states
-            .iter()
-            .flat_map(|(_, s)| s.devices.iter().copied())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let assignments = store::assignments_of(client, tenant, &devices).await?;
         let who = Who {
-            assignments: &assignments,
-            visibility: Visibility::of(caller.role, settings.show_person_names != 0),
+            assignments: &context.assignments,
+            visibility: Visibility::of(caller.role, context.show_person_names),
         };
         let now = now_ms();
         let examined = states.len();

@@ -40,9 +40,12 @@ use crate::ingest::writer::IngestWriter;
 use crate::storage::events::DeviceProgress;
 use crate::storage::Store;
 
-/// Item lookups and searches reading ClickHouse at once, per server. Each costs a few ms of
+/// Item searches reading ClickHouse at once, per server. Each costs a few ms of
 /// ClickHouse CPU; more in parallel only queue inside ClickHouse (which refuses past 100).
 pub const MAX_CONCURRENT_ITEM_READS: usize = 32;
+/// Item lookup batches reading ClickHouse at once (each is two queries). Few, so that under
+/// load lookups gather into large batches instead of many small queries.
+pub const ITEM_READ_BATCHES_IN_FLIGHT: usize = 3;
 
 /// Longest any request may take, end to end, before the server answers 408 itself.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,8 +65,12 @@ pub struct AppState {
     pub audit: crate::storage::audit::AuditLog,
     /// Per-tenant handle-time statistics for item ETAs (a cache; see [`crate::storage::items`]).
     pub handle_times: crate::storage::items::HandleTimeCache,
-    /// Bounds the item reads in flight: beyond it lookups wait briefly, then get 503.
+    /// Per-tenant settings and device assignments for item lookups (a cache, same module).
+    pub lookup_context: crate::storage::items::LookupContextCache,
+    /// Bounds the item reads in flight (search): beyond it reads wait briefly, then get 503.
     pub item_reads: ReadLimit,
+    /// Reads items for lookups, batching concurrent ones (see [`crate::storage::item_reader`]).
+    pub item_reader: crate::storage::item_reader::ItemReader,
 }
 
 /// A bound on concurrent reads of one kind, so a burst of lookups queues here instead of
@@ -97,16 +104,25 @@ impl ReadLimit {
 }
 
 impl AppState {
-    /// `auth_cache_ttl`: how long credential lookups are cached (see [`crate::auth`]).
+    /// `auth_cache_ttl`: how long credential lookups are cached (see [`crate::auth`]); it also
+    /// bounds how long item lookups reuse a tenant's settings and assignments.
     pub fn new(store: Store, writer: IngestWriter, auth_cache_ttl: Duration) -> AppState {
         AppState {
             devices: DeviceAuthenticator::new(store.registry().clone(), auth_cache_ttl),
             api_keys: ApiKeyAuthenticator::new(store.registry().clone(), auth_cache_ttl),
             audit: crate::storage::audit::AuditLog::new(store.client().clone()),
-            handle_times: crate::storage::items::HandleTimeCache::new(
+            handle_times: crate::storage::items::handle_time_cache(
                 crate::storage::items::HANDLE_TIME_CACHE_TTL,
             ),
+            lookup_context: crate::storage::items::lookup_context_cache(
+                store.registry().clone(),
+                auth_cache_ttl.min(crate::storage::items::LOOKUP_CONTEXT_TTL),
+            ),
             item_reads: ReadLimit::new(MAX_CONCURRENT_ITEM_READS, "item reads"),
+            item_reader: crate::storage::item_reader::ItemReader::spawn(
+                store.client().clone(),
+                ITEM_READ_BATCHES_IN_FLIGHT,
+            ),
             store,
             writer,
             progress_cache: Arc::default(),

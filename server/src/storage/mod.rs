@@ -10,11 +10,13 @@
 
 pub mod audit;
 pub mod events;
+pub mod item_reader;
 pub mod items;
 pub mod migrations;
 pub mod policies;
 pub mod registry;
 pub mod reports;
+pub mod tenant_cache;
 
 use clickhouse::Client;
 use serde::Deserialize;
