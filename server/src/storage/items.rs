@@ -1,6 +1,7 @@
-//! Reads and writes for item status (schema in `deploy/clickhouse/migrations/0004_items.sql`).
+//! Reads and writes for item status (schema in `deploy/clickhouse/migrations/0004_items.sql`
+//! and `0009_item_events_fine_granules.sql`).
 //!
-//! A lookup reads two things by primary key, in parallel: `item_events` by
+//! A lookup reads two things by primary key, in parallel: `item_events_v2` by
 //! `(tenant_id, item_id)` and `items` by `(tenant_id, item_id)`. No `FINAL`: event rows are
 //! deduplicated in Rust by `(device_id, seq)` ([`crate::items::derive`]), and registrations take
 //! the newest version by `updated_ms`. What all lookups of a tenant share (settings, device
@@ -37,7 +38,7 @@ pub const HANDLE_TIME_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most completed items sampled per tenant for the ETA (the most recently completed).
 pub const ETA_MAX_SAMPLES: u64 = 20_000;
 
-/// One row of `item_events`, as read for derivation.
+/// One row of `item_events_v2`, as read for derivation.
 #[derive(clickhouse::Row, Deserialize, Debug, Clone)]
 struct ItemEventRow {
     item_id: String,
@@ -132,7 +133,7 @@ pub async fn events_of_items(
     }
     // `IN (subquery)` uses the primary key; `has(array, item_id)` would scan the tenant.
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM item_events WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?)) LIMIT ? {POINT_READ}"
+        "SELECT {EVENT_COLUMNS} FROM item_events_v2 WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?)) LIMIT ? {POINT_READ}"
     );
     let limit = MAX_EVENTS_PER_ITEM * item_ids.len() as u64;
     let rows: Vec<ItemEventRow> = with_timeout(
@@ -281,7 +282,7 @@ pub async fn handle_time_samples(
                           argMaxIf(action, time_ms, kind = 'work_item') AS last_action,
                           maxIf(time_ms, action = 'completed') AS completed_ms
                    FROM (SELECT DISTINCT item_id, device_id, seq, kind, state, action, time_ms, end_ms
-                         FROM item_events
+                         FROM item_events_v2
                          WHERE tenant_id = ? AND event_date >= toDate(toDateTime(intDiv(?, 1000)))
                            AND time_ms >= ?)
                    GROUP BY item_id

@@ -21,6 +21,9 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+/// Longest one migration statement may run (the server does not serve until migrations ran).
+const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Every migration, in order. Append only: never edit a released step, add a new one.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -63,6 +66,13 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "report_rollup_by_device",
         sql: include_str!("../../../deploy/clickhouse/migrations/0008_report_rollup_by_device.sql"),
     },
+    Migration {
+        version: 9,
+        name: "item_events_fine_granules",
+        sql: include_str!(
+            "../../../deploy/clickhouse/migrations/0009_item_events_fine_granules.sql"
+        ),
+    },
 ];
 
 /// Splits a migration file into statements: comments (`-- …` lines) removed, split on `;`.
@@ -83,6 +93,17 @@ pub fn statements(sql: &str) -> Vec<String> {
 
 /// Creates the database if needed and applies every migration not yet recorded.
 pub async fn migrate(server: &Client, database: &str, db: &Client) -> Result<(), ClickHouseError> {
+    migrate_through(server, database, db, u32::MAX).await
+}
+
+/// [`migrate`], but only the steps up to `last_version` (tests of an upgrade from an older
+/// schema with data in it).
+pub async fn migrate_through(
+    server: &Client,
+    database: &str,
+    db: &Client,
+    last_version: u32,
+) -> Result<(), ClickHouseError> {
     with_timeout(
         server
             .query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
@@ -112,14 +133,20 @@ pub async fn migrate(server: &Client, database: &str, db: &Client) -> Result<(),
     .into_iter()
     .map(|a| a.version)
     .collect();
-    for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+    let pending = MIGRATIONS
+        .iter()
+        .filter(|m| m.version <= last_version && !applied.contains(&m.version));
+    for migration in pending {
         tracing::info!(
             version = migration.version,
             name = migration.name,
             "applying migration"
         );
         for statement in statements(migration.sql) {
-            with_timeout(db.query(&statement).execute()).await?;
+            // Not `with_timeout`: a backfill copies a whole table, which may take minutes.
+            tokio::time::timeout(STATEMENT_TIMEOUT, db.query(&statement).execute())
+                .await
+                .map_err(|_| ClickHouseError::Timeout(STATEMENT_TIMEOUT))??;
         }
         with_timeout(
             db.query("INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)")
@@ -164,13 +191,22 @@ mod tests {
         assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
     }
 
+    /// A migration interrupted half-way runs again from its first statement, so each must be
+    /// harmless to repeat: `CREATE … IF NOT EXISTS`, `DROP … IF EXISTS`, or a backfill
+    /// `INSERT INTO … SELECT` into a copy whose readers remove duplicates by identity.
     #[test]
-    fn every_statement_is_idempotent() {
+    fn every_statement_is_harmless_to_repeat() {
+        const DEDUPED_COPIES: [&str; 1] = ["item_events_v2"];
         for m in MIGRATIONS {
             for s in statements(m.sql) {
+                let backfill = DEDUPED_COPIES
+                    .iter()
+                    .any(|t| s.starts_with(&format!("INSERT INTO {t}\nSELECT")));
                 assert!(
-                    s.contains("IF NOT EXISTS"),
-                    "migration {} has a statement that is not idempotent: {s}",
+                    (s.starts_with("CREATE ") && s.contains("IF NOT EXISTS"))
+                        || s.starts_with("DROP TABLE IF EXISTS ")
+                        || backfill,
+                    "migration {} has a statement that is not harmless to repeat: {s}",
                     m.version
                 );
             }

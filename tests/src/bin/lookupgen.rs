@@ -1017,7 +1017,7 @@ async fn time_eta_scan(ch: &ClickHouseHttp, tenant: &str) -> Result<f64> {
                   argMaxIf(action, time_ms, kind = 'work_item') AS last_action,
                   maxIf(time_ms, action = 'completed') AS completed_ms
            FROM (SELECT DISTINCT item_id, device_id, seq, kind, state, action, time_ms, end_ms
-                 FROM item_events WHERE tenant_id = {t}
+                 FROM item_events_v2 WHERE tenant_id = {t}
                    AND event_date >= toDate(toDateTime(intDiv({spans_from}, 1000))) AND time_ms >= {spans_from})
            GROUP BY item_id HAVING last_action = 'completed' AND completed_ms >= {}
            ORDER BY completed_ms DESC LIMIT 20000
@@ -1053,7 +1053,7 @@ async fn probe_clickhouse(
         next += every;
         let id = quote(&item_id(&prefix, rng.random_range(0..items)));
         let events = format!(
-            "SELECT item_id, device_id, seq, kind, time_ms, end_ms, state, step, action FROM item_events \
+            "SELECT item_id, device_id, seq, kind, time_ms, end_ms, state, step, action FROM item_events_v2 \
              WHERE tenant_id = {t} AND item_id = {id} LIMIT 20000 FORMAT RowBinary"
         );
         let registration = format!(
