@@ -1,8 +1,8 @@
 //! Upgrading a database that already holds data: every migration that copies or moves data
 //! must keep every row. Real ClickHouse (fails loudly without `clickhouse-server`).
 
-use backlight_server::clickhouse::embedded::ClickHouseProcess;
-use backlight_server::clickhouse::ClickHouseConfig;
+mod support;
+
 use backlight_server::storage::migrations::{migrate, migrate_through, missing_versions};
 use clickhouse::Compression;
 
@@ -15,16 +15,7 @@ async fn count(client: &clickhouse::Client, sql: &str) -> u64 {
 /// view, once: the old view is gone).
 #[tokio::test]
 async fn item_events_survive_the_move_to_fine_granules() {
-    let dir = tempfile::tempdir().unwrap();
-    let clickhouse = ClickHouseProcess::start(&dir.path().join("clickhouse"), None)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start ClickHouse for the test: {e}"));
-    let config = ClickHouseConfig {
-        url: clickhouse.url(),
-        database: "upgrade_test".into(),
-        user: None,
-        password: None,
-    };
+    let (_dir, clickhouse, config) = support::start_clickhouse("upgrade_test").await;
     let (server, db) = (
         config.client_without_database(Compression::None),
         config.client(Compression::None),

@@ -58,19 +58,28 @@ pub struct Parts {
     pub dir: tempfile::TempDir,
 }
 
-/// Starts ClickHouse (fails loudly when the binary is missing), opens the store and builds the
-/// app state with credential caching off, so revocations and new keys apply at once.
-pub async fn start_parts() -> Parts {
+/// A throwaway ClickHouse under a new temp dir (fails loudly when the binary is missing), and
+/// the configuration for `database` on it (nothing created yet).
+pub async fn start_clickhouse(
+    database: &str,
+) -> (tempfile::TempDir, ClickHouseProcess, ClickHouseConfig) {
     let dir = tempfile::tempdir().expect("temp dir");
     let clickhouse = ClickHouseProcess::start(&dir.path().join("clickhouse"), None)
         .await
         .unwrap_or_else(|e| panic!("cannot start ClickHouse for the test: {e}"));
     let config = ClickHouseConfig {
         url: clickhouse.url(),
-        database: "backlight_test".into(),
+        database: database.into(),
         user: None,
         password: None,
     };
+    (dir, clickhouse, config)
+}
+
+/// Starts ClickHouse (fails loudly when the binary is missing), opens the store and builds the
+/// app state with credential caching off, so revocations and new keys apply at once.
+pub async fn start_parts() -> Parts {
+    let (dir, clickhouse, config) = start_clickhouse("backlight_test").await;
     let store = Store::open(&config).await.expect("open store");
     let writer = IngestWriter::spawn(
         store.client().clone(),

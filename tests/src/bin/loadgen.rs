@@ -1587,11 +1587,22 @@ fn write_rows(dir: &Path, args: &Args) -> Result<(Vec<PathBuf>, u64)> {
                 ));
                 files.push(path);
             }
-            let row = EventRow::new(BENCH_TENANT, batch.device_id, event, received_ms);
             line.clear();
             match args.format {
-                Format::RowBinary => row_binary(&row, &mut line),
-                Format::Tsv => tsv(&row, &mut line),
+                // Exactly the bytes the server sends for this row.
+                Format::RowBinary => line.extend_from_slice(
+                    EncodedRows::encode(
+                        BENCH_TENANT,
+                        batch.device_id,
+                        std::slice::from_ref(event),
+                        received_ms,
+                    )
+                    .as_bytes(),
+                ),
+                Format::Tsv => tsv(
+                    &EventRow::new(BENCH_TENANT, batch.device_id, event, received_ms),
+                    &mut line,
+                ),
             }
             out.as_mut().expect("opened above").write_all(&line)?;
             bytes += line.len() as u64;
@@ -1602,58 +1613,6 @@ fn write_rows(dir: &Path, args: &Args) -> Result<(Vec<PathBuf>, u64)> {
         last.flush()?;
     }
     Ok((files, bytes))
-}
-
-/// RowBinary of one `events` row, columns in table order (as the server's insert sends them).
-fn row_binary(r: &EventRow, out: &mut Vec<u8>) {
-    fn string(out: &mut Vec<u8>, s: &str) {
-        let mut n = s.len() as u64;
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-        out.extend_from_slice(s.as_bytes());
-    }
-    fn uuid(out: &mut Vec<u8>, u: Uuid) {
-        let (high, low) = u.as_u64_pair();
-        out.extend_from_slice(&high.to_le_bytes());
-        out.extend_from_slice(&low.to_le_bytes());
-    }
-    string(out, &r.tenant_id);
-    uuid(out, r.device_id);
-    out.extend_from_slice(&r.seq.to_le_bytes());
-    uuid(out, r.event_id);
-    out.extend_from_slice(&r.kind.to_le_bytes());
-    out.extend_from_slice(&r.event_date.to_le_bytes());
-    out.extend_from_slice(&r.time_ms.to_le_bytes());
-    out.extend_from_slice(&r.end_ms.to_le_bytes());
-    out.extend_from_slice(&r.received_ms.to_le_bytes());
-    string(out, &r.app);
-    match &r.title {
-        Some(t) => {
-            out.push(0);
-            string(out, t);
-        }
-        None => out.push(1),
-    }
-    out.extend_from_slice(&r.state.to_le_bytes());
-    string(out, &r.item_id);
-    string(out, &r.step);
-    out.extend_from_slice(&r.action.to_le_bytes());
-    out.extend_from_slice(&r.source.to_le_bytes());
-    out.push(r.consent_granted);
-    out.extend_from_slice(&r.policy_version.to_le_bytes());
-    string(out, &r.scope);
-    string(out, &r.agent_version);
-    out.extend_from_slice(&r.spool_depth.to_le_bytes());
-    out.extend_from_slice(&r.events_dropped.to_le_bytes());
-    out.extend_from_slice(&r.events_rejected.to_le_bytes());
-    out.extend_from_slice(&r.clock_offset_ms.to_le_bytes());
 }
 
 /// TabSeparated of one `events` row (enums by name, dates as YYYY-MM-DD, NULL as `\N`).
@@ -1932,26 +1891,6 @@ fn profile_stages(args: &Args) -> Result<()> {
             }
         },
     );
-    let rows: Vec<EventRow> = input
-        .iter()
-        .flat_map(|b| {
-            b.events
-                .iter()
-                .map(|e| EventRow::new(BENCH_TENANT, b.device_id, e, now))
-        })
-        .collect();
-    time(
-        "server",
-        "RowBinary encoding (hand-written, stands in for the clickhouse crate)",
-        &mut || {
-            let mut out = Vec::with_capacity(rows.len() * 200);
-            for r in &rows {
-                row_binary(r, &mut out);
-            }
-            std::hint::black_box(out);
-        },
-    );
-
     // Heap held per request of `batch_events` events at each step (bytes requested from the
     // allocator; malloc's own overhead and fragmentation come on top).
     let held = |f: &mut dyn FnMut() -> Box<dyn std::any::Any>| {
@@ -2010,13 +1949,6 @@ fn profile_stages(args: &Args) -> Result<()> {
                 )
             }),
         ),
-        ("RowBinary of the rows", {
-            let mut out = Vec::new();
-            for r in &rows {
-                row_binary(r, &mut out);
-            }
-            out.len() as f64 / batches as f64
-        }),
     ];
 
     println!(
