@@ -12,9 +12,9 @@ async fn count(client: &clickhouse::Client, sql: &str) -> u64 {
 
 /// Migration 9 moves the item-keyed copy of events to `item_events_v2`: events ingested before
 /// the upgrade must be there afterwards, and events ingested after it too (through the new
-/// view, once: the old view is gone).
+/// view, once: the old view is gone). Migration 10 copies registrations the same way.
 #[tokio::test]
-async fn item_events_survive_the_move_to_fine_granules() {
+async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     let (_dir, clickhouse, config) = support::start_clickhouse("upgrade_test").await;
     let (server, db) = (
         config.client_without_database(Compression::None),
@@ -23,7 +23,7 @@ async fn item_events_survive_the_move_to_fine_granules() {
     migrate_through(&server, &config.database, &db, 8)
         .await
         .unwrap();
-    assert_eq!(missing_versions(&db).await.unwrap(), vec![9]);
+    assert_eq!(missing_versions(&db).await.unwrap(), vec![9, 10]);
 
     // (Functions are refused in VALUES on 18.16, hence INSERT … SELECT.)
     // Events of the old release: 3 naming items (one of them stored twice, as after a re-sent
@@ -39,6 +39,14 @@ async fn item_events_survive_the_move_to_fine_granules() {
         db.query(&insert(seq, item)).execute().await.unwrap();
     }
     assert_eq!(count(&db, "SELECT count() FROM item_events").await, 4);
+    let register = |item: &str, version: u64| {
+        format!(
+            "INSERT INTO items (tenant_id, item_id, queue, priority, sla_due_ms, sla_class, customer_ref, registered_ms, updated_ms)
+             VALUES ('acme', '{item}', 'claims', 1, 0, '', '', 1, {version})"
+        )
+    };
+    db.query(&register("A", 1)).execute().await.unwrap();
+    db.query(&register("A", 2)).execute().await.unwrap();
 
     migrate(&server, &config.database, &db).await.unwrap();
     assert!(missing_versions(&db).await.unwrap().is_empty());
@@ -47,6 +55,14 @@ async fn item_events_survive_the_move_to_fine_granules() {
         count(&db, distinct).await,
         3,
         "every item event of before the upgrade"
+    );
+
+    let registrations =
+        "SELECT count() FROM (SELECT DISTINCT item_id, updated_ms FROM item_registrations)";
+    assert_eq!(
+        count(&db, registrations).await,
+        2,
+        "both registrations of A"
     );
 
     // After the upgrade: copied once by the new view; the old table gets nothing new.
@@ -61,9 +77,20 @@ async fn item_events_survive_the_move_to_fine_granules() {
         1
     );
     assert_eq!(count(&db, "SELECT count() FROM item_events").await, 4);
+    db.query(&register("D", 1)).execute().await.unwrap();
+    assert_eq!(count(&db, registrations).await, 3);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count() FROM item_registrations WHERE item_id = 'D'"
+        )
+        .await,
+        1
+    );
 
     // Running the migrations again (a second server starting) changes nothing.
     migrate(&server, &config.database, &db).await.unwrap();
     assert_eq!(count(&db, distinct).await, 4);
+    assert_eq!(count(&db, registrations).await, 3);
     clickhouse.stop().await.unwrap();
 }

@@ -1,8 +1,8 @@
 //! Reads and writes for item status (schema in `deploy/clickhouse/migrations/0004_items.sql`
-//! and `0009_item_events_fine_granules.sql`).
+//! and the lookup copies of `0009_…` and `0010_…`).
 //!
-//! A lookup reads two things by primary key, in parallel: `item_events_v2` by
-//! `(tenant_id, item_id)` and `items` by `(tenant_id, item_id)`. No `FINAL`: event rows are
+//! A lookup reads two things by primary key `(tenant_id, item_id)`: `item_events_v2` and
+//! `item_registrations` (a copy of `items` in small granules). No `FINAL`: event rows are
 //! deduplicated in Rust by `(device_id, seq)` ([`crate::items::derive`]), and registrations take
 //! the newest version by `updated_ms`. What all lookups of a tenant share (settings, device
 //! assignments) comes from a per-tenant cache ([`LookupContextCache`]).
@@ -160,8 +160,9 @@ pub async fn registrations(
     if item_ids.is_empty() {
         return Ok(Vec::new());
     }
+    // The copy of `items` in small granules (migration 0010): a point read per item.
     let sql = format!(
-        "SELECT ?fields FROM items WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?))
+        "SELECT ?fields FROM item_registrations WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?))
          ORDER BY item_id, updated_ms DESC LIMIT 1 BY item_id {POINT_READ}"
     );
     with_timeout(client.query(&sql).bind(tenant).bind(item_ids).fetch_all()).await

@@ -73,6 +73,13 @@ pub const MIGRATIONS: &[Migration] = &[
             "../../../deploy/clickhouse/migrations/0009_item_events_fine_granules.sql"
         ),
     },
+    Migration {
+        version: 10,
+        name: "item_registrations_fine_granules",
+        sql: include_str!(
+            "../../../deploy/clickhouse/migrations/0010_item_registrations_fine_granules.sql"
+        ),
+    },
 ];
 
 /// Splits a migration file into statements: comments (`-- …` lines) removed, split on `;`.
@@ -196,7 +203,7 @@ mod tests {
     /// `INSERT INTO … SELECT` into a copy whose readers remove duplicates by identity.
     #[test]
     fn every_statement_is_harmless_to_repeat() {
-        const DEDUPED_COPIES: [&str; 1] = ["item_events_v2"];
+        const DEDUPED_COPIES: [&str; 2] = ["item_events_v2", "item_registrations"];
         for m in MIGRATIONS {
             for s in statements(m.sql) {
                 let backfill = DEDUPED_COPIES

@@ -1057,7 +1057,7 @@ async fn probe_clickhouse(
              WHERE tenant_id = {t} AND item_id = {id} LIMIT 20000 FORMAT RowBinary"
         );
         let registration = format!(
-            "SELECT * FROM items WHERE tenant_id = {t} AND item_id = {id} \
+            "SELECT * FROM item_registrations WHERE tenant_id = {t} AND item_id = {id} \
              ORDER BY updated_ms DESC LIMIT 1 FORMAT RowBinary"
         );
         match ch.timed(events).await {
