@@ -45,7 +45,7 @@ use crate::storage::Store;
 pub const MAX_CONCURRENT_ITEM_READS: usize = 32;
 /// Item lookup batches reading ClickHouse at once (each is two queries). Few, so that under
 /// load lookups gather into large batches instead of many small queries.
-pub const ITEM_READ_BATCHES_IN_FLIGHT: usize = 3;
+pub const ITEM_READ_BATCHES_IN_FLIGHT: usize = 2;
 
 /// Longest any request may take, end to end, before the server answers 408 itself.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
