@@ -999,6 +999,22 @@ impl ClickHouseHttp {
         }
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     }
+
+    /// Runs `sql`, returns its text answer.
+    async fn text(&self, sql: &str) -> Result<String> {
+        let r = self
+            .client
+            .post(&self.url)
+            .body(sql.to_owned())
+            .send()
+            .await?;
+        let status = r.status();
+        let text = r.text().await?;
+        if !status.is_success() {
+            bail!("ClickHouse answered {status}: {text}");
+        }
+        Ok(text)
+    }
 }
 
 fn quote(s: &str) -> String {
@@ -1032,6 +1048,10 @@ async fn time_eta_scan(ch: &ClickHouseHttp, tenant: &str) -> Result<f64> {
 struct Probes {
     events_ms: Vec<f64>,
     registration_ms: Vec<f64>,
+    /// Active parts of `item_events_v2` and of `item_registrations`, one sample per probe: a
+    /// lookup reads a granule of every part whose key range may hold the item, so these
+    /// counts are its cost.
+    parts: Vec<(u32, u32)>,
     failures: u64,
 }
 
@@ -1067,6 +1087,21 @@ async fn probe_clickhouse(
         match ch.timed(registration).await {
             Ok(ms) => probes.registration_ms.push(ms),
             Err(_) => probes.failures += 1,
+        }
+        let parts = ch
+            .text(
+                "SELECT countIf(table = 'item_events_v2'), countIf(table = 'item_registrations') \
+                 FROM system.parts WHERE active AND database = currentDatabase() FORMAT TSV",
+            )
+            .await
+            .ok()
+            .and_then(|t| {
+                let (e, r) = t.trim().split_once('\t')?;
+                Some((e.parse().ok()?, r.parse().ok()?))
+            });
+        match parts {
+            Some(p) => probes.parts.push(p),
+            None => probes.failures += 1,
         }
     }
     probes
@@ -1304,6 +1339,8 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
         json!({
             "item_events_ms": float_quantiles(p.events_ms),
             "registration_ms": float_quantiles(p.registration_ms),
+            "item_events_parts": float_quantiles(p.parts.iter().map(|x| f64::from(x.0)).collect()),
+            "item_registrations_parts": float_quantiles(p.parts.iter().map(|x| f64::from(x.1)).collect()),
             "failures": p.failures,
         })
     });
@@ -1384,6 +1421,13 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
             f(&p["registration_ms"], "p99"),
             f(&p["registration_ms"], "max"),
             p["failures"]
+        );
+        println!(
+            "clickhouse      active parts: item_events_v2 p50 {} max {}; item_registrations p50 {} max {}",
+            f(&p["item_events_parts"], "p50"),
+            f(&p["item_events_parts"], "max"),
+            f(&p["item_registrations_parts"], "p50"),
+            f(&p["item_registrations_parts"], "max"),
         );
     }
     println!(
