@@ -103,8 +103,7 @@ async fn ingested_events_are_stored_column_for_column() {
 async fn a_full_group_commit_turns_batches_away_with_retry_after() {
     use std::time::Duration;
 
-    use axum::body::Body;
-    use axum::http::{header, Request, StatusCode};
+    use axum::http::{header, StatusCode};
     use backlight_server::http::AppState;
     use backlight_server::ingest::writer::{IngestWriter, WriterConfig};
 
@@ -139,19 +138,7 @@ async fn a_full_group_commit_turns_batches_away_with_retry_after() {
             }),
         }],
     };
-    let post = || {
-        Request::post("/v1/ingest")
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", device.credential),
-            )
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::CONTENT_ENCODING, "zstd")
-            .body(Body::from(
-                zstd::encode_all(&serde_json::to_vec(&batch).unwrap()[..], 3).unwrap(),
-            ))
-            .unwrap()
-    };
+    let post = || support::ingest_request(&device, &batch);
 
     let everything = writer.reserve(usize::MAX).await.unwrap();
     let refused = app.request(post()).await;

@@ -253,20 +253,7 @@ impl TestApp {
 
     /// Sends an already built batch (e.g. again, as after a lost acknowledgement).
     pub async fn ingest_batch(&self, device: &TestDevice, batch: &Batch) {
-        let body = zstd::encode_all(&serde_json::to_vec(batch).unwrap()[..], 3).unwrap();
-        let response = self
-            .request(
-                Request::post("/v1/ingest")
-                    .header(
-                        header::AUTHORIZATION,
-                        format!("Bearer {}", device.credential),
-                    )
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .header(header::CONTENT_ENCODING, "zstd")
-                    .body(Body::from(body))
-                    .unwrap(),
-            )
-            .await;
+        let response = self.request(ingest_request(device, batch)).await;
         assert_eq!(
             response.status,
             StatusCode::OK,
@@ -274,4 +261,18 @@ impl TestApp {
             String::from_utf8_lossy(&response.body)
         );
     }
+}
+
+/// `POST /v1/ingest` of `batch` as `device` sends it: zstd-compressed JSON.
+pub fn ingest_request(device: &TestDevice, batch: &Batch) -> Request<Body> {
+    let body = zstd::encode_all(&serde_json::to_vec(batch).unwrap()[..], 3).unwrap();
+    Request::post("/v1/ingest")
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", device.credential),
+        )
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_ENCODING, "zstd")
+        .body(Body::from(body))
+        .unwrap()
 }
