@@ -988,26 +988,16 @@ impl ClickHouseHttp {
         })
     }
 
-    /// Runs `sql`, returns how long it took in ms.
+    /// Runs `sql`, returns how long it took in ms (answer included).
     async fn timed(&self, sql: String) -> Result<f64> {
         let started = Instant::now();
-        let r = self.client.post(&self.url).body(sql).send().await?;
-        let status = r.status();
-        let text = r.text().await?;
-        if !status.is_success() {
-            bail!("ClickHouse answered {status}: {text}");
-        }
+        self.text(sql).await?;
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     }
 
     /// Runs `sql`, returns its text answer.
-    async fn text(&self, sql: &str) -> Result<String> {
-        let r = self
-            .client
-            .post(&self.url)
-            .body(sql.to_owned())
-            .send()
-            .await?;
+    async fn text(&self, sql: impl Into<reqwest::Body>) -> Result<String> {
+        let r = self.client.post(&self.url).body(sql).send().await?;
         let status = r.status();
         let text = r.text().await?;
         if !status.is_success() {
