@@ -3,6 +3,7 @@
 
 mod support;
 
+use backlight_server::storage::items::read_items;
 use backlight_server::storage::migrations::{migrate, migrate_through, missing_versions};
 use clickhouse::Compression;
 
@@ -12,7 +13,8 @@ async fn count(client: &clickhouse::Client, sql: &str) -> u64 {
 
 /// Migration 9 moves the item-keyed copy of events to `item_events_v2`: events ingested before
 /// the upgrade must be there afterwards, and events ingested after it too (through the new
-/// view, once: the old view is gone). Migration 10 copies registrations the same way.
+/// view, once: the old view is gone). Migration 10 copies registrations the same way, and
+/// migration 11 packs both into `item_lookup`, which lookups read through the server's parser.
 #[tokio::test]
 async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     let (_dir, clickhouse, config) = support::start_clickhouse("upgrade_test").await;
@@ -23,7 +25,7 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     migrate_through(&server, &config.database, &db, 8)
         .await
         .unwrap();
-    assert_eq!(missing_versions(&db).await.unwrap(), vec![9, 10]);
+    assert_eq!(missing_versions(&db).await.unwrap(), vec![9, 10, 11]);
 
     // (Functions are refused in VALUES on 18.16, hence INSERT … SELECT.)
     // Events of the old release: 3 naming items (one of them stored twice, as after a re-sent
@@ -77,20 +79,52 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
         1
     );
     assert_eq!(count(&db, "SELECT count() FROM item_events").await, 4);
+    // Registrations after 11 go to `item_lookup` only: `item_registrations` is no longer read.
     db.query(&register("D", 1)).execute().await.unwrap();
-    assert_eq!(count(&db, registrations).await, 3);
+    assert_eq!(count(&db, registrations).await, 2);
+
+    // `item_lookup` (11): the rows of before the upgrade (backfilled) and after it (the views),
+    // read and parsed as a lookup does.
+    let ids: Vec<String> = ["A", "B", "C", "D", "E"].map(String::from).to_vec();
+    let read = read_items(&db, "acme", &ids).await.unwrap();
+    let events = |item: &str| {
+        let mut seqs: Vec<u64> = read[item].events.iter().map(|e| e.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs
+    };
     assert_eq!(
-        count(
-            &db,
-            "SELECT count() FROM item_registrations WHERE item_id = 'D'"
-        )
-        .await,
-        1
+        (events("A"), events("B"), events("C"), events("D")),
+        (vec![1], vec![2], vec![3], vec![5])
+    );
+    let a = read["A"].events[0].clone();
+    assert_eq!(a.time_ms, 1793491200000);
+    assert_eq!(
+        a.what,
+        backlight_server::items::Occurrence::Action(backlight_shared::event::ItemAction::Started)
+    );
+    let newest = |item: &str| read[item].registration.as_ref().map(|r| r.updated_ms);
+    assert_eq!(
+        (newest("A"), newest("B"), newest("D")),
+        (Some(2), None, Some(1))
+    );
+    assert_eq!(read["A"].registration.as_ref().unwrap().queue, "claims");
+    assert!(
+        !read.contains_key("E"),
+        "nothing invented for an unknown item"
     );
 
     // Running the migrations again (a second server starting) changes nothing.
     migrate(&server, &config.database, &db).await.unwrap();
     assert_eq!(count(&db, distinct).await, 4);
-    assert_eq!(count(&db, registrations).await, 3);
+    assert_eq!(count(&db, registrations).await, 2);
+    // Identities, so merges (which may fold A's two registrations into one) change nothing.
+    let lookup_rows =
+        "SELECT count() FROM (SELECT DISTINCT item_id, device_id, seq FROM item_lookup)";
+    assert_eq!(
+        count(&db, lookup_rows).await,
+        4 + 2,
+        "4 events, registrations of A and D"
+    );
     clickhouse.stop().await.unwrap();
 }

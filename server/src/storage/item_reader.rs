@@ -4,7 +4,7 @@
 //! whatever it reads; a lookup's own data is a few granules. So under load the queries, not the
 //! data, are the cost. [`ItemReader`] runs at most `in_flight` batches at a time; lookups that
 //! arrive while all are busy wait in a bounded queue, and the next free slot takes all of them
-//! (up to [`MAX_BATCH`]) as one `item_id IN (…)` read of events and one of registrations.
+//! (up to [`MAX_BATCH`]) as one `item_id IN (…)` read of `item_lookup` ([`read_items`]).
 //!
 //! No timer: an idle server answers a lone lookup at once (a batch of one), and batches grow
 //! only as far as lookups pile up, the same group-commit idea as ingest
@@ -17,22 +17,14 @@ use std::sync::Arc;
 use clickhouse::Client;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::items::{events_of_items, registrations, ItemRow};
+use super::items::read_items;
+pub use super::items::ItemRead;
 use crate::clickhouse::ClickHouseError;
-use crate::items::ItemEvent;
 
 /// Most lookups read by one batch.
 pub const MAX_BATCH: usize = 64;
 /// Most lookups waiting for a batch; beyond it lookups are turned away.
 pub const MAX_WAITING: usize = 4_096;
-
-/// What was read for one item.
-#[derive(Debug, Clone, Default)]
-pub struct ItemRead {
-    /// In storage order, not deduplicated (derivation does that).
-    pub events: Vec<ItemEvent>,
-    pub registration: Option<ItemRow>,
-}
 
 struct Request {
     tenant: String,
@@ -105,7 +97,7 @@ async fn dispatch(client: Client, mut requests: mpsc::Receiver<Request>, slots: 
     }
 }
 
-/// Reads every item of `batch` (one pair of queries per tenant in it) and answers each request.
+/// Reads every item of `batch` (one query per tenant in it) and answers each request.
 async fn answer_batch(client: &Client, batch: Vec<Request>) {
     let mut by_tenant: HashMap<String, Vec<Request>> = HashMap::new();
     for request in batch {
@@ -124,40 +116,26 @@ async fn answer_tenant(client: &Client, tenant: String, requests: Vec<Request>) 
     let mut ids: Vec<String> = requests.iter().map(|r| r.item_id.clone()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let read = tokio::try_join!(
-        events_of_items(client, &tenant, &ids),
-        registrations(client, &tenant, &ids),
-    );
-    match read {
-        Ok((mut events, registered)) => {
-            let mut registered: HashMap<String, ItemRow> = registered
-                .into_iter()
-                .map(|r| (r.item_id.clone(), r))
-                .collect();
+    match read_items(client, &tenant, &ids).await {
+        Ok(mut reads) => {
             let mut asked: HashMap<String, usize> = HashMap::new();
             for r in &requests {
                 *asked.entry(r.item_id.clone()).or_default() += 1;
             }
             for request in requests {
-                // The last asker of an item takes the rows; earlier ones (the same item looked
+                // The last asker of an item takes the read; earlier ones (the same item looked
                 // up twice in one batch) get copies.
                 let left = asked.get_mut(request.item_id.as_str()).map(|n| {
                     *n -= 1;
                     *n
                 });
                 let read = if left == Some(0) {
-                    ItemRead {
-                        events: events.remove(&request.item_id).unwrap_or_default(),
-                        registration: registered.remove(&request.item_id),
-                    }
+                    reads.remove(&request.item_id)
                 } else {
-                    ItemRead {
-                        events: events.get(&request.item_id).cloned().unwrap_or_default(),
-                        registration: registered.get(&request.item_id).cloned(),
-                    }
+                    reads.get(&request.item_id).cloned()
                 };
                 // A receiver gone (the caller gave up) is not an error of the batch.
-                let _ = request.reply.send(Ok(read));
+                let _ = request.reply.send(Ok(read.unwrap_or_default()));
             }
         }
         Err(e) => {

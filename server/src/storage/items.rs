@@ -1,11 +1,11 @@
 //! Reads and writes for item status (schema in `deploy/clickhouse/migrations/0004_items.sql`
-//! and the lookup copies of `0009_…` and `0010_…`).
+//! and the lookup copies of `0009_…` and `0011_…`).
 //!
-//! A lookup reads two things by primary key `(tenant_id, item_id)`: `item_events_v2` and
-//! `item_registrations` (a copy of `items` in small granules). No `FINAL`: event rows are
-//! deduplicated in Rust by `(device_id, seq)` ([`crate::items::derive`]), and registrations take
-//! the newest version by `updated_ms`. What all lookups of a tenant share (settings, device
-//! assignments) comes from a per-tenant cache ([`LookupContextCache`]).
+//! A lookup reads one table by primary key `(tenant_id, item_id)`: `item_lookup`, which holds
+//! an item's events and registrations, each packed into one column ([`super::lookup_row`]).
+//! No `FINAL`: events are deduplicated in Rust by `(device_id, seq)` ([`crate::items::derive`]),
+//! and registrations take the newest version by `updated_ms`. What all lookups of a tenant
+//! share (settings, device assignments) comes from a per-tenant cache ([`LookupContextCache`]).
 //!
 //! The ETA needs handle times of recently completed items, which is a scan over the tenant's
 //! item events; [`HandleTimeCache`] keeps one result per tenant for a while and refreshes it in
@@ -15,15 +15,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backlight_shared::event::{ActivityState, ItemAction};
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::lookup_row::{self, LookupRow};
 use super::registry::Registry;
 use super::tenant_cache::TenantCache;
 use crate::clickhouse::{with_timeout, ClickHouseError};
-use crate::items::{HandleTimeStats, ItemEvent, Occurrence};
+use crate::items::{HandleTimeStats, ItemEvent};
 use crate::tenancy::TenantId;
 
 /// Most event rows read for one item; beyond that the oldest are not shown (an item with this
@@ -38,55 +38,17 @@ pub const HANDLE_TIME_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most completed items sampled per tenant for the ETA (the most recently completed).
 pub const ETA_MAX_SAMPLES: u64 = 20_000;
 
-/// One row of `item_events_v2`, as read for derivation.
-#[derive(clickhouse::Row, Deserialize, Debug, Clone)]
-struct ItemEventRow {
-    item_id: String,
-    #[serde(with = "clickhouse::serde::uuid")]
-    device_id: Uuid,
-    seq: u64,
-    /// `Enum8` code: 1 activity_span, 2 work_item.
-    kind: i8,
-    time_ms: u64,
-    end_ms: u64,
-    state: i8,
-    step: String,
-    action: i8,
-}
-
 /// Settings of the reads by item id: a few granules each, so one thread reads them with less
 /// ClickHouse CPU than several (measured: −30 % per item read on 18.16).
 const POINT_READ: &str = "SETTINGS max_threads = 1";
 
-const EVENT_COLUMNS: &str = "item_id, device_id, seq, kind, time_ms, end_ms, state, step, action";
-
-impl ItemEventRow {
-    /// The domain event, or `None` for a row the derivation has no use for (unknown codes).
-    fn into_event(self) -> Option<(String, ItemEvent)> {
-        let what = match self.kind {
-            1 => Occurrence::Span {
-                end_ms: self.end_ms,
-                state: match self.state {
-                    1 => ActivityState::Active,
-                    2 => ActivityState::Idle,
-                    3 => ActivityState::Locked,
-                    _ => return None,
-                },
-            },
-            2 => Occurrence::Action(
-                *ItemAction::ALL.get(usize::try_from(i16::from(self.action) - 1).ok()?)?,
-            ),
-            _ => return None,
-        };
-        let event = ItemEvent {
-            device_id: self.device_id,
-            seq: self.seq,
-            time_ms: self.time_ms,
-            what,
-            step: self.step,
-        };
-        Some((self.item_id, event))
-    }
+/// What was read for one item.
+#[derive(Debug, Clone, Default)]
+pub struct ItemRead {
+    /// In storage order, not deduplicated (derivation does that).
+    pub events: Vec<ItemEvent>,
+    /// The newest registration, if the item is registered.
+    pub registration: Option<ItemRow>,
 }
 
 /// One row of `items`: an item's registration. Field order matches the table (RowBinary).
@@ -121,22 +83,28 @@ pub struct Assignment {
     pub person: String,
 }
 
-/// The events of several items, by item id.
-pub async fn events_of_items(
+/// The events and newest registration of each of `item_ids` that has any, in one read of
+/// `item_lookup`.
+pub async fn read_items(
     client: &Client,
     tenant: &str,
     item_ids: &[String],
-) -> Result<HashMap<String, Vec<ItemEvent>>, ClickHouseError> {
-    let mut by_item: HashMap<String, Vec<ItemEvent>> = HashMap::new();
+) -> Result<HashMap<String, ItemRead>, ClickHouseError> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Packed {
+        item_id: String,
+        row: String,
+    }
+    let mut by_item: HashMap<String, ItemRead> = HashMap::new();
     if item_ids.is_empty() {
         return Ok(by_item);
     }
     // `IN (subquery)` uses the primary key; `has(array, item_id)` would scan the tenant.
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM item_events_v2 WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?)) LIMIT ? {POINT_READ}"
+        "SELECT item_id, row FROM item_lookup WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?)) LIMIT ? {POINT_READ}"
     );
     let limit = MAX_EVENTS_PER_ITEM * item_ids.len() as u64;
-    let rows: Vec<ItemEventRow> = with_timeout(
+    let rows: Vec<Packed> = with_timeout(
         client
             .query(&sql)
             .bind(tenant)
@@ -145,10 +113,39 @@ pub async fn events_of_items(
             .fetch_all(),
     )
     .await?;
-    for (item_id, event) in rows.into_iter().filter_map(ItemEventRow::into_event) {
-        by_item.entry(item_id).or_default().push(event);
+    for Packed { item_id, row } in rows {
+        match lookup_row::parse(tenant, &item_id, &row) {
+            Ok(LookupRow::Event(event)) => {
+                by_item.entry(item_id).or_default().events.push(event);
+            }
+            Ok(LookupRow::Registration(new)) => {
+                let read = by_item.entry(item_id).or_default();
+                if read
+                    .registration
+                    .as_ref()
+                    .is_none_or(|old| new.updated_ms >= old.updated_ms)
+                {
+                    read.registration = Some(new);
+                }
+            }
+            // Not silent, and not fatal: the item's other rows still answer.
+            Err(e) => {
+                metrics::counter!("backlight_item_lookup_rows_unreadable_total").increment(1);
+                tracing::warn!(tenant, item_id, error = %e, "skipped an unreadable item_lookup row");
+            }
+        }
     }
     Ok(by_item)
+}
+
+/// The events of several items, by item id.
+pub async fn events_of_items(
+    client: &Client,
+    tenant: &str,
+    item_ids: &[String],
+) -> Result<HashMap<String, Vec<ItemEvent>>, ClickHouseError> {
+    let read = read_items(client, tenant, item_ids).await?;
+    Ok(read.into_iter().map(|(id, r)| (id, r.events)).collect())
 }
 
 /// The newest registration of each of `item_ids` that is registered.
@@ -157,15 +154,8 @@ pub async fn registrations(
     tenant: &str,
     item_ids: &[String],
 ) -> Result<Vec<ItemRow>, ClickHouseError> {
-    if item_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    // The copy of `items` in small granules (migration 0010): a point read per item.
-    let sql = format!(
-        "SELECT ?fields FROM item_registrations WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?))
-         ORDER BY item_id, updated_ms DESC LIMIT 1 BY item_id {POINT_READ}"
-    );
-    with_timeout(client.query(&sql).bind(tenant).bind(item_ids).fetch_all()).await
+    let read = read_items(client, tenant, item_ids).await?;
+    Ok(read.into_values().filter_map(|r| r.registration).collect())
 }
 
 /// Registered items matching the filters (empty filter: any), newest registration first.
@@ -376,51 +366,4 @@ pub fn lookup_context_cache(registry: Registry, ttl: Duration) -> LookupContextC
             })
         }),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_codes_map_to_the_domain() {
-        let row = |kind, state, action| ItemEventRow {
-            item_id: "I".into(),
-            device_id: Uuid::nil(),
-            seq: 1,
-            kind,
-            time_ms: 10,
-            end_ms: 20,
-            state,
-            step: "s".into(),
-            action,
-        };
-        let (_, span) = row(1, 2, 0).into_event().unwrap();
-        assert_eq!(
-            span.what,
-            Occurrence::Span {
-                end_ms: 20,
-                state: ActivityState::Idle
-            }
-        );
-        for (i, action) in ItemAction::ALL.iter().enumerate() {
-            let (_, e) = row(2, 0, i as i8 + 1).into_event().unwrap();
-            assert_eq!(e.what, Occurrence::Action(*action));
-        }
-        assert!(row(3, 0, 0).into_event().is_none());
-        assert!(row(2, 0, 0).into_event().is_none());
-        assert!(row(1, 0, 0).into_event().is_none());
-    }
-
-    #[test]
-    fn enum_codes_match_the_migration() {
-        let sql = include_str!("../../../deploy/clickhouse/migrations/0004_items.sql");
-        for (i, action) in ItemAction::ALL.iter().enumerate() {
-            assert!(sql.contains(&format!("'{}' = {}", action.as_str(), i + 1)));
-        }
-        for (i, state) in ["active", "idle", "locked"].iter().enumerate() {
-            assert!(sql.contains(&format!("'{state}' = {}", i + 1)));
-        }
-        assert!(sql.contains("'activity_span' = 1, 'work_item' = 2"));
-    }
 }

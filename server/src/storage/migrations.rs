@@ -80,6 +80,11 @@ pub const MIGRATIONS: &[Migration] = &[
             "../../../deploy/clickhouse/migrations/0010_item_registrations_fine_granules.sql"
         ),
     },
+    Migration {
+        version: 11,
+        name: "item_lookup",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0011_item_lookup.sql"),
+    },
 ];
 
 /// Splits a migration file into statements: comments (`-- …` lines) removed, split on `;`.
@@ -203,7 +208,7 @@ mod tests {
     /// `INSERT INTO … SELECT` into a copy whose readers remove duplicates by identity.
     #[test]
     fn every_statement_is_harmless_to_repeat() {
-        const DEDUPED_COPIES: [&str; 2] = ["item_events_v2", "item_registrations"];
+        const DEDUPED_COPIES: [&str; 3] = ["item_events_v2", "item_registrations", "item_lookup"];
         for m in MIGRATIONS {
             for s in statements(m.sql) {
                 let backfill = DEDUPED_COPIES

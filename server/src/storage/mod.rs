@@ -12,6 +12,7 @@ pub mod audit;
 pub mod events;
 pub mod item_reader;
 pub mod items;
+pub mod lookup_row;
 pub mod migrations;
 pub mod policies;
 pub mod registry;
