@@ -21,6 +21,8 @@
 #   INGEST_RATE=20000 INGEST_AGENTS=200 INGEST_BATCH_EVENTS=100 PROBE_RATE=5
 #   SKIP_BUILD=0 KEEP=0 (keep the work directory) RESULTS= (write the summary JSON there)
 #   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
+#   SERVER_BIN= (another build's backlight-server, for an A/B against this generator; the
+#   direct ClickHouse probe reads this build's tables and may fail against an older schema)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -110,7 +112,7 @@ if [ "$SKIP_BUILD" != 1 ]; then
     bounded 3600 cargo build -p backlight-server -p backlight-e2e
   fi
 fi
-SERVER_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-server"
+SERVER_BIN="${SERVER_BIN:-$TARGET_DIR/$BUILD_PROFILE/backlight-server}"
 LOOKUPGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-lookupgen"
 
 mkdir -p "$DATA"
@@ -189,7 +191,7 @@ SUMMARY="$(jq -n -c --slurpfile without "$WORK/without.jsonl" --slurpfile with "
     p99_ms_runs: (runs | map(.latency_ms.p99)),
     errors: (runs | map(.errors | to_entries) | add // [] | group_by(.key) | map({key: .[0].key, value: (map(.value) | add)}) | from_entries),
     server_mean_ms: (runs | map(.server_mean_ms) | median),
-    clickhouse_item_events_p99_ms: (runs | map(.clickhouse_probe.item_events_ms.p99) | median),
+    clickhouse_item_lookup_p99_ms: (runs | map(.clickhouse_probe.item_lookup_ms.p99) | median),
     generator_lag_p99_ms: (runs | map(.generator_lag_ms.p99) | median),
     ingest_events_per_s: (runs | map(.ingest_events_per_s) | median),
     server_peak_rss_mb: (runs | map(.server_peak_rss_mb) | max),
@@ -216,7 +218,7 @@ jq -r '
   "without ingest  " + line(.without_ingest),
   "with ingest     " + line(.with_ingest) + "  ingest \(.with_ingest.ingest_events_per_s | r) events/s",
   "p99 per run     without \(.without_ingest.p99_ms_runs | tostring)  with \(.with_ingest.p99_ms_runs | tostring)",
-  "server time     mean \(.without_ingest.server_mean_ms | r) ms without, \(.with_ingest.server_mean_ms | r) ms with ingest; ClickHouse item_events read p99 \(.without_ingest.clickhouse_item_events_p99_ms | r) / \(.with_ingest.clickhouse_item_events_p99_ms | r) ms",
+  "server time     mean \(.without_ingest.server_mean_ms | r) ms without, \(.with_ingest.server_mean_ms | r) ms with ingest; ClickHouse item_lookup read p99 \(.without_ingest.clickhouse_item_lookup_p99_ms | r) / \(.with_ingest.clickhouse_item_lookup_p99_ms | r) ms",
   "cpu (cores)     without: server \(.without_ingest.cpu_cores.server | r) clickhouse \(.without_ingest.cpu_cores.clickhouse | r) generator \(.without_ingest.cpu_cores.generator | r); with: server \(.with_ingest.cpu_cores.server | r) clickhouse \(.with_ingest.cpu_cores.clickhouse | r) generator \(.with_ingest.cpu_cores.generator | r)",
   "ratio           with / without ingest: p50 x\(.p50_ratio), p99 x\(.p99_ratio)",
   "target          p99 <= 20 ms at \(.rate_offered) lookups/s with ingest: \(if .target_met then "MET" else "NOT MET" end)"
