@@ -24,6 +24,7 @@
 #   BASELINE_REPEAT=3 (0 skips the ceiling) BASELINE_FORMAT=rowbinary|tsv
 #   BASELINE_ROWS= (default: the events run 1 acknowledged)
 #   PROFILE_STAGES=1 SKIP_BUILD=0 KEEP=0 (keep the work directory) RESULTS= (write the JSON there)
+#   SERVER_BIN= (another build's backlight-server, for an A/B against this load generator)
 #   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -117,7 +118,7 @@ if [ "$SKIP_BUILD" != 1 ]; then
     bounded 3600 cargo build -p backlight-server -p backlight-e2e
   fi
 fi
-SERVER_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-server"
+SERVER_BIN="${SERVER_BIN:-$TARGET_DIR/$BUILD_PROFILE/backlight-server}"
 LOADGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-loadgen"
 
 mkdir -p "$DATA"

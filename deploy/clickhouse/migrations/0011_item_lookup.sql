@@ -27,7 +27,9 @@
 -- `item_events_v2` and `items` hold; rows arriving in between are copied twice and are
 -- duplicates by identity, so repeating a backfill after a crash is harmless too. Then the view
 -- feeding `item_registrations` is dropped: nothing reads that table any more (it can be
--- dropped by hand). `item_events_v2` stays: the ETA statistics and the backlog report scan it.
+-- dropped by hand; servers of the previous release still running during a rolling upgrade
+-- show registrations as of this migration until they are replaced). `item_events_v2` stays:
+-- the ETA statistics, the backlog report and the Grafana dashboards scan it.
 
 CREATE TABLE IF NOT EXISTS item_lookup (
     tenant_id String,
