@@ -1197,12 +1197,15 @@ impl CpuSample {
     }
 }
 
-/// The server's `backlight_http_request_seconds` sum and count for the lookup route.
+/// The server's `backlight_http_request_seconds` sum and count for the lookup route, its
+/// audit rows and its lookup read batches (how many lookups share one ClickHouse query).
 #[derive(Clone, Copy, Debug, Default)]
 struct ServerMetrics {
     lookup_seconds: f64,
     lookup_count: f64,
     audit_rows: f64,
+    batched_lookups: f64,
+    batches: f64,
 }
 
 async fn server_metrics(client: &reqwest::Client, server: &str) -> Option<ServerMetrics> {
@@ -1228,6 +1231,8 @@ async fn server_metrics(client: &reqwest::Client, server: &str) -> Option<Server
         lookup_seconds: pick("backlight_http_request_seconds_sum", true),
         lookup_count: pick("backlight_http_request_seconds_count", true),
         audit_rows: pick("backlight_audit_rows_written_total", false),
+        batched_lookups: pick("backlight_item_read_batch_size_sum", false),
+        batches: pick("backlight_item_read_batch_size_count", false),
     })
 }
 
@@ -1326,6 +1331,10 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
     let audit_rows_per_s = r
         .metrics
         .map(|(a, b)| (b.audit_rows - a.audit_rows) / r.window_s);
+    let batches = r.metrics.and_then(|(a, b)| {
+        let n = b.batches - a.batches;
+        (n > 0.0).then(|| (n / r.window_s, (b.batched_lookups - a.batched_lookups) / n))
+    });
     let probes = r.probes.map(|p| {
         json!({
             "item_lookup_ms": float_quantiles(p.lookup_ms),
@@ -1399,6 +1408,11 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
     if let Some(a) = audit_rows_per_s {
         println!("audit           {a:.0} rows/s written");
     }
+    if let Some((per_s, size)) = batches {
+        println!(
+            "read batches    {per_s:.0}/s, {size:.2} lookups per batch (one ClickHouse query each)"
+        );
+    }
     if let Some(p) = &probes {
         println!(
             "clickhouse      direct probe ({:.0}/s): item_lookup read p50 {} ms p99 {} ms max {} ms; failures {}",
@@ -1469,6 +1483,8 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
         "generator_lag_ms": {"p50": lag_ms(0.5), "p99": lag_ms(0.99), "max": lag_ms(1.0)},
         "server_mean_ms": server_mean_ms,
         "audit_rows_per_s": audit_rows_per_s,
+        "read_batches_per_s": batches.map(|b| b.0),
+        "lookups_per_batch": batches.map(|b| b.1),
         "clickhouse_probe": probes,
         "eta_scan_ms": r.eta_scan_ms,
         "first_lookup": {"ms": r.first_lookup.0, "status": r.first_lookup.1},
