@@ -3,7 +3,7 @@
 
 mod support;
 
-use backlight_server::storage::items::read_items;
+use backlight_server::storage::items::{self, read_items};
 use backlight_server::storage::migrations::{migrate, migrate_through, missing_versions};
 use clickhouse::Compression;
 
@@ -113,6 +113,15 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
         !read.contains_key("E"),
         "nothing invented for an unknown item"
     );
+    // The registrations-only read (bulk registration) sees the same newest versions.
+    let mut newest_only: Vec<(String, u64)> = items::registrations(&db, "acme", &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.item_id, r.updated_ms))
+        .collect();
+    newest_only.sort();
+    assert_eq!(newest_only, vec![("A".into(), 2), ("D".into(), 1)]);
 
     // Running the migrations again (a second server starting) changes nothing.
     migrate(&server, &config.database, &db).await.unwrap();

@@ -90,6 +90,43 @@ pub async fn read_items(
     tenant: &str,
     item_ids: &[String],
 ) -> Result<HashMap<String, ItemRead>, ClickHouseError> {
+    read_lookup_rows(client, tenant, item_ids, RowKinds::All).await
+}
+
+/// The events of several items, by item id.
+pub async fn events_of_items(
+    client: &Client,
+    tenant: &str,
+    item_ids: &[String],
+) -> Result<HashMap<String, Vec<ItemEvent>>, ClickHouseError> {
+    let read = read_items(client, tenant, item_ids).await?;
+    Ok(read.into_iter().map(|(id, r)| (id, r.events)).collect())
+}
+
+/// The newest registration of each of `item_ids` that is registered.
+pub async fn registrations(
+    client: &Client,
+    tenant: &str,
+    item_ids: &[String],
+) -> Result<Vec<ItemRow>, ClickHouseError> {
+    let read = read_lookup_rows(client, tenant, item_ids, RowKinds::Registrations).await?;
+    Ok(read.into_values().filter_map(|r| r.registration).collect())
+}
+
+/// Which rows of `item_lookup` a read wants.
+#[derive(Clone, Copy)]
+enum RowKinds {
+    All,
+    /// Registrations only: a bulk registration needs no events (an item may have thousands).
+    Registrations,
+}
+
+async fn read_lookup_rows(
+    client: &Client,
+    tenant: &str,
+    item_ids: &[String],
+    kinds: RowKinds,
+) -> Result<HashMap<String, ItemRead>, ClickHouseError> {
     #[derive(clickhouse::Row, Deserialize)]
     struct Packed {
         item_id: String,
@@ -99,9 +136,13 @@ pub async fn read_items(
     if item_ids.is_empty() {
         return Ok(by_item);
     }
+    let only = match kinds {
+        RowKinds::All => "",
+        RowKinds::Registrations => "AND startsWith(row, 'r')",
+    };
     // `IN (subquery)` uses the primary key; `has(array, item_id)` would scan the tenant.
     let sql = format!(
-        "SELECT item_id, row FROM item_lookup WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?)) LIMIT ? {POINT_READ}"
+        "SELECT item_id, row FROM item_lookup WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?)) {only} LIMIT ? {POINT_READ}"
     );
     let limit = MAX_EVENTS_PER_ITEM * item_ids.len() as u64;
     let rows: Vec<Packed> = with_timeout(
@@ -136,26 +177,6 @@ pub async fn read_items(
         }
     }
     Ok(by_item)
-}
-
-/// The events of several items, by item id.
-pub async fn events_of_items(
-    client: &Client,
-    tenant: &str,
-    item_ids: &[String],
-) -> Result<HashMap<String, Vec<ItemEvent>>, ClickHouseError> {
-    let read = read_items(client, tenant, item_ids).await?;
-    Ok(read.into_iter().map(|(id, r)| (id, r.events)).collect())
-}
-
-/// The newest registration of each of `item_ids` that is registered.
-pub async fn registrations(
-    client: &Client,
-    tenant: &str,
-    item_ids: &[String],
-) -> Result<Vec<ItemRow>, ClickHouseError> {
-    let read = read_items(client, tenant, item_ids).await?;
-    Ok(read.into_values().filter_map(|r| r.registration).collect())
 }
 
 /// Registered items matching the filters (empty filter: any), newest registration first.

@@ -75,6 +75,11 @@ pub fn parse(tenant: &str, item_id: &str, row: &str) -> Result<LookupRow, Lookup
 fn parse_event(rest: &str) -> Result<ItemEvent, LookupRowError> {
     let f = Fields::split("e1", rest, &EVENT_FIELDS)?;
     let (kind, state, action) = (f.num::<i8>(2)?, f.num::<i8>(5)?, f.num::<i8>(6)?);
+    let not_an_item_event = LookupRowError::NotAnItemEvent {
+        kind,
+        state,
+        action,
+    };
     let time_ms = f.num(3)?;
     let what = match kind {
         1 => Occurrence::Span {
@@ -83,13 +88,7 @@ fn parse_event(rest: &str) -> Result<ItemEvent, LookupRowError> {
                 1 => ActivityState::Active,
                 2 => ActivityState::Idle,
                 3 => ActivityState::Locked,
-                _ => {
-                    return Err(LookupRowError::NotAnItemEvent {
-                        kind,
-                        state,
-                        action,
-                    })
-                }
+                _ => return Err(not_an_item_event),
             },
         },
         2 => Occurrence::Action(
@@ -97,19 +96,9 @@ fn parse_event(rest: &str) -> Result<ItemEvent, LookupRowError> {
                 .ok()
                 .and_then(|i| ItemAction::ALL.get(i))
                 .copied()
-                .ok_or(LookupRowError::NotAnItemEvent {
-                    kind,
-                    state,
-                    action,
-                })?,
+                .ok_or(not_an_item_event)?,
         ),
-        _ => {
-            return Err(LookupRowError::NotAnItemEvent {
-                kind,
-                state,
-                action,
-            })
-        }
+        _ => return Err(not_an_item_event),
     };
     Ok(ItemEvent {
         device_id: f.parse(0, |s| Uuid::try_parse(s).ok())?,
