@@ -44,8 +44,9 @@ use crate::items::{
     self as domain, Eta, HandleTimeStats, ItemEvent, ItemState, Occurrence, SlaState, Status,
 };
 use crate::storage::audit::{AuditEntry, AuditError};
-use crate::storage::item_reader::ItemRead;
-use crate::storage::items::{self as store, Assignment, ItemRow, LookupContext, SlaClassRow};
+use crate::storage::items::{
+    self as store, Assignment, ItemRead, ItemRow, LookupContext, SlaClassRow,
+};
 use crate::tenancy::Role;
 
 /// Roles that may read item status.

@@ -17,8 +17,7 @@ use std::sync::Arc;
 use clickhouse::Client;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::items::read_items;
-pub use super::items::ItemRead;
+use super::items::{read_items, ItemRead};
 use crate::clickhouse::ClickHouseError;
 
 /// Most lookups read by one batch.

@@ -182,6 +182,11 @@ mod tests {
         hex::encode_upper(s)
     }
 
+    /// An event row with these codes, `step` "s".
+    fn event_row(kind: i8, state: i8, action: i8) -> String {
+        format!("e1 01a22958-f699-7684-9c64-88ef0c897f5d 1 {kind} 10 20 {state} {action} 73")
+    }
+
     #[test]
     fn an_event_row_is_a_span_or_an_action() {
         let span = format!(
@@ -272,34 +277,18 @@ mod tests {
             })
         ));
         assert!(matches!(
-            parse(
-                "t",
-                "i",
-                "e1 01a22958-f699-7684-9c64-88ef0c897f5d 1 3 7 7 0 0 "
-            ),
+            parse("t", "i", &event_row(3, 0, 0)),
             Err(LookupRowError::NotAnItemEvent { kind: 3, .. })
         ));
         assert!(matches!(
-            parse(
-                "t",
-                "i",
-                "e1 01a22958-f699-7684-9c64-88ef0c897f5d 1 2 7 7 0 9 "
-            ),
+            parse("t", "i", &event_row(2, 0, 9)),
             Err(LookupRowError::NotAnItemEvent { action: 9, .. })
         ));
     }
 
     #[test]
     fn every_code_maps_to_the_domain() {
-        let event = |kind: i8, state: i8, action: i8| {
-            parse(
-                "t",
-                "i",
-                &format!(
-                    "e1 01a22958-f699-7684-9c64-88ef0c897f5d 1 {kind} 10 20 {state} {action} 73"
-                ),
-            )
-        };
+        let event = |kind, state, action| parse("t", "i", &event_row(kind, state, action));
         for (i, state) in [
             ActivityState::Active,
             ActivityState::Idle,
