@@ -301,9 +301,9 @@ pub async fn handle_time_samples(
                    HAVING last_action = 'completed' AND completed_ms >= ?
                    ORDER BY completed_ms DESC
                    LIMIT ?
-               ) ANY LEFT JOIN (
+               ) AS completed ANY LEFT JOIN (
                    SELECT item_id, argMax(queue, updated_ms) AS queue FROM items WHERE tenant_id = ? GROUP BY item_id
-               ) USING item_id";
+               ) AS registered USING item_id";
     let rows: Vec<Sample> = with_timeout(
         client
             .query(sql)
