@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         database: "bench".into(),
         user: None,
         password: None,
+        cluster: None,
     };
     let store = Store::open(&config).await?;
     let client = store.client().clone();

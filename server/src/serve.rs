@@ -34,6 +34,7 @@ async fn serve_with(
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> anyhow::Result<()> {
     let store = open_store(config, args.clickhouse_wait).await?;
+    crate::storage::durability::report(store.durability());
     let writer = IngestWriter::spawn(
         store.client().clone(),
         WriterConfig {

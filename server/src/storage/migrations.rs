@@ -5,14 +5,15 @@
 //! same time, or a start interrupted half-way, are harmless. Applied versions are recorded in
 //! `schema_migrations`; `/readyz` reports not-ready until every step this build knows is recorded.
 //!
-//! **Architecture invariant:** table definitions exist only in these files. Engines are named
-//! once per table, so a clustered deployment (Replicated*MergeTree + Distributed) is a rewrite of
-//! the `ENGINE` clause applied by this runner, not a second copy of the schema.
+//! **Architecture invariant:** table definitions exist only in these files, written for one
+//! node. On a cluster (`--clickhouse-cluster`) the runner passes every statement through
+//! [`ClusterDdl`], which derives the replicated, sharded schema from it: not a second copy.
 
 use clickhouse::Client;
 use serde::Deserialize;
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError, ClusterName};
+use crate::storage::cluster_ddl::ClusterDdl;
 
 /// One migration step.
 pub struct Migration {
@@ -103,9 +104,46 @@ pub fn statements(sql: &str) -> Vec<String> {
         .collect()
 }
 
-/// Creates the database if needed and applies every migration not yet recorded.
-pub async fn migrate(server: &Client, database: &str, db: &Client) -> Result<(), ClickHouseError> {
-    migrate_through(server, database, db, u32::MAX).await
+/// Where the schema lives: one server, or every node of a cluster.
+pub enum Layout {
+    SingleNode,
+    /// Statements rewritten by [`ClusterDdl`], which must see every migration in order.
+    Cluster(ClusterDdl),
+}
+
+impl Layout {
+    pub fn new(database: &str, cluster: Option<&ClusterName>) -> Layout {
+        match cluster {
+            None => Layout::SingleNode,
+            Some(name) => Layout::Cluster(ClusterDdl::new(name.clone(), database)),
+        }
+    }
+
+    /// The statements that do what `statement` (written for one node) does in this layout.
+    pub fn statements(&mut self, statement: &str) -> Result<Vec<String>, ClickHouseError> {
+        match self {
+            Layout::SingleNode => Ok(vec![statement.to_string()]),
+            Layout::Cluster(ddl) => ddl
+                .rewrite(statement)
+                .map_err(|e| ClickHouseError::Schema(e.to_string())),
+        }
+    }
+}
+
+/// The table recording applied migrations, created by the runner itself.
+const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version UInt32, name String, applied_ms UInt64
+) ENGINE = ReplacingMergeTree(applied_ms) ORDER BY version";
+
+/// Creates the database if needed and applies every migration not yet recorded, on one server
+/// or (with `cluster`) on every node of the cluster.
+pub async fn migrate(
+    server: &Client,
+    database: &str,
+    db: &Client,
+    cluster: Option<&ClusterName>,
+) -> Result<(), ClickHouseError> {
+    migrate_through(server, database, db, cluster, u32::MAX).await
 }
 
 /// [`migrate`], but only the steps up to `last_version` (tests of an upgrade from an older
@@ -114,23 +152,28 @@ pub async fn migrate_through(
     server: &Client,
     database: &str,
     db: &Client,
+    cluster: Option<&ClusterName>,
     last_version: u32,
 ) -> Result<(), ClickHouseError> {
-    with_timeout(
-        server
-            .query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
-            .execute(),
-    )
-    .await?;
-    with_timeout(
-        db.query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                version UInt32, name String, applied_ms UInt64
-            ) ENGINE = ReplacingMergeTree(applied_ms) ORDER BY version",
-        )
-        .execute(),
-    )
-    .await?;
+    let mut layout = Layout::new(database, cluster);
+    match &layout {
+        Layout::SingleNode => {
+            with_timeout(
+                server
+                    .query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
+                    .execute(),
+            )
+            .await?;
+        }
+        Layout::Cluster(ddl) => {
+            check_cluster(server, ddl.cluster()).await?;
+            run(server, &ddl.create_database()).await?;
+        }
+    }
+    check_layout(server, database, cluster).await?;
+    for statement in layout.statements(SCHEMA_MIGRATIONS)? {
+        run(db, &statement).await?;
+    }
     // Apply every step not recorded yet (not just those above the highest recorded one), so a
     // step merged later with a lower number than one already applied still runs.
     #[derive(clickhouse::Row, Deserialize)]
@@ -145,31 +188,121 @@ pub async fn migrate_through(
     .into_iter()
     .map(|a| a.version)
     .collect();
-    let pending = MIGRATIONS
-        .iter()
-        .filter(|m| m.version <= last_version && !applied.contains(&m.version));
-    for migration in pending {
+    for migration in MIGRATIONS.iter().filter(|m| m.version <= last_version) {
+        // Rewritten even when applied: a cluster's later statements depend on earlier ones.
+        let mut steps = Vec::new();
+        for statement in statements(migration.sql) {
+            steps.extend(layout.statements(&statement).map_err(|e| {
+                ClickHouseError::Schema(format!("migration {}: {e}", migration.version))
+            })?);
+        }
+        if applied.contains(&migration.version) {
+            continue;
+        }
         tracing::info!(
             version = migration.version,
             name = migration.name,
             "applying migration"
         );
-        for statement in statements(migration.sql) {
-            // Not `with_timeout`: a backfill copies a whole table, which may take minutes.
-            tokio::time::timeout(STATEMENT_TIMEOUT, db.query(&statement).execute())
-                .await
-                .map_err(|_| ClickHouseError::Timeout(STATEMENT_TIMEOUT))??;
+        for step in steps {
+            run(db, &step).await.map_err(|e| {
+                ClickHouseError::Schema(format!(
+                    "migration {} ({}) failed: {e}\nstatement: {step}",
+                    migration.version, migration.name
+                ))
+            })?;
         }
-        with_timeout(
+        with_write_retry(|| {
             db.query("INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)")
                 .bind(migration.version)
                 .bind(migration.name)
                 .bind(backlight_shared::now_ms())
-                .execute(),
-        )
+                .execute()
+        })
         .await?;
     }
     Ok(())
+}
+
+/// Every statement [`migrate`] runs to create a fresh database on `cluster`, in order (for
+/// review, and for checking them on other ClickHouse versions).
+pub fn cluster_statements(
+    cluster: &ClusterName,
+    database: &str,
+) -> Result<Vec<String>, ClickHouseError> {
+    let mut layout = Layout::new(database, Some(cluster));
+    let Layout::Cluster(ddl) = &layout else {
+        unreachable!("a layout made with a cluster is a cluster layout");
+    };
+    let mut out = vec![ddl.create_database()];
+    out.extend(layout.statements(SCHEMA_MIGRATIONS)?);
+    for migration in MIGRATIONS {
+        for statement in statements(migration.sql) {
+            out.extend(layout.statements(&statement)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs one schema statement. Not `with_timeout`: a backfill copies a whole table, which may
+/// take minutes. `wait_end_of_query` makes ClickHouse answer only when the statement is done,
+/// so an error on a node of the cluster reaches us as an error, not as text after a 200.
+async fn run(client: &Client, statement: &str) -> Result<(), ClickHouseError> {
+    tokio::time::timeout(
+        STATEMENT_TIMEOUT,
+        client
+            .query(statement)
+            .with_setting("wait_end_of_query", "1")
+            .execute(),
+    )
+    .await
+    .map_err(|_| ClickHouseError::Timeout(STATEMENT_TIMEOUT))??;
+    Ok(())
+}
+
+/// The cluster must be one the ClickHouse we talk to knows.
+async fn check_cluster(server: &Client, cluster: &ClusterName) -> Result<(), ClickHouseError> {
+    let nodes: u64 = with_timeout(
+        server
+            .query("SELECT count() FROM system.clusters WHERE cluster = ?")
+            .bind(cluster.as_str())
+            .fetch_one(),
+    )
+    .await?;
+    if nodes == 0 {
+        return Err(ClickHouseError::Schema(format!(
+            "ClickHouse has no cluster named {cluster} in its <remote_servers> configuration \
+             (see deploy/clickhouse/cluster.d/ for an example)"
+        )));
+    }
+    Ok(())
+}
+
+/// A database is made for one server or for a cluster, and stays so: refuse the other.
+async fn check_layout(
+    server: &Client,
+    database: &str,
+    cluster: Option<&ClusterName>,
+) -> Result<(), ClickHouseError> {
+    let engine: Option<String> = with_timeout(
+        server
+            .query("SELECT engine FROM system.tables WHERE database = ? AND name = 'schema_migrations'")
+            .bind(database)
+            .fetch_optional(),
+    )
+    .await?;
+    match (engine.as_deref(), cluster) {
+        (Some("Distributed"), None) => Err(ClickHouseError::Schema(format!(
+            "database {database} was created on a cluster: pass --clickhouse-cluster with its name"
+        ))),
+        (Some(engine), Some(cluster)) if engine != "Distributed" => {
+            Err(ClickHouseError::Schema(format!(
+                "database {database} was created for a single ClickHouse server, not for cluster \
+                 {cluster}: a cluster needs a new database (deploy/README.md, \"Moving to a cluster\")"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The migrations this build needs that are not recorded as applied (empty when current).

@@ -9,6 +9,8 @@
 //! learns from ClickHouse.
 
 pub mod audit;
+pub mod cluster_ddl;
+pub mod durability;
 pub mod events;
 pub mod item_reader;
 pub mod items;
@@ -29,6 +31,7 @@ use crate::clickhouse::{with_timeout, ClickHouseConfig, ClickHouseError};
 pub struct Store {
     client: Client,
     registry: registry::Registry,
+    durability: durability::Durability,
 }
 
 impl Store {
@@ -40,14 +43,18 @@ impl Store {
             &config.client_without_database(compression),
             &config.database,
             &config.client(compression),
+            config.cluster.as_ref().map(|c| &c.name),
         )
         .await?;
+        let (config, durability) = durability::configure(config).await?;
+        let config = &config;
         let compression = config.negotiate_compression().await?;
-        tracing::info!(?compression, url = %config.url, database = %config.database, "ClickHouse ready");
+        tracing::info!(?compression, url = %config.url, database = %config.database, cluster = ?config.cluster, "ClickHouse ready");
         let client = config.client(compression);
         Ok(Store {
             registry: registry::Registry::new(client.clone()),
             client,
+            durability,
         })
     }
 
@@ -57,6 +64,11 @@ impl Store {
 
     pub fn registry(&self) -> &registry::Registry {
         &self.registry
+    }
+
+    /// What an acknowledged INSERT promises with this ClickHouse (quorum, fsync).
+    pub fn durability(&self) -> &durability::Durability {
+        &self.durability
     }
 
     /// Whether ClickHouse answers and the schema is at the version this build needs.

@@ -7,7 +7,7 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::tenancy::TenantId;
 
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -112,9 +112,10 @@ pub async fn save(
         saved_by: saved_by.to_string(),
         updated_ms: backlight_shared::now_ms(),
     };
-    with_timeout(async {
+    let row = &row;
+    with_write_retry(|| async move {
         let mut insert = client.insert::<PolicyRow>("policies").await?;
-        insert.write(&row).await?;
+        insert.write(row).await?;
         insert.end().await
     })
     .await?;

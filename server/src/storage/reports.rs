@@ -25,7 +25,7 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::reports::time::{civil_from_days, TzOffsets};
 use crate::reports::{GroupBy, BUCKET_MS, HANDLE_LOOKBACK_MS};
 
@@ -405,8 +405,8 @@ async fn rebuild(client: &Client, tenant: &str, chunk: &[Stale]) -> Result<(), C
         last = day_str(last),
         pairs = pairs.join(", "),
     );
-    with_timeout(client.query(&sql).bind(tenant).execute()).await?;
-    with_timeout(async {
+    with_write_retry(|| client.query(&sql).bind(tenant).execute()).await?;
+    with_write_retry(|| async move {
         let mut insert = client.insert::<StateRow>("report_rollup_state_v2").await?;
         for s in chunk {
             insert

@@ -98,6 +98,7 @@ async fn start_clickhouse_with(
         database: database.into(),
         user: None,
         password: None,
+        cluster: None,
     };
     (dir, clickhouse, config)
 }
