@@ -31,6 +31,8 @@
 //!
 //! - [`harness::clickhouse`]: [`ClickHouse`] (start, stop, restart on the same ports with data
 //!   kept) and [`Db`], an HTTP query helper bound to one database.
+//! - [`harness::cluster`]: [`ClickHouseCluster`], shards and replicas of ClickHouse on loopback
+//!   with their own [`ZooKeeper`] ([`harness::zookeeper`]), any node killable and restartable.
 //! - [`harness::server`]: [`Server`], the real server binary (readiness, kill -9, restart on the
 //!   same port, logs printed when a test fails), and the `admin` command line.
 //! - [`harness::agent`]: [`Agent`], the real agent binary with its own data directory.
@@ -45,11 +47,13 @@ pub mod harness;
 
 pub use harness::agent::{write_lines, Agent, AgentStatus};
 pub use harness::clickhouse::{ClickHouse, Db};
+pub use harness::cluster::{ClickHouseCluster, NodeId};
 pub use harness::ingest::{
     activity_span, batch, events_file_lines, work_item, zstd, Device, FileEvent, Posted,
 };
 pub use harness::server::{Server, ServerOptions, TlsFiles};
 pub use harness::wait::{millis, secs, wait_for, wait_until};
+pub use harness::zookeeper::ZooKeeper;
 
 pub use backlight_shared::api::{EnrollResponse, ErrorBody, IngestResponse};
 pub use backlight_shared::batch::{limits, Batch};

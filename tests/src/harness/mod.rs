@@ -3,10 +3,12 @@
 pub mod agent;
 pub mod bins;
 pub mod clickhouse;
+pub mod cluster;
 pub mod ingest;
 pub mod process;
 pub mod server;
 pub mod wait;
+pub mod zookeeper;
 
 /// A unique, ClickHouse-safe name with the given prefix, e.g. `e2e_3f2a…`.
 pub fn unique_name(prefix: &str) -> String {
