@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Runs every test of Backlight: unit tests, the end-to-end tests that run the real binaries
 # against a real, throwaway ClickHouse, the desktop tests on a real X server (Xvfb), and the
-# browser tests of the web pages in headless Chromium, and the SQL compatibility test (every
-# statement the server sends, on ClickHouse 18.16 and on the current engine via chDB). Installs
-# what is missing first (ClickHouse, Xvfb and xdotool, Chromium, Node.js) from the OS package
+# browser tests of the web pages in headless Chromium, the SQL compatibility test (every
+# statement the server sends, on ClickHouse 18.16 and on the current engine via chDB), and the
+# cluster test (ZooKeeper and five ClickHouse servers on loopback). Installs what is missing
+# first (ClickHouse, Xvfb and xdotool, ZooKeeper, Chromium, Node.js) from the OS package
 # manager, and chDB from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_updated=""
-need_package() { # need_package COMMAND PACKAGE...
-  local command=$1; shift
-  command -v "$command" >/dev/null 2>&1 && return 0
+apt_install() { # apt_install PACKAGE...
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "$command is missing and this is not a Debian/Ubuntu machine: install $* yourself" >&2
+    echo "$* missing and this is not a Debian/Ubuntu machine: install it yourself" >&2
     exit 1
   fi
   echo "==> installing $*"
   [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@"
+}
+need_package() { # need_package COMMAND PACKAGE...
+  local command=$1; shift
+  command -v "$command" >/dev/null 2>&1 || apt_install "$@"
 }
 
 if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/sbin/clickhouse-server ] && [ -z "${BACKLIGHT_CLICKHOUSE_BINARY:-}" ]; then
@@ -30,6 +33,11 @@ need_package Xvfb xvfb
 need_package xdotool xdotool
 need_package xset x11-xserver-utils
 need_package xmessage x11-utils
+# The cluster test (tests/tests/cluster/) runs its own ZooKeeper from Debian's package, on a free
+# loopback port with a temporary data directory (never the system service).
+if [ ! -f /usr/share/java/zookeeper.jar ] || ! command -v java >/dev/null 2>&1; then
+  apt_install zookeeperd
+fi
 
 if ! python3 -c 'import chdb' >/dev/null 2>&1; then
   # The current ClickHouse engine in-process: the SQL compatibility test replays every
