@@ -155,6 +155,7 @@ pub async fn migrate_through(
     cluster: Option<&ClusterName>,
     last_version: u32,
 ) -> Result<(), ClickHouseError> {
+    check_layout(server, database, cluster).await?;
     let mut layout = Layout::new(database, cluster);
     match &layout {
         Layout::SingleNode => {
@@ -170,7 +171,6 @@ pub async fn migrate_through(
             run(server, &ddl.create_database()).await?;
         }
     }
-    check_layout(server, database, cluster).await?;
     for statement in layout.statements(SCHEMA_MIGRATIONS)? {
         run(db, &statement).await?;
     }
@@ -188,14 +188,7 @@ pub async fn migrate_through(
     .into_iter()
     .map(|a| a.version)
     .collect();
-    for migration in MIGRATIONS.iter().filter(|m| m.version <= last_version) {
-        // Rewritten even when applied: a cluster's later statements depend on earlier ones.
-        let mut steps = Vec::new();
-        for statement in statements(migration.sql) {
-            steps.extend(layout.statements(&statement).map_err(|e| {
-                ClickHouseError::Schema(format!("migration {}: {e}", migration.version))
-            })?);
-        }
+    for (migration, steps) in planned(&mut layout, last_version)? {
         if applied.contains(&migration.version) {
             continue;
         }
@@ -224,22 +217,37 @@ pub async fn migrate_through(
     Ok(())
 }
 
+/// Every migration up to `last_version` with the statements it runs in `layout`. All are
+/// rewritten, applied or not: on a cluster a later statement depends on what earlier ones made.
+fn planned(
+    layout: &mut Layout,
+    last_version: u32,
+) -> Result<Vec<(&'static Migration, Vec<String>)>, ClickHouseError> {
+    let mut plan = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| m.version <= last_version) {
+        let mut steps = Vec::new();
+        for statement in statements(migration.sql) {
+            steps.extend(layout.statements(&statement).map_err(|e| {
+                ClickHouseError::Schema(format!("migration {}: {e}", migration.version))
+            })?);
+        }
+        plan.push((migration, steps));
+    }
+    Ok(plan)
+}
+
 /// Every statement [`migrate`] runs to create a fresh database on `cluster`, in order (for
 /// review, and for checking them on other ClickHouse versions).
 pub fn cluster_statements(
     cluster: &ClusterName,
     database: &str,
 ) -> Result<Vec<String>, ClickHouseError> {
-    let mut layout = Layout::new(database, Some(cluster));
-    let Layout::Cluster(ddl) = &layout else {
-        unreachable!("a layout made with a cluster is a cluster layout");
-    };
+    let ddl = ClusterDdl::new(cluster.clone(), database);
     let mut out = vec![ddl.create_database()];
+    let mut layout = Layout::Cluster(ddl);
     out.extend(layout.statements(SCHEMA_MIGRATIONS)?);
-    for migration in MIGRATIONS {
-        for statement in statements(migration.sql) {
-            out.extend(layout.statements(&statement)?);
-        }
+    for (_, steps) in planned(&mut layout, u32::MAX)? {
+        out.extend(steps);
     }
     Ok(out)
 }
@@ -298,7 +306,7 @@ async fn check_layout(
         (Some(engine), Some(cluster)) if engine != "Distributed" => {
             Err(ClickHouseError::Schema(format!(
                 "database {database} was created for a single ClickHouse server, not for cluster \
-                 {cluster}: a cluster needs a new database (deploy/README.md, \"Moving to a cluster\")"
+                 {cluster}: a cluster needs a new database (deploy/README.md, \"A ClickHouse cluster\")"
             )))
         }
         _ => Ok(()),

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use backlight_e2e::harness::server::{admin, try_admin};
 use backlight_e2e::harness::{http_client, unique_name};
 use backlight_e2e::*;
 use uuid::Uuid;
@@ -187,6 +188,32 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
     assert_eq!(placed.keys().copied().collect::<BTreeSet<_>>(), all);
     wait_for_replicas(&cluster, &database, "events_local").await;
     wait_for_replicas(&cluster, &database, "item_lookup_local").await;
+    // A database is made for a cluster or for one server, and the other is refused.
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let single = try_admin(
+        &cluster.db(1, 1, &database),
+        scratch.path(),
+        &["tenant", "list"],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&single.stderr);
+    assert!(
+        !single.status.success() && stderr.contains("was created on a cluster"),
+        "admin without --clickhouse-cluster on a cluster database: {stderr}"
+    );
+    let one_server = cluster.db(2, 1, &unique_name("single"));
+    admin(&one_server, scratch.path(), &["tenant", "list"]).await;
+    let clustered = try_admin(
+        &one_server,
+        scratch.path(),
+        &["--clickhouse-cluster", cluster.name(), "tenant", "list"],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&clustered.stderr);
+    assert!(
+        !clustered.status.success() && stderr.contains("created for a single ClickHouse server"),
+        "admin with --clickhouse-cluster on a single-server database: {stderr}"
+    );
     println!("phase 1 done after {:?}", started.elapsed());
     // ---- 2. Either server answers the same ---------------------------------------------
     let cc_agent = api_key(&a, &tenant, "cc_agent").await;
