@@ -10,9 +10,6 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
-
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use backlight_server::cli::{Cli, Command as CliCommand};
@@ -51,22 +48,14 @@ async fn every_statement_runs_on_clickhouse_18_16_and_on_the_current_release() {
 
     tour(&app, &clickhouse_url).await;
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/clickhouse-compat.py");
-    let output = Command::new("python3")
-        .arg(&script)
-        .args(["--clickhouse-url", &clickhouse_url, "--database", DATABASE])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("{report}");
-    assert!(
-        output.status.success(),
-        "SQL compatibility failed ({}):\n{report}",
-        output.status
+    support::run_check_script(
+        "clickhouse-compat.py",
+        &[
+            "--clickhouse-url".as_ref(),
+            clickhouse_url.as_ref(),
+            "--database".as_ref(),
+            DATABASE.as_ref(),
+        ],
     );
 }
 

@@ -4,9 +4,9 @@
 //! ZooKeeper), with the fsync settings the server turns on. Running the statements on a real
 //! cluster is the cluster end-to-end test's job (`tests/tests/cluster/`, ClickHouse 18.16).
 
+mod support;
+
 use std::io::Write;
-use std::path::Path;
-use std::process::Command;
 
 use backlight_server::storage::migrations::cluster_statements;
 
@@ -18,21 +18,5 @@ fn the_cluster_schema_is_valid_on_the_current_release() {
         writeln!(file, "{}", serde_json::to_string(statement).unwrap()).unwrap();
     }
     file.flush().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/clickhouse-cluster-ddl.py");
-    let output = Command::new("python3")
-        .arg(&script)
-        .arg(file.path())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("{report}");
-    assert!(
-        output.status.success(),
-        "the cluster schema failed on chDB ({}):\n{report}",
-        output.status
-    );
+    support::run_check_script("clickhouse-cluster-ddl.py", &[file.path().as_os_str()]);
 }

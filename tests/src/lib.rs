@@ -36,6 +36,8 @@
 //! - [`harness::server`]: [`Server`], the real server binary (readiness, kill -9, restart on the
 //!   same port, logs printed when a test fails), and the `admin` command line.
 //! - [`harness::agent`]: [`Agent`], the real agent binary with its own data directory.
+//! - [`harness::file_agent`]: [`FileAgent`], an agent fed from a file of events, and the
+//!   exactly-once checks run after its uploads.
 //! - [`harness::ingest`]: hand-made events and batches, and posting them with reqwest.
 //! - [`harness::wait`]: polling with deadlines instead of sleeps.
 //! - [`harness::bins`]: finding the binaries next to the test executable.
@@ -48,6 +50,7 @@ pub mod harness;
 pub use harness::agent::{write_lines, Agent, AgentStatus};
 pub use harness::clickhouse::{ClickHouse, Db};
 pub use harness::cluster::{ClickHouseCluster, NodeId};
+pub use harness::file_agent::{assert_every_seq_once, assert_file_stored_once, FileAgent};
 pub use harness::ingest::{
     activity_span, batch, events_file_lines, work_item, zstd, Device, FileEvent, Posted,
 };

@@ -309,3 +309,27 @@ pub fn ingest_request(device: &TestDevice, batch: &Batch) -> Request<Body> {
         .body(Body::from(body))
         .unwrap()
 }
+
+/// Runs `python3 scripts/<script> <args>` (a check on the current ClickHouse engine, chDB),
+/// prints what it reported and fails the test, with the report, unless it succeeded.
+pub fn run_check_script(script: &str, args: &[&std::ffi::OsStr]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script);
+    let output = std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{report}");
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n{report}",
+        output.status
+    );
+}

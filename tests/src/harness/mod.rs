@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bins;
 pub mod clickhouse;
 pub mod cluster;
+pub mod file_agent;
 pub mod ingest;
 pub mod process;
 pub mod server;

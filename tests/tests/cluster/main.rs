@@ -42,51 +42,11 @@ const UPLOAD: [&str; 5] = [
 ];
 const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// An enrolled agent with a file source written for it.
-struct FileAgent {
-    agent: Agent,
-    lines: Vec<FileEvent>,
-    source: String,
-}
-
-impl FileAgent {
-    async fn enroll(server: &Server, key: &str, n: usize) -> FileAgent {
-        let agent = Agent::new();
-        agent.enroll(&server.url(), key).await;
-        let lines = events_file_lines(n);
-        let path = agent.scratch("events.jsonl");
-        write_lines(&path, lines.iter().map(|e| e.line.clone()));
-        FileAgent {
-            agent,
-            lines,
-            source: format!("file:{}", path.display()),
-        }
-    }
-
-    fn spawn(&mut self) {
-        let mut args = vec!["--source".to_string(), self.source.clone()];
-        args.extend(UPLOAD.iter().map(|a| a.to_string()));
-        self.agent.spawn_run(&args);
-    }
-
-    /// Waits until it drained, and checks every event is stored exactly once.
-    async fn finish(&mut self, db: &Db) -> Uuid {
-        self.agent.wait_success(AGENT_TIMEOUT).await;
-        let status = self.agent.status().await;
-        assert_eq!(
-            (
-                status.spool_depth,
-                status.events_dropped,
-                status.events_rejected
-            ),
-            (0, 0, 0),
-            "{status:?}"
-        );
-        let device = status.device_id.expect("enrolled");
-        assert_every_seq_once(db, device, status.last_seq).await;
-        assert_file_stored_once(db, device, &self.lines).await;
-        device
-    }
+/// An agent of `server` with `n` events to upload, running.
+async fn uploading(server: &Server, key: &str, n: usize) -> FileAgent {
+    let mut agent = FileAgent::enroll(&server.url(), key, n).await;
+    agent.agent.spawn_run(&agent.args(&UPLOAD));
+    agent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,10 +100,7 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
     let mut agents = Vec::new();
     for i in 0..4 {
         let server = if i % 2 == 0 { &a } else { &b };
-        agents.push(FileAgent::enroll(server, &key, 300).await);
-    }
-    for agent in &mut agents {
-        agent.spawn();
+        agents.push(uploading(server, &key, 300).await);
     }
     // Sixteen more devices, half through each server, so both shards surely get some (all on
     // one shard: 2^-19 with the agents'), and one batch acknowledged twice: a re-send after a
@@ -161,7 +118,7 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
     }
     let mut agent_devices = Vec::new();
     for agent in &mut agents {
-        agent_devices.push(agent.finish(&db).await);
+        agent_devices.push(agent.assert_drained_once(&db, AGENT_TIMEOUT).await);
     }
     for device in &devices {
         assert_eq!(db.events_final(device).await, 20, "device {device}");
@@ -239,10 +196,7 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
     // ---- 3. A replica dies mid-ingest ------------------------------------------------------
     let mut uploads = Vec::new();
     for server in [&a, &b] {
-        uploads.push(FileAgent::enroll(server, &key, 2_000).await);
-    }
-    for agent in &mut uploads {
-        agent.spawn();
+        uploads.push(uploading(server, &key, 2_000).await);
     }
     wait_until(secs(60), "the uploads to be under way", async || {
         db.try_count(&format!(
@@ -262,7 +216,7 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
     }
     println!("replica 3 of shard 1 killed after {:?}", started.elapsed());
     for agent in &mut uploads {
-        agent.finish(&db).await;
+        agent.assert_drained_once(&db, AGENT_TIMEOUT).await;
     }
     println!("uploads drained after {:?}", started.elapsed());
     cluster.node_mut(1, 3).restart().await;
@@ -447,39 +401,4 @@ async fn get_json(server: &Server, path: &str, key: &str) -> serde_json::Value {
         object.remove("as_of_ms");
     }
     json
-}
-
-/// The rows of `device` under FINAL: every sequence number `1..=last_seq` exactly once.
-async fn assert_every_seq_once(db: &Db, device: Uuid, last_seq: u64) {
-    let (final_count, distinct) = (
-        db.events_final(device).await,
-        db.count(&format!(
-            "SELECT uniqExact(seq) FROM events WHERE device_id = '{device}' AND seq BETWEEN 1 AND {last_seq}"
-        ))
-        .await,
-    );
-    assert_eq!(
-        (final_count, distinct),
-        (last_seq, last_seq),
-        "device {device}: (count FINAL, distinct seqs 1..={last_seq})"
-    );
-}
-
-/// Every line of the file source is stored exactly once (under FINAL).
-async fn assert_file_stored_once(db: &Db, device: Uuid, lines: &[FileEvent]) {
-    let stored = db
-        .count(&format!(
-            "SELECT count() FROM events FINAL WHERE device_id = '{device}' AND kind != 'health'"
-        ))
-        .await;
-    let copies = db
-        .count(&format!(
-            "SELECT max(c) FROM (SELECT count() AS c FROM events FINAL WHERE device_id = '{device}' AND kind != 'health' GROUP BY kind, item_id, time_ms)"
-        ))
-        .await;
-    assert_eq!(
-        (stored, copies),
-        (lines.len() as u64, 1),
-        "device {device}: (events under FINAL, most copies of one event)"
-    );
 }
