@@ -59,7 +59,8 @@ impl Store {
         &self.registry
     }
 
-    /// Whether ClickHouse answers and the schema is at the version this build needs.
+    /// Whether ClickHouse answers and the schema is at the version this build needs. The
+    /// error carries ClickHouse's own words: for the log, not for an unauthenticated client.
     pub async fn readiness(&self) -> Result<(), String> {
         #[derive(clickhouse::Row, Deserialize)]
         struct One {
