@@ -71,6 +71,8 @@ pub struct AppState {
     pub item_reads: ReadLimit,
     /// Reads items for lookups, batching concurrent ones (see [`crate::storage::item_reader`]).
     pub item_reader: crate::storage::item_reader::ItemReader,
+    /// Fair shares, body and decode bounds, first-copy rule of ingest (see [`crate::ingest`]).
+    pub ingest: crate::ingest::IngestControls,
 }
 
 /// A bound on concurrent reads of one kind, so a burst of lookups queues here instead of
@@ -123,10 +125,23 @@ impl AppState {
                 store.client().clone(),
                 ITEM_READ_BATCHES_IN_FLIGHT,
             ),
+            ingest: crate::ingest::IngestControls::new(
+                crate::ingest::IngestLimits::default(),
+                store.client().clone(),
+                auth_cache_ttl,
+            ),
             store,
             writer,
             progress_cache: Arc::default(),
         }
+    }
+
+    /// The same state with other ingest limits (the defaults come from [`AppState::new`]).
+    pub fn with_ingest_limits(mut self, limits: crate::ingest::IngestLimits) -> AppState {
+        let progress_ttl = self.ingest.first_copy.ttl();
+        self.ingest =
+            crate::ingest::IngestControls::new(limits, self.store.client().clone(), progress_ttl);
+        self
     }
 }
 

@@ -346,6 +346,24 @@ pub async fn insert_encoded(
     .await
 }
 
+/// The highest `seq` stored for `device` of `tenant` (0 when none), from `device_seq`
+/// (migration 0013), which a view keeps in step with every INSERT into `events`.
+pub async fn stored_max_seq(
+    client: &Client,
+    tenant: &str,
+    device: Uuid,
+) -> Result<u64, ClickHouseError> {
+    let sql = "SELECT max(max_seq) FROM device_seq WHERE tenant_id = ? AND device_id = ?";
+    with_timeout(
+        client
+            .query(sql)
+            .bind(tenant)
+            .bind(device.to_string())
+            .fetch_one::<u64>(),
+    )
+    .await
+}
+
 /// How far a device's events have arrived, for spotting data lost before it reached us.
 #[derive(clickhouse::Row, Deserialize, Serialize, Debug, Clone, PartialEq)]
 pub struct DeviceProgress {

@@ -1,0 +1,97 @@
+//! The first accepted copy of an event wins.
+//!
+//! An event's identity is `(tenant, device, seq)`. An agent re-sends a batch only when it did
+//! not get the answer, with the same content; anything else re-using a `seq` (a tampering
+//! device, a desktop restored from an old snapshot) must not rewrite what was stored. The
+//! `events` table cannot decide that itself (it keeps the newest copy, and only within one
+//! month), so ingest does: a device's events are stored in `seq` order, and an event whose `seq`
+//! is not above the highest one stored for its device is acknowledged as already stored and not
+//! written again.
+//!
+//! The highest stored `seq` comes from `device_seq` (migration 0013) and is remembered for
+//! `ttl` (the credential cache's TTL); this server's own commits raise it at once. Requests of
+//! one device take turns from this read to their commit ([`super::devices::DeviceTurn`]), so
+//! on one server the rule is exact. Servers share nothing but ClickHouse: two servers that each
+//! get a copy of the same `seq` within `ttl` (or within one commit) can both store it, and then
+//! the newer copy survives merges as before. docs/security.md lists this.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use uuid::Uuid;
+
+use crate::clickhouse::ClickHouseError;
+use crate::storage::events;
+
+/// Devices remembered at most; beyond it, what is out of date is forgotten first.
+const MAX_REMEMBERED: usize = 100_000;
+
+#[derive(Clone, Copy)]
+struct Known {
+    max_seq: u64,
+    read_at: Instant,
+}
+
+/// See the module documentation. Cheap to clone.
+#[derive(Clone)]
+pub struct FirstCopy {
+    client: Client,
+    ttl: Duration,
+    known: Arc<Mutex<HashMap<(String, Uuid), Known>>>,
+}
+
+impl FirstCopy {
+    pub fn new(client: Client, ttl: Duration) -> FirstCopy {
+        FirstCopy {
+            client,
+            ttl,
+            known: Arc::default(),
+        }
+    }
+
+    /// How long a read of the stored progress is trusted.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The highest `seq` stored for `device` of `tenant`; events at or below it are stored
+    /// already. Call it in the device's turn ([`super::devices::DeviceTurn::in_order`]).
+    pub async fn stored_max(&self, tenant: &str, device: Uuid) -> Result<u64, ClickHouseError> {
+        let key = (tenant.to_string(), device);
+        if let Some(known) = lock(&self.known).get(&key) {
+            if known.read_at.elapsed() < self.ttl {
+                return Ok(known.max_seq);
+            }
+        }
+        let read = events::stored_max_seq(&self.client, tenant, device).await?;
+        let mut known = lock(&self.known);
+        if known.len() >= MAX_REMEMBERED {
+            let ttl = self.ttl;
+            known.retain(|_, k| k.read_at.elapsed() < ttl);
+            if known.len() >= MAX_REMEMBERED {
+                known.clear();
+            }
+        }
+        let entry = known.entry(key).or_insert(Known {
+            max_seq: 0,
+            read_at: Instant::now(),
+        });
+        entry.max_seq = entry.max_seq.max(read);
+        entry.read_at = Instant::now();
+        Ok(entry.max_seq)
+    }
+
+    /// Records that ClickHouse accepted events of `device` up to `max_seq`.
+    pub fn stored(&self, tenant: &str, device: Uuid, max_seq: u64) {
+        if let Some(known) = lock(&self.known).get_mut(&(tenant.to_string(), device)) {
+            known.max_seq = known.max_seq.max(max_seq);
+        }
+    }
+}
+
+/// Updated only in short, panic-free sections.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
