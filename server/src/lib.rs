@@ -13,6 +13,7 @@
 //! - [`auth`], [`secrets`], [`tenancy`]: who may do what.
 //! - [`telemetry`]: metrics and logs.
 //! - [`tls`]: loading the HTTPS certificate and key.
+//! - [`listen`]: accepting connections within caps and timeouts (HTTP and HTTPS).
 
 pub mod admin;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod ingest;
 pub mod items;
 pub mod launch;
+pub mod listen;
 pub mod reports;
 pub mod secrets;
 pub mod serve;

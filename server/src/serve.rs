@@ -4,11 +4,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::{ServeArgs, StorageArgs};
+use crate::cli::{LimitArgs, ServeArgs, StorageArgs};
 use crate::clickhouse::ClickHouseConfig;
 use crate::http::{router, AppState};
+use crate::ingest::devices::DeviceLimits;
 use crate::ingest::writer::{IngestWriter, WriterConfig};
+use crate::ingest::IngestLimits;
 use crate::launch;
+use crate::listen::ConnectionLimits;
 use crate::storage::Store;
 
 /// Longest the server waits for open requests to finish after a shutdown signal.
@@ -34,43 +37,66 @@ async fn serve_with(
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> anyhow::Result<()> {
     let store = open_store(config, args.clickhouse_wait).await?;
+    let limits = &args.limits;
     let writer = IngestWriter::spawn(
         store.client().clone(),
         WriterConfig {
             max_delay: args.insert_max_delay,
+            max_bytes_in_flight: usize::try_from(limits.ingest_commit_budget).unwrap_or(usize::MAX),
+            tenant_share: limits.ingest_tenant_share,
             ..WriterConfig::default()
         },
     );
-    let state = AppState::new(store, writer, args.auth_cache_ttl);
+    let state = AppState::new(store, writer, args.auth_cache_ttl)
+        .with_ingest_limits(ingest_limits(limits));
     let audit = state.audit.clone();
     let app = router(state);
 
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
-    let service = app.into_make_service();
-    match tls {
-        Some(tls) => {
-            tracing::info!(listen = %args.listen, "serving HTTPS");
-            axum_server::bind_rustls(args.listen, tls)
-                .handle(handle)
-                .serve(service)
-                .await
-        }
+    match &tls {
+        Some(_) => tracing::info!(listen = %args.listen, "serving HTTPS"),
         None => {
             if !args.listen.ip().is_loopback() {
                 tracing::warn!(listen = %args.listen, "serving plain HTTP on a non-loopback address: use --tls-cert/--tls-key or a TLS-terminating proxy");
             }
             tracing::info!(listen = %args.listen, "serving HTTP");
-            axum_server::bind(args.listen).handle(handle).serve(service).await
         }
     }
-    .with_context(|| format!("serving on {}", args.listen))?;
+    let connections = ConnectionLimits {
+        max_connections: limits.max_connections,
+        max_per_ip: limits.max_connections_per_ip,
+        header_read_timeout: limits.header_read_timeout,
+    };
+    crate::listen::serve(app, args.listen, tls, connections, handle)
+        .await
+        .with_context(|| format!("serving on {}", args.listen))?;
     // Audit entries are written in the background; the last ones must not die with the process.
     if let Err(e) = audit.flush().await {
         tracing::error!(error = %e, "could not write the last audit entries before stopping");
     }
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// The ingest limits from the command line.
+fn ingest_limits(args: &LimitArgs) -> IngestLimits {
+    IngestLimits {
+        device: DeviceLimits {
+            concurrency: args.ingest_device_concurrency,
+            requests_per_second: args.ingest_device_rate,
+            burst: args.ingest_device_burst,
+            decoded_bytes_per_second: args.ingest_device_decoded_rate,
+        },
+        body_budget: usize::try_from(args.ingest_body_budget).unwrap_or(usize::MAX),
+        tenant_share: args.ingest_tenant_share,
+        body_idle: args.body_read_timeout,
+        min_body_rate: args.min_body_rate,
+        decode_threads: match args.decode_threads {
+            0 => crate::ingest::decoder::default_threads(),
+            n => n,
+        },
+    }
 }
 
 /// Opens the store, retrying while ClickHouse is not reachable yet (it may still be starting).

@@ -33,7 +33,7 @@ use axum::Router;
 use backlight_shared::api::{ENROLL_PATH, INGEST_PATH};
 use tokio::sync::Mutex;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::auth::{ApiKeyAuthenticator, DeviceAuthenticator};
 use crate::ingest::writer::IngestWriter;
@@ -147,6 +147,9 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
+    // No request body may pause for longer (`--body-read-timeout`); ingest bodies are bounded
+    // further by a minimum rate (`crate::ingest::body`).
+    let body_idle = state.ingest.limits.body_idle;
     Router::new()
         .route(ENROLL_PATH, post(enroll::enroll))
         .route(INGEST_PATH, post(ingest::ingest))
@@ -159,6 +162,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pages::routes())
         .merge(openapi::routes())
         .fallback(error::fallback)
+        .layer(RequestBodyTimeoutLayer::new(body_idle))
         .with_state(state)
         .layer(middleware::from_fn(record_request))
         .layer(TimeoutLayer::with_status_code(

@@ -2,8 +2,9 @@
 //! second. A device over its share is told when to come back (429 + `Retry-After`); nobody
 //! else notices.
 //!
-//! An agent sends one batch at a time, a few a second at most while it catches up after being
-//! offline, so the defaults leave a well-behaved device far inside its share. The rates are
+//! An agent sends one batch at a time (up to 1,000 events), and waits for each answer, which
+//! takes at least one group commit; even catching up after being offline it stays far inside
+//! the defaults. The rates are
 //! GCRA token buckets from `governor`, keyed by device; the in-flight count is a map of the
 //! devices with a request open (an entry lives only while one does).
 
@@ -36,8 +37,8 @@ impl Default for DeviceLimits {
     fn default() -> Self {
         DeviceLimits {
             concurrency: 2,
-            requests_per_second: 5,
-            burst: 20,
+            requests_per_second: 20,
+            burst: 40,
             decoded_bytes_per_second: 4 * 1024 * 1024,
         }
     }
