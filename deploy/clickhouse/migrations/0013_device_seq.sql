@@ -3,11 +3,12 @@
 --
 -- Why: `events` keeps the newest copy of an identity when it merges, and only within one
 -- partition (the event's month). A device re-sending a `seq` with other content - another
--- item, another month - would rewrite its history. So the server stores a device's events in
--- `seq` order and never writes one at or below the highest `seq` already stored for that device:
--- such an event is acknowledged as already stored. It reads that highest `seq` here: one row
--- per device (per unmerged part), in 256-row granules, so the read costs a granule or two
--- whatever the size of `events`.
+-- item, another month - would rewrite its history. So the server never writes an event whose
+-- `seq` is already stored for its device: it acknowledges it as stored. To know cheaply that a
+-- batch is all new, it reads the device's highest stored `seq` here: one row per device (per
+-- unmerged part), in 256-row granules, so the read costs a granule or two whatever the size of
+-- `events`. Only a batch reaching at or below it (a re-send, a late upload filling a gap) is
+-- checked seq by seq against `events`.
 --
 -- How, without missing a row: the view starts first, then the backfill reads what `events`
 -- holds; an insert in between reaches both, which is harmless as only the maximum is read.

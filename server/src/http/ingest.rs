@@ -185,23 +185,30 @@ async fn ingest_inner(
 
     // From reading what is stored to committing, this device's requests take turns: the first
     // copy of a seq wins (see `ingest::first_copy`).
+    let mut batch = batch;
     let _in_order = turn.in_order().await;
-    let stored_max = controls
-        .first_copy
-        .stored_max(tenant, device.device_id)
-        .await?;
-    let first_new = batch.events.partition_point(|e| e.seq <= stored_max);
-    if first_new > 0 {
+    let first_copy = &controls.first_copy;
+    let stored_max = first_copy.stored_max(tenant, device.device_id).await?;
+    let reaching_back: Vec<u64> = batch
+        .events
+        .iter()
+        .take_while(|e| e.seq <= stored_max)
+        .map(|e| e.seq)
+        .collect();
+    if !reaching_back.is_empty() {
+        let stored = first_copy
+            .stored_among(tenant, device.device_id, &reaching_back)
+            .await?;
+        batch.events.retain(|e| !stored.contains(&e.seq));
         metrics::counter!("backlight_ingest_events_already_stored_total")
-            .increment(first_new as u64);
+            .increment(stored.len() as u64);
     }
-    let new_events = &batch.events[first_new..];
-    if new_events.is_empty() {
+    if batch.events.is_empty() {
         return Ok(Json(response));
     }
     // Encode the rows and let the parsed batch go before waiting on ClickHouse: a thousand
     // requests in flight each hold only their rows' RowBinary (≈ 30 KB for 200 events).
-    let rows = EncodedRows::encode(tenant, batch.device_id, new_events, received_ms);
+    let rows = EncodedRows::encode(tenant, batch.device_id, &batch.events, received_ms);
     drop(batch);
     state
         .writer

@@ -128,7 +128,7 @@ impl AppState {
             ingest: crate::ingest::IngestControls::new(
                 crate::ingest::IngestLimits::default(),
                 store.client().clone(),
-                auth_cache_ttl,
+                crate::ingest::first_copy::DEFAULT_TTL,
             ),
             store,
             writer,
