@@ -321,7 +321,9 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 fn parse_share(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
-        _ => Err(format!("invalid share {s:?}: a fraction above 0 and at most 1, e.g. 0.75")),
+        _ => Err(format!(
+            "invalid share {s:?}: a fraction above 0 and at most 1, e.g. 0.75"
+        )),
     }
 }
 

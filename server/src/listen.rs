@@ -320,11 +320,16 @@ mod tests {
         let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
         let a1 = slots.take(Some(a)).unwrap();
         let _a2 = slots.take(Some(a)).unwrap();
-        assert!(slots.take(Some(a)).is_err(), "a third from the same address");
+        assert!(
+            slots.take(Some(a)).is_err(),
+            "a third from the same address"
+        );
         let _b1 = slots.take(Some(b)).unwrap();
         assert!(slots.take(Some(b)).is_err(), "a fourth in total");
         drop(a1);
-        let _b2 = slots.take(Some(b)).expect("a closed connection frees its place");
+        let _b2 = slots
+            .take(Some(b))
+            .expect("a closed connection frees its place");
         assert_eq!(lock(&slots.per_ip).get(&a), Some(&1));
     }
 }

@@ -47,8 +47,8 @@ async fn serve_with(
             ..WriterConfig::default()
         },
     );
-    let state = AppState::new(store, writer, args.auth_cache_ttl)
-        .with_ingest_limits(ingest_limits(limits));
+    let state =
+        AppState::new(store, writer, args.auth_cache_ttl).with_ingest_limits(ingest_limits(limits));
     let audit = state.audit.clone();
     let app = router(state);
 

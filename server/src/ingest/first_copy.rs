@@ -102,12 +102,10 @@ impl FirstCopy {
     pub fn stored(&self, tenant: &str, device: Uuid, max_seq: u64) {
         let mut known = lock(&self.known);
         make_room(&mut known, self.ttl);
-        let entry = known
-            .entry((tenant.to_string(), device))
-            .or_insert(Known {
-                max_seq: 0,
-                read_at: None,
-            });
+        let entry = known.entry((tenant.to_string(), device)).or_insert(Known {
+            max_seq: 0,
+            read_at: None,
+        });
         entry.max_seq = entry.max_seq.max(max_seq);
     }
 }

@@ -61,7 +61,11 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     batch_events: usize,
     /// Phases to run, in order (the baseline always runs first).
-    #[arg(long, value_delimiter = ',', default_value = "starvation,bombs,slowloris,flood")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "starvation,bombs,slowloris,flood"
+    )]
     attacks: Vec<String>,
     /// Warm-up of each phase (attack running, not measured).
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
@@ -125,7 +129,10 @@ async fn main() -> Result<()> {
     let phases = std::iter::once("baseline".to_string()).chain(args.attacks.iter().cloned());
     let seqs = Arc::new(AtomicU64::new(1));
     for phase in phases {
-        eprintln!("phase {phase}: {:?} warm-up + {:?}", args.warmup, args.duration);
+        eprintln!(
+            "phase {phase}: {:?} warm-up + {:?}",
+            args.warmup, args.duration
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let mut attack = JoinSet::new();
         let attack_state = Arc::new(AttackState::default());
@@ -133,7 +140,12 @@ async fn main() -> Result<()> {
             "starvation" => {
                 for device in &starvers {
                     for _ in 0..args.starvation_connections {
-                        attack.spawn(stall(addr, device.clone(), stop.clone(), attack_state.clone()));
+                        attack.spawn(stall(
+                            addr,
+                            device.clone(),
+                            stop.clone(),
+                            attack_state.clone(),
+                        ));
                     }
                 }
             }
@@ -387,7 +399,11 @@ async fn slowloris(addr: SocketAddr, stop: Arc<AtomicBool>, state: Arc<AttackSta
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
-        if stream.write_all(b"GET /healthz HTTP/1.1\r\n").await.is_err() {
+        if stream
+            .write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .is_err()
+        {
             continue;
         }
         state.open.fetch_add(1, Ordering::Relaxed);
@@ -423,7 +439,14 @@ async fn flood(
     while !stop.load(Ordering::Relaxed) {
         state.attempts.fetch_add(1, Ordering::Relaxed);
         let seq = seqs.fetch_add(args.batch_events as u64, Ordering::Relaxed);
-        match post(&http, &args.server, &device, body(&device, seq, args.batch_events)).await {
+        match post(
+            &http,
+            &args.server,
+            &device,
+            body(&device, seq, args.batch_events),
+        )
+        .await
+        {
             Ok((status, _)) => {
                 if status == 200 {
                     state.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -506,7 +529,8 @@ async fn measure(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let acked = fleet.acked_events.load(Ordering::Relaxed) - acked_before;
-    let (healthz_max, healthz_p99, healthz_failed) = healthz.await.unwrap_or((f64::NAN, f64::NAN, 0));
+    let (healthz_max, healthz_p99, healthz_failed) =
+        healthz.await.unwrap_or((f64::NAN, f64::NAN, 0));
     let rss_peak = rss.await.unwrap_or(0.0);
     latencies.sort_by(f64::total_cmp);
     PhaseResult {
@@ -514,7 +538,10 @@ async fn measure(
         events_per_s: acked as f64 / elapsed,
         fleet_refused: fleet.refused.load(Ordering::Relaxed) - refused_before,
         probe_max_ms: latencies.last().copied().unwrap_or(f64::NAN),
-        probe_p50_ms: latencies.get(latencies.len() / 2).copied().unwrap_or(f64::NAN),
+        probe_p50_ms: latencies
+            .get(latencies.len() / 2)
+            .copied()
+            .unwrap_or(f64::NAN),
         probe_non_200: non_200,
         probe_sent: i,
         healthz_max_ms: healthz_max,
@@ -580,10 +607,7 @@ async fn probe_healthz(server: String, until: Instant) -> (f64, f64, u64) {
 }
 
 fn summarize(results: &[PhaseResult]) {
-    let baseline = results
-        .first()
-        .map(|r| r.events_per_s)
-        .unwrap_or(f64::NAN);
+    let baseline = results.first().map(|r| r.events_per_s).unwrap_or(f64::NAN);
     println!();
     println!("== Attack benchmark: what the other devices get (targets: probe 200 within 1 s, /healthz within 100 ms, RSS < 300 MB, capacity >= 80 % of the baseline)");
     println!(

@@ -112,7 +112,11 @@ async fn slow_silent_and_idle_connections_are_closed_and_capped() {
         .await
         .unwrap();
     let answer = status_line(&mut idle, secs(5)).await;
-    assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"), "the idle connection's one request");
+    assert_eq!(
+        answer.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "the idle connection's one request"
+    );
     for (what, stream) in [
         ("unfinished headers", &mut unfinished),
         ("no bytes at all", &mut silent),
@@ -237,7 +241,10 @@ async fn announced_bodies_that_never_come_hold_nothing() {
     trickling.abort();
     let db = spine.server.db();
     assert_eq!(
-        (db.events_final(attacker.id).await, db.events_final(trickler.id).await),
+        (
+            db.events_final(attacker.id).await,
+            db.events_final(trickler.id).await
+        ),
         (0, 0)
     );
 }
@@ -276,7 +283,12 @@ async fn decompression_bombs_cost_little_memory() {
 
     let url = spine.server.url();
     let answers = futures_join(devices.iter().flat_map(|d| [d, d]).map(|d| {
-        post_ingest(url.clone(), d.credential.clone(), Some("zstd"), bomb.clone())
+        post_ingest(
+            url.clone(),
+            d.credential.clone(),
+            Some("zstd"),
+            bomb.clone(),
+        )
     }))
     .await;
     for answer in &answers {
@@ -435,8 +447,10 @@ async fn the_first_copy_of_a_seq_wins() {
         "seq 1 must be stored once, as first sent"
     );
     assert_eq!(
-        db.count(&format!("SELECT count() FROM events WHERE device_id = '{d}'"))
-            .await,
+        db.count(&format!(
+            "SELECT count() FROM events WHERE device_id = '{d}'"
+        ))
+        .await,
         3,
         "seqs 1, 2, 3 once each (no FINAL: no second copy at all)"
     );
@@ -525,5 +539,8 @@ async fn clickhouse_errors_stay_in_the_log() {
         .next()
         .unwrap()
         .to_string();
-    assert!(log.contains(&ingest_id), "the log has ingest's error id {ingest_id}");
+    assert!(
+        log.contains(&ingest_id),
+        "the log has ingest's error id {ingest_id}"
+    );
 }
