@@ -31,3 +31,9 @@ pub mod storage;
 pub mod telemetry;
 pub mod tenancy;
 pub mod tls;
+
+/// Locks a mutex that guards counts or caches updated only in short, panic-free sections, so
+/// that a poisoned lock still holds consistent data: the poison is ignored.
+pub(crate) fn lock_counts<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

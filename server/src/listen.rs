@@ -23,6 +23,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+
+use crate::lock_counts as lock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -299,11 +301,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
-}
-
-/// Updated only in short, panic-free sections.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

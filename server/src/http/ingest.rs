@@ -37,6 +37,9 @@ use crate::storage::events::EncodedRows;
 /// Trued up to the real size once the rows are encoded.
 const ROWS_PER_COMPRESSED_BYTE: usize = 4;
 
+/// How long a refusal with 429 waits before it is sent (at most its `Retry-After`).
+const OVER_SHARE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Longest a request turned away before reading its body spends reading (and discarding) it,
 /// so the client gets the answer instead of a reset connection.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,6 +79,15 @@ pub async fn ingest(
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let result = ingest_inner(&state, &headers, body).await;
+    if let Err(e) = &result {
+        if e.status == StatusCode::TOO_MANY_REQUESTS {
+            // A client over its share that ignores Retry-After would otherwise turn refusals
+            // into a flood of its own (thousands a second from a closed loop): each refusal
+            // holds its connection a moment, which costs a sleeping task.
+            let wait = Duration::from_secs(e.retry_after.unwrap_or(1).into());
+            tokio::time::sleep(wait.min(OVER_SHARE_PAUSE)).await;
+        }
+    }
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use crate::lock_counts as lock;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -172,12 +174,6 @@ fn release(held: &Mutex<HashMap<String, usize>>, tenant: &str, bytes: usize) {
             held.remove(tenant);
         }
     }
-}
-
-/// The map is only ever updated in short, panic-free sections; a poisoned lock still holds
-/// consistent counts.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+
+use crate::lock_counts as lock;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -215,11 +217,6 @@ impl Drop for DeviceTurn {
             }
         }
     }
-}
-
-/// Updated only in short, panic-free sections: a poisoned lock still holds consistent counts.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

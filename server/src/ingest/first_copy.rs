@@ -18,6 +18,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+use crate::lock_counts as lock;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
@@ -117,9 +119,4 @@ fn make_room(known: &mut HashMap<(String, Uuid), Known>, ttl: Duration) {
             known.clear();
         }
     }
-}
-
-/// Updated only in short, panic-free sections.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
