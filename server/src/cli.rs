@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Longest an accepted batch waits to be grouped with others into one ClickHouse INSERT.
     #[arg(long, env = "BACKLIGHT_INSERT_MAX_DELAY", default_value = "500ms", value_parser = parse_duration)]
     pub insert_max_delay: Duration,
+    /// Open status streams (`GET /v1/items/{id}/events`) one API key may hold on this server;
+    /// more are refused with 429.
+    #[arg(long, env = "BACKLIGHT_MAX_STREAMS_PER_KEY", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_key: u32,
     /// How long to keep trying to reach ClickHouse at start before giving up.
     #[arg(long, env = "BACKLIGHT_CLICKHOUSE_WAIT", default_value = "60s", value_parser = parse_duration)]
     pub clickhouse_wait: Duration,

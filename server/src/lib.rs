@@ -10,6 +10,7 @@
 //! - [`storage`]: all SQL — migrations, registry, events.
 //! - [`ingest`]: decoding batches and group-committing them into ClickHouse.
 //! - [`http`]: the axum router and handlers.
+//! - [`live`]: change notification for open status streams.
 //! - [`auth`], [`secrets`], [`tenancy`]: who may do what.
 //! - [`telemetry`]: metrics and logs.
 //! - [`tls`]: loading the HTTPS certificate and key.
@@ -24,6 +25,7 @@ pub mod ingest;
 pub mod items;
 pub mod launch;
 pub mod listen;
+pub mod live;
 pub mod reports;
 pub mod secrets;
 pub mod serve;

@@ -12,6 +12,7 @@ use crate::ingest::writer::{IngestWriter, WriterConfig};
 use crate::ingest::IngestLimits;
 use crate::launch;
 use crate::listen::ConnectionLimits;
+use crate::live::{LiveConfig, LiveHub};
 use crate::storage::Store;
 
 /// Longest the server waits for open requests to finish after a shutdown signal.
@@ -47,13 +48,19 @@ async fn serve_with(
             ..WriterConfig::default()
         },
     );
-    let state =
-        AppState::new(store, writer, args.auth_cache_ttl).with_ingest_limits(ingest_limits(limits));
+    let state = AppState::new(store, writer, args.auth_cache_ttl)
+        .with_ingest_limits(ingest_limits(limits))
+        .with_live_config(LiveConfig {
+            max_streams_per_key: args.max_streams_per_key as usize,
+            ..LiveConfig::default()
+        });
+    crate::storage::retention::spawn(state.store.client().clone());
     let audit = state.audit.clone();
+    let live = state.live.clone();
     let app = router(state);
 
     let handle = axum_server::Handle::new();
-    tokio::spawn(shutdown_on_signal(handle.clone()));
+    tokio::spawn(shutdown_on_signal(handle.clone(), live));
     match &tls {
         Some(_) => tracing::info!(listen = %args.listen, "serving HTTPS"),
         None => {
@@ -120,7 +127,7 @@ async fn open_store(config: &ClickHouseConfig, wait: Duration) -> anyhow::Result
     }
 }
 
-async fn shutdown_on_signal(handle: axum_server::Handle) {
+async fn shutdown_on_signal(handle: axum_server::Handle, live: LiveHub) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -137,6 +144,8 @@ async fn shutdown_on_signal(handle: axum_server::Handle) {
     let terminate = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
     tracing::info!("shutdown requested; finishing open requests");
+    // Open status streams would hold the shutdown up for its whole grace period.
+    live.stop_streams();
     handle.graceful_shutdown(Some(GRACEFUL_SHUTDOWN));
 }
 

@@ -218,6 +218,8 @@ async fn ingest_inner(
     if batch.events.is_empty() {
         return Ok(Json(response));
     }
+    // The items open streams on this server watch, told once the rows are stored.
+    let watched = state.live.watched_in(&device.tenant_id, &batch.events);
     // Encode the rows and let the parsed batch go before waiting on ClickHouse: a thousand
     // requests in flight each hold only their rows' RowBinary (≈ 30 KB for 200 events).
     let rows = EncodedRows::encode(tenant, batch.device_id, &batch.events, received_ms);
@@ -230,6 +232,10 @@ async fn ingest_inner(
     controls
         .first_copy
         .stored(tenant, device.device_id, response.max_seq);
+    state.live.changed(
+        &device.tenant_id,
+        watched.into_iter().map(|item| (item, received_ms)),
+    );
     Ok(Json(response))
 }
 

@@ -14,6 +14,7 @@
 pub mod enroll;
 pub mod error;
 pub mod ingest;
+pub mod item_stream;
 pub mod items;
 pub mod json;
 pub mod openapi;
@@ -73,6 +74,8 @@ pub struct AppState {
     pub item_reader: crate::storage::item_reader::ItemReader,
     /// Fair shares, body and decode bounds, first-copy rule of ingest (see [`crate::ingest`]).
     pub ingest: crate::ingest::IngestControls,
+    /// Tells open status streams when their item changed (see [`crate::live`]).
+    pub live: crate::live::LiveHub,
 }
 
 /// A bound on concurrent reads of one kind, so a burst of lookups queues here instead of
@@ -109,6 +112,10 @@ impl AppState {
     /// `auth_cache_ttl`: how long credential lookups are cached (see [`crate::auth`]); it also
     /// bounds how long item lookups reuse a tenant's settings and assignments.
     pub fn new(store: Store, writer: IngestWriter, auth_cache_ttl: Duration) -> AppState {
+        let item_reader = crate::storage::item_reader::ItemReader::spawn(
+            store.client().clone(),
+            ITEM_READ_BATCHES_IN_FLIGHT,
+        );
         AppState {
             devices: DeviceAuthenticator::new(store.registry().clone(), auth_cache_ttl),
             api_keys: ApiKeyAuthenticator::new(store.registry().clone(), auth_cache_ttl),
@@ -121,15 +128,18 @@ impl AppState {
                 auth_cache_ttl.min(crate::storage::items::LOOKUP_CONTEXT_TTL),
             ),
             item_reads: ReadLimit::new(MAX_CONCURRENT_ITEM_READS, "item reads"),
-            item_reader: crate::storage::item_reader::ItemReader::spawn(
+            live: crate::live::LiveHub::spawn(
+                crate::live::LiveConfig::default(),
                 store.client().clone(),
-                ITEM_READ_BATCHES_IN_FLIGHT,
+                item_reader.clone(),
+                store.registry().clone(),
             ),
             ingest: crate::ingest::IngestControls::new(
                 crate::ingest::IngestLimits::default(),
                 store.client().clone(),
                 crate::ingest::first_copy::DEFAULT_TTL,
             ),
+            item_reader,
             store,
             writer,
             progress_cache: Arc::default(),
@@ -141,6 +151,18 @@ impl AppState {
         let progress_ttl = self.ingest.first_copy.ttl();
         self.ingest =
             crate::ingest::IngestControls::new(limits, self.store.client().clone(), progress_ttl);
+        self
+    }
+
+    /// This state with a live hub of its own tuning (stream limits, tick) instead of the
+    /// default one.
+    pub fn with_live_config(mut self, config: crate::live::LiveConfig) -> AppState {
+        self.live = crate::live::LiveHub::spawn(
+            config,
+            self.store.client().clone(),
+            self.item_reader.clone(),
+            self.store.registry().clone(),
+        );
         self
     }
 }
@@ -157,6 +179,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .merge(items::routes())
+        .merge(item_stream::routes())
         .merge(policy::routes())
         .merge(reports::routes())
         .merge(pages::routes())

@@ -52,7 +52,7 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         super::items::register_items,
         super::items::lookup,
         super::items::timeline,
-        super::items::stream,
+        super::item_stream::stream,
         super::items::list_sla_classes,
         super::items::put_sla_classes,
         performance,

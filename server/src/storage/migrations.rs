@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../deploy/clickhouse/migrations/0011_item_lookup.sql"),
     },
     Migration {
+        version: 12,
+        name: "live_and_webhooks",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0012_live_and_webhooks.sql"),
+    },
+    Migration {
         version: 13,
         name: "device_seq",
         sql: include_str!("../../../deploy/clickhouse/migrations/0013_device_seq.sql"),

@@ -9,6 +9,7 @@
 //! learns from ClickHouse.
 
 pub mod audit;
+pub mod changes;
 pub mod events;
 pub mod item_reader;
 pub mod items;
@@ -17,6 +18,8 @@ pub mod migrations;
 pub mod policies;
 pub mod registry;
 pub mod reports;
+pub mod retention;
+pub mod servers;
 pub mod tenant_cache;
 
 use clickhouse::Client;
