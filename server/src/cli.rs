@@ -26,8 +26,26 @@ pub struct Cli {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Where webhooks may deliver. Shared by `serve` (checked at every delivery) and `admin`
+/// (checked at registration).
+#[derive(Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// Hosts webhooks may reach although they are internal (loopback, private addresses) or
+    /// over plain http, comma-separated, e.g. `crm.internal,10.0.4.7`. Everything else must be
+    /// https to a public address.
+    #[arg(
+        long,
+        env = "BACKLIGHT_WEBHOOK_ALLOW_HOSTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub webhook_allow_hosts: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +115,10 @@ pub struct ServeArgs {
     /// more are refused with 429.
     #[arg(long, env = "BACKLIGHT_MAX_STREAMS_PER_KEY", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_streams_per_key: u32,
+    /// The first retry delay of a failed webhook delivery; it doubles per attempt up to an hour
+    /// (20 attempts or 24 h at most).
+    #[arg(long, env = "BACKLIGHT_WEBHOOK_RETRY_BASE", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_retry_base: Duration,
     /// How long to keep trying to reach ClickHouse at start before giving up.
     #[arg(long, env = "BACKLIGHT_CLICKHOUSE_WAIT", default_value = "60s", value_parser = parse_duration)]
     pub clickhouse_wait: Duration,
@@ -172,6 +194,51 @@ pub enum AdminCommand {
     /// The tenant's agent policy: rules, privacy, consent notice.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Outbound webhooks: signed HTTP calls on item status and SLA changes.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhookCommand {
+    /// Register a webhook; its signing secret is printed once.
+    Create {
+        #[arg(long)]
+        tenant: TenantId,
+        /// Where deliveries are POSTed (https; http only to --webhook-allow-hosts).
+        #[arg(long)]
+        url: String,
+        /// Events to deliver (repeat or comma-separate): item.status_changed,
+        /// item.sla_at_risk, item.sla_breached.
+        #[arg(long = "event", value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// A note for admins, e.g. "CRM case updates".
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List a tenant's webhooks (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Delete a webhook: nothing more is delivered to it.
+    Delete {
+        #[arg(long)]
+        tenant: TenantId,
+        webhook_id: String,
+    },
+    /// Show a webhook's newest deliveries: state, attempts, last error, next retry.
+    Deliveries {
+        #[arg(long)]
+        tenant: TenantId,
+        webhook_id: String,
+        /// Only deliveries in this state: pending, delivered or failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Most deliveries shown.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

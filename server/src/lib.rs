@@ -11,6 +11,7 @@
 //! - [`ingest`]: decoding batches and group-committing them into ClickHouse.
 //! - [`http`]: the axum router and handlers.
 //! - [`live`]: change notification for open status streams.
+//! - [`webhooks`]: outbound webhooks (evaluation, signing, delivery, retries).
 //! - [`auth`], [`secrets`], [`tenancy`]: who may do what.
 //! - [`telemetry`]: metrics and logs.
 //! - [`tls`]: loading the HTTPS certificate and key.
@@ -33,6 +34,7 @@ pub mod storage;
 pub mod telemetry;
 pub mod tenancy;
 pub mod tls;
+pub mod webhooks;
 
 /// Locks a mutex that guards counts or caches updated only in short, panic-free sections, so
 /// that a poisoned lock still holds consistent data: the poison is ignored.

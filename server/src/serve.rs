@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::{LimitArgs, ServeArgs, StorageArgs};
+use crate::cli::{LimitArgs, ServeArgs, StorageArgs, WebhookArgs};
 use crate::clickhouse::ClickHouseConfig;
 use crate::http::{router, AppState};
 use crate::ingest::devices::DeviceLimits;
@@ -14,11 +14,17 @@ use crate::launch;
 use crate::listen::ConnectionLimits;
 use crate::live::{LiveConfig, LiveHub};
 use crate::storage::Store;
+use crate::webhooks::target::TargetPolicy;
+use crate::webhooks::{WebhookConfig, WebhookEngine};
 
 /// Longest the server waits for open requests to finish after a shutdown signal.
 const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(30);
 
-pub async fn serve(storage: StorageArgs, args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(
+    storage: StorageArgs,
+    args: ServeArgs,
+    webhooks: WebhookArgs,
+) -> anyhow::Result<()> {
     // Install the recorder before anything records, or early metrics are lost.
     crate::telemetry::prometheus();
     // The certificate and key are checked before ClickHouse starts: a bad file fails at once.
@@ -27,7 +33,7 @@ pub async fn serve(storage: StorageArgs, args: ServeArgs) -> anyhow::Result<()> 
         _ => None,
     };
     let (config, clickhouse) = launch::for_serve(&storage).await?;
-    let result = serve_with(&config, &args, tls).await;
+    let result = serve_with(&config, &args, &webhooks, tls).await;
     clickhouse.shutdown().await;
     result
 }
@@ -35,6 +41,7 @@ pub async fn serve(storage: StorageArgs, args: ServeArgs) -> anyhow::Result<()> 
 async fn serve_with(
     config: &ClickHouseConfig,
     args: &ServeArgs,
+    webhooks: &WebhookArgs,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> anyhow::Result<()> {
     let store = open_store(config, args.clickhouse_wait).await?;
@@ -48,13 +55,24 @@ async fn serve_with(
             ..WriterConfig::default()
         },
     );
-    let state = AppState::new(store, writer, args.auth_cache_ttl)
+    let mut state = AppState::new(store, writer, args.auth_cache_ttl)
         .with_ingest_limits(ingest_limits(limits))
         .with_live_config(LiveConfig {
             max_streams_per_key: args.max_streams_per_key as usize,
             ..LiveConfig::default()
         });
+    state.webhook_targets = TargetPolicy::allowing(webhooks.webhook_allow_hosts.iter().cloned());
     crate::storage::retention::spawn(state.store.client().clone());
+    let webhook_engine = WebhookEngine::spawn(
+        state.clone(),
+        WebhookConfig {
+            policy: state.webhook_targets.clone(),
+            retry_base: args.webhook_retry_base,
+            host: host_name(),
+            ..WebhookConfig::default()
+        },
+    )
+    .context("starting webhook deliveries")?;
     let audit = state.audit.clone();
     let live = state.live.clone();
     let app = router(state);
@@ -78,6 +96,8 @@ async fn serve_with(
     crate::listen::serve(app, args.listen, tls, connections, handle)
         .await
         .with_context(|| format!("serving on {}", args.listen))?;
+    // Outcomes of running deliveries stored, and the others take this server's tenants over.
+    webhook_engine.stop().await;
     // Audit entries are written in the background; the last ones must not die with the process.
     if let Err(e) = audit.flush().await {
         tracing::error!(error = %e, "could not write the last audit entries before stopping");
@@ -147,6 +167,15 @@ async fn shutdown_on_signal(handle: axum_server::Handle, live: LiveHub) {
     // Open status streams would hold the shutdown up for its whole grace period.
     live.stop_streams();
     handle.graceful_shutdown(Some(GRACEFUL_SHUTDOWN));
+}
+
+/// This machine's host name, for the server heartbeats (empty when unknown).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .or_else(|_| std::env::var("COMPUTERNAME"))
+        .unwrap_or_default()
 }
 
 /// Installs the process-wide TLS crypto provider (ring: no C toolchain surprises, fast build).

@@ -80,7 +80,8 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     created_ms UInt64,
     created_date Date,
     payload String,
-    state Enum8('pending' = 1, 'delivered' = 2, 'failed' = 3),
+    -- 'pending', 'delivered' or 'failed'
+    state String,
     attempts UInt32,
     last_attempt_ms UInt64,
     last_status UInt16,

@@ -7,6 +7,7 @@
 //! | `POST /v1/ingest` | enrolled device | a batch of events |
 //! | `GET /v1/agent/policy` | enrolled device | the tenant's policy (ETag) |
 //! | `GET`/`PUT /v1/admin/policy` | admin API key | read / replace the policy |
+//! | `/v1/admin/webhooks…` | admin API key | outbound webhooks ([`webhooks`]) |
 //! | `GET /healthz` | orchestrator | process is up |
 //! | `GET /readyz` | load balancer | ClickHouse reachable, schema current |
 //! | `GET /metrics` | Prometheus | counters, histograms, per-device gaps |
@@ -22,6 +23,7 @@ pub mod ops;
 pub mod pages;
 pub mod policy;
 pub mod reports;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +78,8 @@ pub struct AppState {
     pub ingest: crate::ingest::IngestControls,
     /// Tells open status streams when their item changed (see [`crate::live`]).
     pub live: crate::live::LiveHub,
+    /// Where webhooks may deliver (`--webhook-allow-hosts`; see [`crate::webhooks::target`]).
+    pub webhook_targets: crate::webhooks::target::TargetPolicy,
 }
 
 /// A bound on concurrent reads of one kind, so a burst of lookups queues here instead of
@@ -140,6 +144,7 @@ impl AppState {
                 crate::ingest::first_copy::DEFAULT_TTL,
             ),
             item_reader,
+            webhook_targets: crate::webhooks::target::TargetPolicy::strict(),
             store,
             writer,
             progress_cache: Arc::default(),
@@ -180,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .merge(items::routes())
         .merge(item_stream::routes())
+        .merge(webhooks::routes())
         .merge(policy::routes())
         .merge(reports::routes())
         .merge(pages::routes())

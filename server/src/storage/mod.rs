@@ -21,6 +21,7 @@ pub mod reports;
 pub mod retention;
 pub mod servers;
 pub mod tenant_cache;
+pub mod webhooks;
 
 use clickhouse::Client;
 use serde::Deserialize;
