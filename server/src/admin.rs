@@ -242,7 +242,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
 
 /// `admin webhook …`: the same rules as the admin API (`/v1/admin/webhooks`).
 async fn webhook(store: &Store, args: &WebhookArgs, command: WebhookCommand) -> anyhow::Result<()> {
-    use crate::storage::webhooks::{self as webhooks, day_of, DeliveryState};
+    use crate::storage::webhooks::{self as webhooks, DeliveryState};
     use crate::webhooks::registration::{self, CreateError, CreateWebhook};
     use crate::webhooks::target::TargetPolicy;
 
@@ -310,14 +310,14 @@ async fn webhook(store: &Store, args: &WebhookArgs, command: WebhookCommand) -> 
                     format!("unknown state {s:?}: pending, delivered or failed")
                 })?),
             };
-            let from_day = day_of(now_ms()).saturating_sub(
-                crate::storage::retention::DailyTable::WebhookDeliveries.keep_days() as u16,
+            let from_ms = now_ms().saturating_sub(
+                crate::storage::retention::DailyTable::WebhookDeliveries.keep_days() * 86_400_000,
             );
             let rows = webhooks::recent_deliveries(
                 client,
                 tenant.as_str(),
                 &webhook_id,
-                from_day,
+                from_ms,
                 state,
                 limit.clamp(1, 500),
             )

@@ -26,7 +26,7 @@ use crate::auth::ApiCaller;
 use crate::storage::audit::AuditEntry;
 use crate::storage::retention::DailyTable;
 use crate::storage::webhooks::{
-    self as store, day_of, DeliveryCounts, DeliveryRow, DeliveryState, WebhookRow,
+    self as store, DeliveryCounts, DeliveryRow, DeliveryState, WebhookRow,
 };
 use crate::tenancy::Role;
 use crate::webhooks::registration::{self, CreateError, CreateWebhook};
@@ -166,9 +166,9 @@ async fn current(app: &AppState, caller: &ApiCaller, id: &str) -> Result<Webhook
         .ok_or_else(no_such_webhook)
 }
 
-/// The first day whose deliveries the log still keeps.
-fn oldest_kept_day() -> u16 {
-    day_of(now_ms()).saturating_sub(DailyTable::WebhookDeliveries.keep_days() as u16)
+/// The oldest instant whose day the delivery log still keeps.
+fn oldest_kept_ms() -> u64 {
+    now_ms().saturating_sub(DailyTable::WebhookDeliveries.keep_days() * 86_400_000)
 }
 
 #[utoipa::path(
@@ -279,7 +279,7 @@ async fn show(
         app.store.client(),
         caller.tenant.as_str(),
         &id,
-        oldest_kept_day(),
+        oldest_kept_ms(),
     )
     .await?;
     Ok(Json(WebhookDoc {
@@ -371,7 +371,7 @@ async fn deliveries(
         app.store.client(),
         caller.tenant.as_str(),
         &id,
-        oldest_kept_day(),
+        oldest_kept_ms(),
         state,
         limit,
     )

@@ -12,6 +12,7 @@ use clickhouse::Client;
 use serde::Deserialize;
 
 use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::reports::time::days_from_civil;
 
 /// A table partitioned by day (`PARTITION BY <Date column>`) whose old days can go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,17 +126,6 @@ fn parse_yyyymmdd(id: &str) -> Option<PartitionDate> {
 /// Days since 1970-01-01 of `ms`.
 fn day_number(ms: u64) -> u64 {
     ms / 86_400_000
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

@@ -209,12 +209,12 @@ const NEWEST_DELIVERY: &str =
         argMax(next_attempt_ms, version) AS n, max(version) AS v
     FROM webhook_deliveries";
 
-/// Pending deliveries of `tenants` due at `now_ms`, created on or after day `from_day`, the
+/// Pending deliveries of `tenants` due at `now_ms`, created on or after the day of `from_ms`, the
 /// most overdue first.
 pub async fn due_deliveries(
     client: &Client,
     tenants: &[String],
-    from_day: u16,
+    from_ms: u64,
     now_ms: u64,
     limit: u64,
 ) -> Result<Vec<DeliveryRow>, ClickHouseError> {
@@ -223,7 +223,7 @@ pub async fn due_deliveries(
     }
     let sql = format!(
         "{NEWEST_DELIVERY}
-         WHERE tenant_id IN (SELECT arrayJoin(?)) AND created_date >= ?
+         WHERE tenant_id IN (SELECT arrayJoin(?)) AND created_date >= toDate(toDateTime(intDiv(?, 1000)))
          GROUP BY tenant_id, webhook_id, delivery_id
          HAVING st = 'pending' AND n <= ?
          ORDER BY n LIMIT ?"
@@ -232,7 +232,7 @@ pub async fn due_deliveries(
         client
             .query(&sql)
             .bind(tenants)
-            .bind(from_day)
+            .bind(from_ms)
             .bind(now_ms)
             .bind(limit)
             .fetch_all(),
@@ -240,19 +240,19 @@ pub async fn due_deliveries(
     .await
 }
 
-/// The newest deliveries of one webhook (created on or after day `from_day`), newest first;
+/// The newest deliveries of one webhook (created on or after the day of `from_ms`), newest first;
 /// only those in `state` when given.
 pub async fn recent_deliveries(
     client: &Client,
     tenant: &str,
     webhook_id: &str,
-    from_day: u16,
+    from_ms: u64,
     state: Option<DeliveryState>,
     limit: u64,
 ) -> Result<Vec<DeliveryRow>, ClickHouseError> {
     let sql = format!(
         "{NEWEST_DELIVERY}
-         WHERE tenant_id = ? AND webhook_id = ? AND created_date >= ?
+         WHERE tenant_id = ? AND webhook_id = ? AND created_date >= toDate(toDateTime(intDiv(?, 1000)))
          GROUP BY tenant_id, webhook_id, delivery_id
          HAVING ? = '' OR st = ?
          ORDER BY c DESC, delivery_id LIMIT ?"
@@ -263,7 +263,7 @@ pub async fn recent_deliveries(
             .query(&sql)
             .bind(tenant)
             .bind(webhook_id)
-            .bind(from_day)
+            .bind(from_ms)
             .bind(state)
             .bind(state)
             .bind(limit)
@@ -272,7 +272,7 @@ pub async fn recent_deliveries(
     .await
 }
 
-/// Deliveries of one webhook per state, created on or after day `from_day`.
+/// Deliveries of one webhook per state, created on or after the day of `from_ms`.
 #[derive(
     clickhouse::Row, Deserialize, Serialize, Debug, Clone, Default, PartialEq, utoipa::ToSchema,
 )]
@@ -288,13 +288,13 @@ pub async fn delivery_counts(
     client: &Client,
     tenant: &str,
     webhook_id: &str,
-    from_day: u16,
+    from_ms: u64,
 ) -> Result<DeliveryCounts, ClickHouseError> {
     let sql = format!(
         "SELECT countIf(st = 'pending'), countIf(st = 'delivered'), countIf(st = 'failed'),
                 max(la)
          FROM ({NEWEST_DELIVERY}
-               WHERE tenant_id = ? AND webhook_id = ? AND created_date >= ?
+               WHERE tenant_id = ? AND webhook_id = ? AND created_date >= toDate(toDateTime(intDiv(?, 1000)))
                GROUP BY tenant_id, webhook_id, delivery_id)"
     );
     with_timeout(
@@ -302,7 +302,7 @@ pub async fn delivery_counts(
             .query(&sql)
             .bind(tenant)
             .bind(webhook_id)
-            .bind(from_day)
+            .bind(from_ms)
             .fetch_one(),
     )
     .await

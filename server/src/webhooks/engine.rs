@@ -548,11 +548,11 @@ async fn enqueue_due(
     }
     let tenants: Vec<String> = owned.keys().cloned().collect();
     let now = now_ms();
-    let from_day = day_of(now.saturating_sub(RETRY_WINDOW.as_millis() as u64));
+    let from_ms = now.saturating_sub(RETRY_WINDOW.as_millis() as u64);
     let due = match store::due_deliveries(
         shared.app.store.client(),
         &tenants,
-        from_day,
+        from_ms,
         now,
         RETRY_SCAN_LIMIT,
     )

@@ -12,7 +12,9 @@ mod gaps;
 mod happy_path;
 mod hostile;
 mod https;
+mod live;
 mod outages;
+mod webhooks;
 
 use backlight_e2e::*;
 
