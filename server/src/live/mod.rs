@@ -6,12 +6,12 @@
 //! A stream *watches* its item here ([`LiveHub::watch`]) instead of reading it on a timer. The
 //! hub keeps, per tenant and item, one [`tokio::sync::watch`] channel that every stream of that
 //! item listens to, and a set of items whose change is known but not yet read (`pending`). One
-//! task, the *ticker*, runs [`tick`]s:
+//! task, the [`ticker`], does the rest:
 //!
 //! 1. **Local changes at once.** The server that ingested a batch (or registered items) marks
 //!    the watched items it named as pending after ClickHouse accepted them
 //!    ([`LiveHub::changed`]); that wakes the ticker.
-//! 2. **Other servers' changes by one query.** Each tick reads the change feed
+//! 2. **Other servers' changes by one query.** Every tick the ticker reads the change feed
 //!    ([`crate::storage::changes`]) once for *all* watched items of *all* tenants: the items
 //!    that changed in the last [`OVERLAP_MS`] with a stamp this server has not handled yet
 //!    become pending too. Servers stay stateless: the feed is in ClickHouse, and a restarted
@@ -21,11 +21,12 @@
 //!    published once to the item's channel; every stream of the item builds its own document
 //!    from it (its role decides what it may see).
 //!
-//! Ticks happen every [`LiveConfig::tick`] while anything is watched, and at once on a local
-//! change unless the last tick was less than that long ago. So 1,000 idle streams cost two
-//! small queries a second, and a busy second costs at most two feed reads and two rounds of
-//! batched item reads, whatever the number of streams; a change reaches its watchers within
-//! one tick (plus its reads) of being accepted, on any server.
+//! The feed is read every [`LiveConfig::tick`] (500 ms) while anything is watched; changed items
+//! are read as soon as they are known, but at most once per tick. So 1,000 idle streams cost
+//! two small queries a second, and a busy second at most two feed reads and two rounds of
+//! batched item reads, whatever the number of streams and changes. A local change reaches its
+//! watchers at once when items were not read in the last tick, else within a tick; another
+//! server's change within a tick or two (plus the reads).
 //!
 //! Between changes, each stream rebuilds its document from the last read once a second without
 //! reading ClickHouse, so clock-driven changes (an SLA falling due) still reach it.
@@ -60,8 +61,9 @@ pub use keys::{StreamPermit, StreamRefused, StreamStanding, UNVERIFIED_AFTER_CHE
 /// Tuning of the hub.
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
-    /// Shortest time between two ticks, and the longest while anything is watched: the longest
-    /// a change ingested by another server waits before this one looks for it.
+    /// How often the change feed is read while anything is watched (the longest a change
+    /// ingested by another server waits before this one looks for it), and the shortest time
+    /// between two rounds of item reads.
     pub tick: Duration,
     /// Open streams one API key may hold on this server.
     pub max_streams_per_key: usize,
@@ -236,8 +238,8 @@ impl LiveHub {
     }
 
     /// Items of `tenant` were stored with the given stamps (`received_ms` of an ingest,
-    /// `updated_ms` of a registration): their watchers get them at the next tick, which starts
-    /// at once unless one ran moments ago. Items nobody watches are ignored.
+    /// `updated_ms` of a registration): they are read for their watchers at once, or within a
+    /// tick when items were read moments ago. Items nobody watches are ignored.
     pub fn changed(&self, tenant: &str, items: impl IntoIterator<Item = (String, u64)>) {
         let mut woke = false;
         {
@@ -277,41 +279,42 @@ impl LiveHub {
     }
 }
 
-/// Runs until the hub is dropped: a tick (feed read, then item reads) every `config.tick`
-/// while anything is watched; between ticks, a local change is read at once unless items were
-/// read less than `config.tick` ago (then it waits for that, or for the next tick if sooner).
+/// Runs until the hub is dropped. While anything is watched it reads the change feed every
+/// `config.tick`; it reads pending items (local changes, or changes the feed found) as soon as
+/// they are known, but at most once per `config.tick`: a lone change is read at once, a busy
+/// second costs two rounds of reads, however many changes and watchers.
 async fn ticker(hub: Weak<Inner>, client: Client, reader: ItemReader) {
-    let mut last_tick: Option<Instant> = None;
+    let mut last_poll: Option<Instant> = None;
     let mut last_read: Option<Instant> = None;
     loop {
         let Some(inner) = hub.upgrade() else { return };
         let tick = inner.config.tick;
-        let watching = !inner.lock().tenants.is_empty();
+        let (watching, pending) = {
+            let state = inner.lock();
+            (!state.tenants.is_empty(), !state.pending.is_empty())
+        };
         if !watching {
             // Nothing to poll for. Wake on a local change, or after a tick to look again (and
             // to notice that the hub was dropped).
             let woken = inner.wake.notified();
             let _ = tokio::time::timeout(tick, woken).await;
-            last_tick = None;
+            last_poll = None;
             continue;
         }
-        let tick_at = last_tick.map_or_else(Instant::now, |t| t + tick);
+        let poll_at = last_poll.map_or_else(Instant::now, |t| t + tick);
+        let read_at = last_read.map_or_else(Instant::now, |t| t + tick);
         tokio::select! {
-            _ = tokio::time::sleep_until(tick_at) => {
-                last_tick = Some(Instant::now());
-                last_read = last_tick;
+            _ = tokio::time::sleep_until(poll_at) => {
+                last_poll = Some(Instant::now());
                 poll_feed(&inner, &client).await;
-                read_pending(&inner, &reader).await;
             }
-            _ = inner.wake.notified() => {
-                let read_at = last_read.map_or_else(Instant::now, |t| t + tick);
-                // Otherwise the tick reads it.
-                if read_at < tick_at {
-                    tokio::time::sleep_until(read_at).await;
-                    last_read = Some(Instant::now());
-                    read_pending(&inner, &reader).await;
-                }
-            }
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep_until(read_at), if pending => {}
+        }
+        let pending = !inner.lock().pending.is_empty();
+        if pending && last_read.is_none_or(|t| t.elapsed() >= tick) {
+            last_read = Some(Instant::now());
+            read_pending(&inner, &reader).await;
         }
     }
 }
