@@ -50,7 +50,7 @@ ORDER BY server_id;
 -- Webhooks a tenant admin registered. Versioned like the registry (0001): a change or a
 -- deletion inserts a newer version. `secret` is the HMAC key deliveries are signed with; it has
 -- to be kept in clear to sign (like the signing secrets of every webhook provider), so whoever
--- can read this table can forge deliveries: see docs/security.md.
+-- can read this table can forge deliveries: see docs/webhooks.md, "Security notes".
 CREATE TABLE IF NOT EXISTS webhooks (
     tenant_id String,
     webhook_id String,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -273,7 +273,13 @@ pub(super) async fn stream(
         ended: false,
     };
     let events = futures_util::stream::unfold(state, next_stream_event);
-    Ok(Sse::new(events)
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(STREAM_KEEP_ALIVE))
-        .into_response())
+        .into_response();
+    // nginx (deploy/compose) and similar proxies would otherwise buffer the events.
+    response.headers_mut().insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    Ok(response)
 }
