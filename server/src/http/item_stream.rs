@@ -35,7 +35,9 @@ use super::items::{audited, item_id, ItemSnapshot, StatusDoc, READERS};
 use super::AppState;
 use crate::auth::ApiCaller;
 use crate::clickhouse::ClickHouseError;
+use crate::items::HandleTimeStats;
 use crate::live::{StreamPermit, StreamRefused, StreamStanding, Subscription, Update};
+use crate::storage::items::LookupContext;
 
 /// Longest a status stream stays open; the client reconnects after the `end` event.
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(30 * 60);
@@ -44,6 +46,9 @@ pub const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often a stream rebuilds its document from its last read (no ClickHouse read), for
 /// changes the clock makes: SLA at risk or breached as the due time nears and passes.
 pub const STREAM_REFRESH: Duration = Duration::from_secs(1);
+/// How long a stream reuses its tenant's settings, assignments and ETA statistics while its item
+/// does not change (a change of names or teams reaches open streams within this).
+pub const STREAM_CONTEXT_REFRESH: Duration = Duration::from_secs(5);
 /// What a client refused for holding too many streams is told to wait.
 pub const STREAM_LIMIT_RETRY_AFTER_SECS: u32 = 30;
 
@@ -60,6 +65,8 @@ struct ItemStream {
     first: Option<StatusDoc>,
     /// The last read of the item; documents are rebuilt from it.
     snapshot: Arc<ItemSnapshot>,
+    /// The tenant context the last document was built with, and when it was fetched.
+    context: Option<(Instant, Arc<LookupContext>, Arc<HandleTimeStats>)>,
     /// Fingerprint of the last document sent.
     last: Option<StatusDoc>,
     updates: Subscription,
@@ -99,14 +106,32 @@ enum Step {
 }
 
 impl ItemStream {
-    /// The document of the current snapshot for this stream's caller, now.
-    async fn document(&self) -> Result<StatusDoc, ClickHouseError> {
+    /// The tenant's settings, assignments and ETA statistics: fetched from the per-tenant
+    /// caches after a change of the item, or when [`STREAM_CONTEXT_REFRESH`] passed; the clock
+    /// alone reuses them (so a stream's once-a-second rebuild costs no query whatever the
+    /// caches' TTL).
+    async fn context(
+        &mut self,
+        fresh: bool,
+    ) -> Result<(Arc<LookupContext>, Arc<HandleTimeStats>), ClickHouseError> {
+        if let Some((at, context, stats)) = &self.context {
+            if !fresh && at.elapsed() < STREAM_CONTEXT_REFRESH {
+                return Ok((context.clone(), stats.clone()));
+            }
+        }
         let client = self.app.store.client();
         let tenant = self.caller.tenant.as_str();
         let (context, stats) = tokio::try_join!(
             self.app.lookup_context.get(client, tenant),
             self.app.handle_times.get(client, tenant),
         )?;
+        self.context = Some((Instant::now(), context.clone(), stats.clone()));
+        Ok((context, stats))
+    }
+
+    /// The document of the current snapshot for this stream's caller, now.
+    async fn document(&mut self, fresh: bool) -> Result<StatusDoc, ClickHouseError> {
+        let (context, stats) = self.context(fresh).await?;
         Ok(self.snapshot.document(
             &self.item_id,
             self.caller.role,
@@ -117,9 +142,10 @@ impl ItemStream {
         ))
     }
 
-    /// Builds the document and decides whether it is worth sending.
-    async fn rebuild(&mut self) -> Step {
-        match self.document().await {
+    /// Builds the document and decides whether it is worth sending; `fresh` after a change of
+    /// the item.
+    async fn rebuild(&mut self, fresh: bool) -> Step {
+        match self.document(fresh).await {
             Ok(doc) => {
                 self.failing = false;
                 let fingerprint = doc.fingerprint();
@@ -160,7 +186,7 @@ impl ItemStream {
                     Update::Read(read) => match ItemSnapshot::from_read((*read).clone()) {
                         Some(snapshot) => {
                             self.snapshot = Arc::new(snapshot);
-                            self.rebuild().await
+                            self.rebuild(true).await
                         }
                         None => Step::Nothing, // items do not disappear
                     },
@@ -168,7 +194,7 @@ impl ItemStream {
                     Update::None => Step::Nothing,
                 }
             }
-            _ = self.refresh.tick() => self.rebuild().await,
+            _ = self.refresh.tick() => self.rebuild(false).await,
         }
     }
 }
@@ -260,6 +286,7 @@ pub(super) async fn stream(
         item_id: id,
         first: Some(first),
         snapshot: Arc::new(snapshot),
+        context: None,
         last: None,
         updates,
         permit,
