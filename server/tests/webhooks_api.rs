@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
+use backlight_server::storage::retention::{self, DailyTable};
 use backlight_server::tenancy::Role;
 use backlight_server::webhooks::registration::MAX_WEBHOOKS_PER_TENANT;
 use backlight_shared::event::{EventBody, ItemAction, ItemSource, WorkItemEvent};
@@ -176,6 +177,28 @@ async fn webhook_admin_api_validates_isolates_tenants_limits_and_deletes() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
+
+    // Retention: day partitions of the change feed older than two days go, today's stay.
+    let client = t.store.client();
+    client
+        .query(
+            "INSERT INTO item_changes (tenant_id, received_ms, item_id, what, change_date)
+             VALUES ('acme', 1, 'OLD', 2, '2020-01-01'), ('acme', ?, 'NEW', 2, today())",
+        )
+        .bind(now_ms())
+        .execute()
+        .await
+        .unwrap();
+    let dropped = retention::drop_expired(client, DailyTable::ItemChanges)
+        .await
+        .unwrap();
+    assert!(dropped >= 1, "the 2020 partition was not dropped");
+    let left: Vec<String> = client
+        .query("SELECT item_id FROM item_changes WHERE item_id IN ('OLD', 'NEW')")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["NEW".to_string()]);
 }
 
 async fn delete(t: &TestApp, id: &str, key: &str) -> StatusCode {
