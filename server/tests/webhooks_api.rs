@@ -67,25 +67,11 @@ async fn webhook_admin_api_validates_isolates_tenants_limits_and_deletes() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "unknown fields are refused"
     );
-    let r = t
-        .send_json(
-            "POST",
-            "/v1/admin/webhooks",
-            &wfm,
-            &hook("https://crm.example.com/x"),
-        )
-        .await;
+    let r = register(&t, &wfm, "https://crm.example.com/x").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
     // Created: the secret once, never again.
-    let r = t
-        .send_json(
-            "POST",
-            "/v1/admin/webhooks",
-            &admin,
-            &hook("https://crm.example.com/hooks/1"),
-        )
-        .await;
+    let r = register(&t, &admin, "https://crm.example.com/hooks/1").await;
     assert_eq!(
         r.status,
         StatusCode::CREATED,
@@ -134,24 +120,15 @@ async fn webhook_admin_api_validates_isolates_tenants_limits_and_deletes() {
 
     // The per-tenant limit.
     for i in 1..MAX_WEBHOOKS_PER_TENANT {
-        let r = t
-            .send_json(
-                "POST",
-                "/v1/admin/webhooks",
-                &admin,
-                &hook(&format!("https://crm.example.com/hooks/{}", i + 1)),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED);
-    }
-    let r = t
-        .send_json(
-            "POST",
-            "/v1/admin/webhooks",
+        let r = register(
+            &t,
             &admin,
-            &hook("https://crm.example.com/one-more"),
+            &format!("https://crm.example.com/hooks/{}", i + 1),
         )
         .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let r = register(&t, &admin, "https://crm.example.com/one-more").await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.json()["error"], "too_many_webhooks");
 
@@ -168,14 +145,7 @@ async fn webhook_admin_api_validates_isolates_tenants_limits_and_deletes() {
         MAX_WEBHOOKS_PER_TENANT - 1
     );
     assert!(!list.to_string().contains(&id));
-    let r = t
-        .send_json(
-            "POST",
-            "/v1/admin/webhooks",
-            &admin,
-            &hook("https://crm.example.com/one-more"),
-        )
-        .await;
+    let r = register(&t, &admin, "https://crm.example.com/one-more").await;
     assert_eq!(r.status, StatusCode::CREATED);
 
     // Retention: day partitions of the change feed older than two days go, today's stay.
@@ -199,6 +169,11 @@ async fn webhook_admin_api_validates_isolates_tenants_limits_and_deletes() {
         .await
         .unwrap();
     assert_eq!(left, vec!["NEW".to_string()]);
+}
+
+async fn register(t: &TestApp, key: &str, url: &str) -> support::TestResponse {
+    t.send_json("POST", "/v1/admin/webhooks", key, &hook(url))
+        .await
 }
 
 async fn delete(t: &TestApp, id: &str, key: &str) -> StatusCode {

@@ -280,33 +280,17 @@ mod tests {
     #[tokio::test]
     async fn forbidden_targets_fail_without_a_request() {
         let deliverer = Deliverer::new(TargetPolicy::strict()).unwrap();
-        let outcome = deliverer
-            .attempt(
-                "http://127.0.0.1:9/x",
-                "whsec_x",
-                "dlv_1",
-                "item.status_changed",
-                b"{}",
-                1,
-            )
-            .await;
-        assert!(
-            matches!(outcome, Outcome::Failed { status: 0, ref error } if error.contains("https")),
-            "{outcome:?}"
-        );
-        let outcome = deliverer
-            .attempt(
-                "https://localhost:9/x",
-                "whsec_x",
-                "dlv_1",
-                "item.status_changed",
-                b"{}",
-                1,
-            )
-            .await;
-        assert!(
-            matches!(outcome, Outcome::Failed { status: 0, ref error } if error.contains("not public")),
-            "{outcome:?}"
-        );
+        for (url, why) in [
+            ("http://127.0.0.1:9/x", "https"),
+            ("https://localhost:9/x", "not public"),
+        ] {
+            let outcome = deliverer
+                .attempt(url, "whsec_x", "dlv_1", "item.status_changed", b"{}", 1)
+                .await;
+            assert!(
+                matches!(outcome, Outcome::Failed { status: 0, ref error } if error.contains(why)),
+                "{url}: {outcome:?}"
+            );
+        }
     }
 }
