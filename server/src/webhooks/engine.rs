@@ -58,15 +58,23 @@ struct Progress {
     last_sla_sweep: Option<Instant>,
     /// Stamps of changes already evaluated, per item (pruned as the read window moves on).
     handled: HashMap<String, HashSet<u64>>,
+    /// Changes stamped before this are not announced: the tenant's first webhook did not exist
+    /// yet (0 when continuing from a saved cursor).
+    not_before_ms: u64,
 }
 
 impl Progress {
-    fn starting_at(ms: u64) -> Progress {
+    fn starting_at(start: Start) -> Progress {
+        let (ms, not_before_ms) = match start {
+            Start::Cursor(ms) => (ms, 0),
+            Start::FirstWebhook(ms) => (ms, ms),
+        };
         Progress {
             feed_evaluated_ms: ms,
             sla_evaluated_ms: ms,
             last_sla_sweep: None,
             handled: HashMap::new(),
+            not_before_ms,
         }
     }
 
@@ -174,17 +182,9 @@ pub(super) async fn run(
             last_retry_scan = Some(Instant::now());
             enqueue_due(&shared, &owned, &queue).await;
         }
-        if last_cursor_save.elapsed() >= CURSOR_SAVE_EVERY && !progress.is_empty() {
-            let cursors: Vec<(String, u64)> = progress
-                .iter()
-                .map(|(t, p)| (t.clone(), p.cursor()))
-                .collect();
-            match store::save_cursors(&client, &cursors, now_ms()).await {
-                Ok(()) => last_cursor_save = Instant::now(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook deliveries: cannot save the evaluation cursors; retrying")
-                }
-            }
+        if last_cursor_save.elapsed() >= CURSOR_SAVE_EVERY && save_cursors(&client, &progress).await
+        {
+            last_cursor_save = Instant::now();
         }
         metrics::gauge!("backlight_webhook_owned_tenants").set(owned.len() as f64);
     }
@@ -192,8 +192,28 @@ pub(super) async fn run(
     drop(queue);
     let _ = tokio::time::timeout(Duration::from_secs(10), sender).await;
     store_outcomes(&shared).await;
+    // The next owner continues exactly from here.
+    save_cursors(&client, &progress).await;
     if let Err(e) = membership.leave().await {
         tracing::warn!(error = %e, "webhook deliveries: could not say goodbye; the others take over when the heartbeat expires");
+    }
+}
+
+/// Saves how far each owned tenant's evaluation got; whether it was saved.
+async fn save_cursors(client: &clickhouse::Client, progress: &HashMap<String, Progress>) -> bool {
+    if progress.is_empty() {
+        return true;
+    }
+    let cursors: Vec<(String, u64)> = progress
+        .iter()
+        .map(|(t, p)| (t.clone(), p.cursor()))
+        .collect();
+    match store::save_cursors(client, &cursors, now_ms()).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook deliveries: cannot save the evaluation cursors; retrying");
+            false
+        }
     }
 }
 
@@ -232,13 +252,13 @@ async fn evaluate_owned(
             continue;
         }
         match starting_point(client, tenant, webhooks).await {
-            Ok(at) => {
+            Ok(start) => {
                 tracing::info!(
                     tenant,
-                    from_ms = at,
+                    ?start,
                     "webhook deliveries: now evaluating this tenant"
                 );
-                progress.insert(tenant.clone(), Progress::starting_at(at));
+                progress.insert(tenant.clone(), Progress::starting_at(start));
             }
             Err(e) => {
                 tracing::warn!(tenant, error = %e, "webhook deliveries: cannot read the evaluation cursor; retrying");
@@ -300,19 +320,30 @@ async fn evaluate_owned(
     }
 }
 
-/// Where a newly owned tenant's evaluation starts: its saved cursor, else the creation of its
-/// oldest webhook (changes made before any webhook existed are not announced).
+/// Where a newly owned tenant's evaluation starts (ms), at most [`MAX_CATCH_UP_MS`] back.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// Where the previous owner got to.
+    Cursor(u64),
+    /// Never evaluated: the creation of its oldest webhook (changes made before any webhook
+    /// existed are not announced).
+    FirstWebhook(u64),
+}
+
 async fn starting_point(
     client: &clickhouse::Client,
     tenant: &str,
     webhooks: &[Arc<WebhookRow>],
-) -> Result<u64, ClickHouseError> {
+) -> Result<Start, ClickHouseError> {
     let now = now_ms();
-    let start = match store::cursor(client, tenant).await? {
-        Some(cursor) => cursor,
-        None => webhooks.iter().map(|w| w.created_ms).min().unwrap_or(now),
-    };
-    Ok(start.max(now.saturating_sub(MAX_CATCH_UP_MS)))
+    let oldest = now.saturating_sub(MAX_CATCH_UP_MS);
+    Ok(match store::cursor(client, tenant).await? {
+        Some(cursor) => Start::Cursor(cursor.max(oldest)),
+        None => {
+            let created = webhooks.iter().map(|w| w.created_ms).min().unwrap_or(now);
+            Start::FirstWebhook(created.max(oldest))
+        }
+    })
 }
 
 /// Finds the owned tenants' items whose status or SLA may have changed — one read of the
@@ -364,7 +395,7 @@ async fn evaluate(
             .stamps
             .iter()
             .copied()
-            .filter(|&s| s > floor && known.is_none_or(|k| !k.contains(&s)))
+            .filter(|&s| s > floor && s >= p.not_before_ms && known.is_none_or(|k| !k.contains(&s)))
             .collect();
         if new.is_empty() {
             continue;
