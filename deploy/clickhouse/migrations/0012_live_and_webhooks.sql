@@ -5,18 +5,28 @@
 -- (tenant, received_ms) so "what changed in this tenant in the last few seconds" reads only
 -- the newest granules, whatever the size of the tenant. Two views fill it as part of the
 -- INSERTs into `events` and `items`, so a change is in the feed the moment ingest or
--- registration answered 200. Servers poll it (one query per tenant with open streams per
--- interval) to learn of changes other servers ingested; the webhook owner of a tenant reads it
--- to find the items to evaluate. DISTINCT runs per inserted block: one row per (request, item),
--- not one per event. Only changes from now on are in the feed (no backfill: it is a feed, not
--- a history). Rows older than two days are dropped by the servers, a partition (day) at a time.
+-- registration answered 200. Servers poll it (one query per interval for every tenant with
+-- open streams) to learn of changes other servers ingested; the webhook owner of a tenant reads
+-- it to find the items to evaluate. The views group per inserted block: one row per (request,
+-- item, device), not one per event. Only changes from now on are in the feed (no backfill: it
+-- is a feed, not a history). Rows older than two days are dropped by the servers, a partition
+-- (day) at a time.
 --
--- `what`: 1 activity span, 2 work-item action (the codes of `events.kind`), 10 registration.
+-- A feed row may become visible before the `item_lookup` row of the same change (each view
+-- writes its own part; ClickHouse does not promise an order), so each row names the change
+-- precisely: the device and the highest `seq` of its events on the item (a registration: the
+-- nil device, seq 0, and `received_ms` = its `updated_ms`). A reader that reads the item and
+-- does not find that event (or a registration that new) reads it again later.
+--
+-- `what`: 1 activity spans only, 2 a work-item action (the codes of `events.kind`), 10 a
+-- registration.
 
 CREATE TABLE IF NOT EXISTS item_changes (
     tenant_id String,
     received_ms UInt64,
     item_id String,
+    device_id UUID,
+    seq UInt64,
     what UInt8,
     change_date Date
 ) ENGINE = MergeTree
@@ -24,14 +34,17 @@ PARTITION BY change_date
 ORDER BY (tenant_id, received_ms, item_id);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS item_changes_events_mv TO item_changes AS
-SELECT DISTINCT tenant_id, received_ms, item_id, toUInt8(toInt8(kind)) AS what,
+SELECT tenant_id, received_ms, item_id, device_id, max(seq) AS seq,
+       max(toUInt8(toInt8(kind))) AS what,
        toDate(toDateTime(intDiv(received_ms, 1000))) AS change_date
 FROM events
-WHERE item_id != '';
+WHERE item_id != ''
+GROUP BY tenant_id, received_ms, item_id, device_id;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS item_changes_registrations_mv TO item_changes AS
-SELECT DISTINCT tenant_id, updated_ms AS received_ms, item_id, toUInt8(10) AS what,
-       toDate(toDateTime(intDiv(updated_ms, 1000))) AS change_date
+SELECT DISTINCT tenant_id, updated_ms AS received_ms, item_id,
+       toUUID('00000000-0000-0000-0000-000000000000') AS device_id, toUInt64(0) AS seq,
+       toUInt8(10) AS what, toDate(toDateTime(intDiv(updated_ms, 1000))) AS change_date
 FROM items;
 
 -- Every running server writes a heartbeat every few seconds. The servers alive (a beat in the

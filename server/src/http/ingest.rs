@@ -30,6 +30,7 @@ use crate::ingest::decode::DecodeError;
 use crate::ingest::decoder::DecodeFailure;
 use crate::ingest::devices::OverShare;
 use crate::ingest::writer::WriteError;
+use crate::storage::changes::ChangeMark;
 use crate::storage::events::EncodedRows;
 
 /// Estimated bytes of RowBinary per byte of a compressed body, for the room a request reserves
@@ -234,7 +235,9 @@ async fn ingest_inner(
         .stored(tenant, device.device_id, response.max_seq);
     state.live.changed(
         &device.tenant_id,
-        watched.into_iter().map(|item| (item, received_ms)),
+        watched
+            .into_iter()
+            .map(|(item, seq)| (item, ChangeMark::events(received_ms, device.device_id, seq))),
     );
     Ok(Json(response))
 }

@@ -40,6 +40,7 @@ use crate::items::{
     self as domain, Eta, HandleTimeStats, ItemEvent, ItemState, Occurrence, SlaState, Status,
 };
 use crate::storage::audit::{AuditEntry, AuditError};
+use crate::storage::changes::ChangeMark;
 use crate::storage::items::{
     self as store, Assignment, ItemRead, ItemRow, LookupContext, SlaClassRow,
 };
@@ -770,7 +771,8 @@ async fn register_items(
     // Open streams of these items show the new registration (queue, SLA) at once.
     app.live.changed(
         tenant,
-        rows.iter().map(|r| (r.item_id.clone(), r.updated_ms)),
+        rows.iter()
+            .map(|r| (r.item_id.clone(), ChangeMark::registration(r.updated_ms))),
     );
     Ok(Json(Registered {
         registered: rows.len(),

@@ -13,7 +13,7 @@
 //!    ([`LiveHub::changed`]); that wakes the ticker.
 //! 2. **Other servers' changes by one query.** Every tick the ticker reads the change feed
 //!    ([`crate::storage::changes`]) once for *all* watched items of *all* tenants: the items
-//!    that changed in the last [`OVERLAP_MS`] with a stamp this server has not handled yet
+//!    that changed in the last [`OVERLAP_MS`] by a change this server has not handled yet
 //!    become pending too. Servers stay stateless: the feed is in ClickHouse, and a restarted
 //!    server only needs its clients to reconnect (they get the current document first).
 //! 3. **One read per changed item, shared by its watchers.** The pending items are read through
@@ -51,7 +51,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::clickhouse::ClickHouseError;
-use crate::storage::changes::{self, OVERLAP_MS};
+use crate::storage::changes::{self, ChangeMark, OVERLAP_MS};
 use crate::storage::item_reader::ItemReader;
 use crate::storage::items::ItemRead;
 use crate::storage::registry::Registry;
@@ -112,8 +112,8 @@ struct Inner {
 #[derive(Default)]
 struct State {
     tenants: HashMap<String, HashMap<String, ItemWatch>>,
-    /// Items to read at the next tick, with the stamps of the changes known for them.
-    pending: HashMap<(String, String), Vec<u64>>,
+    /// Items to read at the next tick, with the changes known for them.
+    pending: HashMap<(String, String), Vec<ChangeMark>>,
     keys: keys::KeyStreams,
     /// Whether the last feed read failed (streams were told; tell them again only after a
     /// success).
@@ -123,8 +123,8 @@ struct State {
 struct ItemWatch {
     watchers: usize,
     channel: watch::Sender<Update>,
-    /// Stamps of changes already read and published.
-    handled: HashSet<u64>,
+    /// Changes already read and published.
+    handled: HashSet<ChangeMark>,
 }
 
 /// A stream's subscription to one item; dropping it unsubscribes.
@@ -215,32 +215,35 @@ impl LiveHub {
         }
     }
 
-    /// The watched items among those `events` name (empty at once when the tenant has no
-    /// watchers): what to pass to [`LiveHub::changed`] once the events are stored.
-    pub fn watched_in(&self, tenant: &str, events: &[Event]) -> Vec<String> {
+    /// The watched items among those `events` name, each with the highest `seq` of its events
+    /// (empty at once when the tenant has no watchers): what to pass to [`LiveHub::changed`]
+    /// once the events are stored.
+    pub fn watched_in(&self, tenant: &str, events: &[Event]) -> Vec<(String, u64)> {
         let state = self.inner.lock();
         let Some(items) = state.tenants.get(tenant) else {
             return Vec::new();
         };
-        let mut named: Vec<String> = events
-            .iter()
-            .filter_map(|e| match &e.body {
+        let mut named: HashMap<&str, u64> = HashMap::new();
+        for e in events {
+            let item = match &e.body {
                 EventBody::WorkItem(w) => Some(w.item_id.as_str()),
                 EventBody::ActivitySpan(s) => s.item_id.as_deref(),
                 _ => None,
-            })
-            .filter(|id| items.contains_key(*id))
-            .map(str::to_string)
-            .collect();
-        named.sort_unstable();
-        named.dedup();
+            };
+            if let Some(item) = item.filter(|id| items.contains_key(*id)) {
+                let seq = named.entry(item).or_default();
+                *seq = (*seq).max(e.seq);
+            }
+        }
         named
+            .into_iter()
+            .map(|(item, seq)| (item.to_string(), seq))
+            .collect()
     }
 
-    /// Items of `tenant` were stored with the given stamps (`received_ms` of an ingest,
-    /// `updated_ms` of a registration): they are read for their watchers at once, or within a
-    /// tick when items were read moments ago. Items nobody watches are ignored.
-    pub fn changed(&self, tenant: &str, items: impl IntoIterator<Item = (String, u64)>) {
+    /// Changes of items of `tenant` were stored: they are read for their watchers at once, or
+    /// within a tick when items were read moments ago. Items nobody watches are ignored.
+    pub fn changed(&self, tenant: &str, items: impl IntoIterator<Item = (String, ChangeMark)>) {
         let mut woke = false;
         {
             let mut state = self.inner.lock();
@@ -250,12 +253,12 @@ impl LiveHub {
             let Some(watched) = tenants.get(tenant) else {
                 return;
             };
-            for (item_id, stamp) in items {
+            for (item_id, mark) in items {
                 if watched.contains_key(&item_id) {
                     pending
                         .entry((tenant.to_string(), item_id))
                         .or_default()
-                        .push(stamp);
+                        .push(mark);
                     woke = true;
                 }
             }
@@ -329,14 +332,14 @@ async fn read_pending(inner: &Inner, reader: &ItemReader) {
     metrics::histogram!("backlight_live_items_read_per_round").record(pending.len() as f64);
     let reads = pending
         .into_iter()
-        .map(|((tenant, item_id), stamps)| async move {
+        .map(|((tenant, item_id), marks)| async move {
             let read = reader.read(&tenant, &item_id).await;
-            (tenant, item_id, stamps, read)
+            (tenant, item_id, marks, read)
         });
     let results = futures_util::future::join_all(reads).await;
     let mut state = inner.lock();
     let mut failed = false;
-    for (tenant, item_id, stamps, read) in results {
+    for (tenant, item_id, marks, read) in results {
         let Some(watch) = state
             .tenants
             .get_mut(&tenant)
@@ -346,7 +349,15 @@ async fn read_pending(inner: &Inner, reader: &ItemReader) {
         };
         match read {
             Ok(read) => {
-                watch.handled.extend(stamps);
+                // A change this read does not hold yet (its feed row was visible before its
+                // lookup row) stays unhandled: the next feed read finds it again.
+                let (seen, unseen): (Vec<ChangeMark>, Vec<ChangeMark>) =
+                    marks.into_iter().partition(|m| m.seen_in(&read));
+                if !unseen.is_empty() {
+                    metrics::counter!("backlight_live_reads_ahead_of_lookup_total")
+                        .increment(unseen.len() as u64);
+                }
+                watch.handled.extend(seen);
                 watch.channel.send_replace(Update::Read(Arc::new(read)));
             }
             Err(e) => {
@@ -359,14 +370,14 @@ async fn read_pending(inner: &Inner, reader: &ItemReader) {
                     .pending
                     .entry((tenant, item_id))
                     .or_default()
-                    .extend(stamps);
+                    .extend(marks);
             }
         }
     }
 }
 
 /// Reads the change feed once for every watched item of every tenant and marks those with
-/// stamps not handled yet as pending.
+/// changes not handled yet as pending.
 async fn poll_feed(inner: &Inner, client: &Client) {
     let since = now_ms().saturating_sub(OVERLAP_MS);
     let (tenants, items) = {
@@ -374,8 +385,8 @@ async fn poll_feed(inner: &Inner, client: &Client) {
         let mut items: Vec<String> = Vec::new();
         for watched in state.tenants.values_mut() {
             for (item_id, w) in watched.iter_mut() {
-                // Stamps at or before `since` cannot come back any more.
-                w.handled.retain(|&s| s > since);
+                // Changes stamped at or before `since` cannot come back any more.
+                w.handled.retain(|m| m.stamp > since);
                 items.push(item_id.clone());
             }
         }
@@ -415,10 +426,11 @@ async fn poll_feed(inner: &Inner, client: &Client) {
         else {
             continue; // another tenant's item of the same name, or no longer watched
         };
-        let new: Vec<u64> = item
-            .stamps
+        let new: Vec<ChangeMark> = item
+            .changes
             .into_iter()
-            .filter(|s| !watch.handled.contains(s))
+            .map(|c| c.mark)
+            .filter(|m| !watch.handled.contains(m))
             .collect();
         if !new.is_empty() {
             pending

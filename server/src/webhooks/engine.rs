@@ -19,7 +19,7 @@ use crate::clickhouse::ClickHouseError;
 use crate::http::items::ItemSnapshot;
 use crate::http::AppState;
 use crate::items::{SlaState, Status};
-use crate::storage::changes::{self, OVERLAP_MS};
+use crate::storage::changes::{self, ChangeMark, FeedChange, OVERLAP_MS};
 use crate::storage::items as item_store;
 use crate::storage::webhooks::{
     self as store, day_of, DeliveryRow, DeliveryState, ItemStateRow, WebhookRow,
@@ -56,8 +56,8 @@ struct Progress {
     /// SLA clock changes up to here were evaluated.
     sla_evaluated_ms: u64,
     last_sla_sweep: Option<Instant>,
-    /// Stamps of changes already evaluated, per item (pruned as the read window moves on).
-    handled: HashMap<String, HashSet<u64>>,
+    /// Changes already evaluated, per item (pruned as the read window moves on).
+    handled: HashMap<String, HashSet<ChangeMark>>,
     /// Changes stamped before this are not announced: the tenant's first webhook did not exist
     /// yet (0 when continuing from a saved cursor).
     not_before_ms: u64,
@@ -88,7 +88,7 @@ struct Evaluation {
     tenant: String,
     deliveries: Vec<(DeliveryRow, Arc<WebhookRow>)>,
     states: Vec<ItemStateRow>,
-    handled: Vec<(String, Vec<u64>)>,
+    handled: Vec<(String, Vec<ChangeMark>)>,
     at_ms: u64,
     swept: bool,
 }
@@ -304,8 +304,8 @@ async fn evaluate_owned(
         let Some(p) = progress.get_mut(&evaluation.tenant) else {
             continue;
         };
-        for (item, stamps) in evaluation.handled {
-            p.handled.entry(item).or_default().extend(stamps);
+        for (item, marks) in evaluation.handled {
+            p.handled.entry(item).or_default().extend(marks);
         }
         p.feed_evaluated_ms = evaluation.at_ms;
         if evaluation.swept {
@@ -313,9 +313,9 @@ async fn evaluate_owned(
             p.last_sla_sweep = Some(Instant::now());
         }
         let floor = evaluation.at_ms.saturating_sub(OVERLAP_MS);
-        p.handled.retain(|_, stamps| {
-            stamps.retain(|&s| s > floor);
-            !stamps.is_empty()
+        p.handled.retain(|_, marks| {
+            marks.retain(|m| m.stamp > floor);
+            !marks.is_empty()
         });
     }
 }
@@ -358,7 +358,8 @@ async fn evaluate(
     let now = now_ms();
     let tenants: Vec<String> = progress.keys().cloned().collect();
     let mut evaluations: HashMap<String, Evaluation> = HashMap::new();
-    let mut candidates: HashMap<String, HashSet<String>> = HashMap::new();
+    // Per tenant, the items to read, with the changes each read must hold to count as seen.
+    let mut candidates: HashMap<String, HashMap<String, Vec<ChangeMark>>> = HashMap::new();
     let since = progress
         .values()
         .map(|p| p.feed_evaluated_ms)
@@ -391,23 +392,26 @@ async fn evaluate(
         };
         let floor = p.feed_evaluated_ms.saturating_sub(OVERLAP_MS);
         let known = p.handled.get(&item.item_id);
-        let new: Vec<u64> = item
-            .stamps
-            .iter()
-            .copied()
-            .filter(|&s| s > floor && s >= p.not_before_ms && known.is_none_or(|k| !k.contains(&s)))
-            .collect();
-        if new.is_empty() {
-            continue;
+        let new = item.changes.into_iter().filter(|c| {
+            let stamp = c.mark.stamp;
+            stamp > floor && stamp >= p.not_before_ms && known.is_none_or(|k| !k.contains(&c.mark))
+        });
+        // Activity spans alone change neither the status nor what the SLA rules look at: they
+        // are handled unread.
+        let (relevant, spans): (Vec<FeedChange>, Vec<FeedChange>) =
+            new.partition(|c| c.status_relevant);
+        if !spans.is_empty() {
+            let marks = spans.into_iter().map(|c| c.mark).collect();
+            evaluation.handled.push((item.item_id.clone(), marks));
         }
-        // Activity spans alone change neither the status nor what the SLA rules look at.
-        if item.status_relevant {
+        if !relevant.is_empty() {
             candidates
                 .entry(item.tenant_id.clone())
                 .or_default()
-                .insert(item.item_id.clone());
+                .entry(item.item_id)
+                .or_default()
+                .extend(relevant.into_iter().map(|c| c.mark));
         }
-        evaluation.handled.push((item.item_id, new));
     }
     let sweeping: Vec<String> = evaluations
         .values()
@@ -424,7 +428,11 @@ async fn evaluate(
         for (tenant, item_id) in
             item_store::sla_clock_changes(client, &sweeping, after, now).await?
         {
-            candidates.entry(tenant).or_default().insert(item_id);
+            candidates
+                .entry(tenant)
+                .or_default()
+                .entry(item_id)
+                .or_default();
         }
     }
     for (tenant, items) in candidates {
@@ -432,28 +440,23 @@ async fn evaluate(
         else {
             continue;
         };
-        compare(
-            shared,
-            &tenant,
-            webhooks,
-            items.into_iter().collect(),
-            now,
-            evaluation,
-        )
-        .await?;
+        compare(shared, &tenant, webhooks, items, now, evaluation).await?;
     }
     Ok(evaluations.into_values().collect())
 }
 
-/// Reads `ids` of one tenant and adds to `evaluation` what changed since it was announced.
+/// Reads `items` of one tenant and adds to `evaluation` what changed since it was announced.
+/// A change its read does not hold yet (the feed row was visible before the lookup row) stays
+/// unhandled: the next evaluation reads the item again.
 async fn compare(
     shared: &Shared,
     tenant: &str,
     webhooks: &[Arc<WebhookRow>],
-    ids: Vec<String>,
+    items: HashMap<String, Vec<ChangeMark>>,
     now: u64,
     evaluation: &mut Evaluation,
 ) -> Result<(), ClickHouseError> {
+    let (ids, marks): (Vec<String>, Vec<Vec<ChangeMark>>) = items.into_iter().unzip();
     let app = &shared.app;
     let client = app.store.client();
     let reads =
@@ -465,8 +468,18 @@ async fn compare(
         store::item_states(client, tenant, &ids),
     );
     let (context, stats, announced) = (context?, stats?, announced?);
-    for (item_id, read) in ids.iter().zip(reads) {
-        let Some(snapshot) = ItemSnapshot::from_read(read?) else {
+    for ((item_id, read), marks) in ids.iter().zip(reads).zip(marks) {
+        let read = read?;
+        let (seen, unseen): (Vec<ChangeMark>, Vec<ChangeMark>) =
+            marks.into_iter().partition(|m| m.seen_in(&read));
+        if !unseen.is_empty() {
+            metrics::counter!("backlight_webhook_reads_ahead_of_lookup_total")
+                .increment(unseen.len() as u64);
+        }
+        if !seen.is_empty() {
+            evaluation.handled.push((item_id.clone(), seen));
+        }
+        let Some(snapshot) = ItemSnapshot::from_read(read) else {
             continue;
         };
         // What a contact-center agent would see: no activity spans, names only where shown.
