@@ -19,6 +19,8 @@
 #
 # Knobs (environment): STREAMS=1000 CHANGE_RATE=10 DURATION=60s WARMUP=10s IDLE=20s RUNS=3
 #   MODES="cross local" BASE_BIN= SKIP_BUILD=0 KEEP=0 RESULTS= (write the summary JSON there)
+#   THIS_ARGS="--max-connections-per-ip 10000" (extra flags for this build's servers: every
+#   stream is a connection from 127.0.0.1, more than the default per-address cap)
 #   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,7 @@ IDLE="${IDLE:-20s}"
 RUNS="${RUNS:-3}"
 MODES="${MODES:-cross local}"
 BASE_BIN="${BASE_BIN:-}"
+THIS_ARGS="${THIS_ARGS:---max-connections-per-ip 10000}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 KEEP="${KEEP:-0}"
 RESULTS="${RESULTS:-}"
@@ -118,6 +121,8 @@ STREAMGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-streamgen"
 builds=()
 if [ -n "$BASE_BIN" ]; then builds+=("base=$BASE_BIN"); fi
 builds+=("this=$THIS_BIN")
+# Extra flags per build (BASE_BIN may be older than them).
+extra_args() { if [ "$1" = this ]; then echo "$THIS_ARGS"; fi; }
 
 : >"$WORK/runs.jsonl"
 for build in "${builds[@]}"; do
@@ -125,11 +130,13 @@ for build in "${builds[@]}"; do
   data="$WORK/$name-data"
   mkdir -p "$data"
   echo "==> [$name] starting server A (embedded ClickHouse) and server B: $bin"
-  start_server "$bin" "$WORK/$name-a.log" --data-dir "$data"
+  # shellcheck disable=SC2046 # the extra flags are words on purpose
+  start_server "$bin" "$WORK/$name-a.log" --data-dir "$data" $(extra_args "$name")
   URL_A="$STARTED_URL"; PID_A="$STARTED_PID"
   CH_URL="$(cat "$data/clickhouse/endpoint")"
   CH_PID="$(pgrep -P "$PID_A" | head -1 || true)"
-  start_server "$bin" "$WORK/$name-b.log" --data-dir "$WORK/$name-data-b" --clickhouse-url "$CH_URL"
+  # shellcheck disable=SC2046
+  start_server "$bin" "$WORK/$name-b.log" --data-dir "$WORK/$name-data-b" --clickhouse-url "$CH_URL" $(extra_args "$name")
   URL_B="$STARTED_URL"
   echo "    A $URL_A (pid $PID_A), B $URL_B, ClickHouse $CH_URL (pid ${CH_PID:-?}) $(curl -fsS --data-binary 'SELECT version()' "$CH_URL/")"
 
