@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use super::SpoolError;
 
 /// The schema this agent writes. Bump it with a migration step in [`migrate`].
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection waits for another one's lock before failing. Only `status` competes
 /// with the owner thread, and its reads are short.
@@ -70,6 +70,15 @@ const SCHEMA_V2: &str = "
         last_seen_ms INTEGER NOT NULL
     );
     CREATE INDEX seen_items_by_time ON seen_items(last_seen_ms);
+";
+
+/// Version 3: events that travel at once (work items, see [`super::is_urgent`]) are marked, and
+/// a partial index lists just them, so the uploader finds the waiting ones among a week's
+/// backlog of activity spans without scanning it.
+const SCHEMA_V3: &str = "
+    ALTER TABLE events ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0;
+    UPDATE events SET urgent = 1 WHERE json_extract(body, '$.kind') = 'work_item';
+    CREATE INDEX events_urgent ON events(seq) WHERE urgent = 1;
 ";
 
 /// Opens the spool for the owner thread: creates it if needed, sets durability pragmas and
@@ -157,7 +166,7 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), SpoolError> {
     // the version again inside it: two processes opening a new spool at once (`run` and
     // `consent grant`, say) then take turns instead of both creating the tables. A crash leaves
     // the schema at a known version.
-    for (step, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+    for (step, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
         let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if check_version(&tx, path)? < step {
             tx.execute_batch(sql)?;
