@@ -37,7 +37,7 @@ async fn serve_with(
     let writer = IngestWriter::spawn(
         store.client().clone(),
         WriterConfig {
-            max_delay: args.insert_max_delay,
+            min_insert_interval: args.insert_min_interval,
             ..WriterConfig::default()
         },
     );
