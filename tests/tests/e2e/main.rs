@@ -12,6 +12,7 @@ mod gaps;
 mod happy_path;
 mod https;
 mod outages;
+mod realtime;
 
 use backlight_e2e::*;
 
