@@ -11,9 +11,15 @@ use super::SpoolError;
 /// The schema this agent writes. Bump it with a migration step in [`migrate`].
 pub(super) const SCHEMA_VERSION: i64 = 3;
 
-/// How long a connection waits for another one's lock before failing. Only `status` competes
-/// with the owner thread, and its reads are short.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a writing connection (the agent's owner thread, or a short-lived `item`, `consent`
+/// or `pause` command) waits for another one's write lock before failing. Transactions are
+/// short, but each commit waits for an fsync, and on a disk busy with other work one has been
+/// seen to take 9 s: the running agent then waited 5 s for an `item` command's commit, gave up
+/// with "database is locked" and stopped. Waiting is always better than failing here.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long `status` (read-only; WAL lets it read while others write) waits for a lock.
+const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keys of the `meta` table.
 pub(super) mod key {
@@ -86,7 +92,7 @@ const SCHEMA_V3: &str = "
 pub(super) fn open_read_write(path: &Path) -> Result<Connection, SpoolError> {
     let mut connection = Connection::open(path)?;
     restrict_to_owner(path);
-    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.busy_timeout(WRITER_BUSY_TIMEOUT)?;
     // WAL lets `status` read while we write, and a commit is one sequential append.
     let mode: String = retry_while_busy(|| {
         connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
@@ -141,7 +147,7 @@ pub(super) fn open_read_only(path: &Path) -> Result<Connection, SpoolError> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.busy_timeout(READER_BUSY_TIMEOUT)?;
     check_version(&connection, path)?;
     Ok(connection)
 }
