@@ -10,7 +10,7 @@
 #      (`run --source none`: no desktop here; the uploader, batching and policy are the defaults),
 #   5. runs backlight-realtime: SAMPLES items, each `item start`, then the clock runs from
 #      `item done` (a separate process, as on a desktop) until the status API and the stream
-#      show `completed`,
+#      show `completed` (split at the server's receipt of the event, read from ClickHouse),
 #   6. runs the same again while backlight-loadgen drives LOAD_AGENTS simulated agents at
 #      LOAD_RATE events/s (paced, LOAD_BATCH_EVENTS-event zstd batches) against the same server,
 #   7. prints both summaries and one JSON line, and stops everything it started.
@@ -157,7 +157,8 @@ for _ in $(seq 1 60); do [ -s "$AGENT_DIR/agent.wake" ] && break; sleep 0.5; don
 [ -s "$AGENT_DIR/agent.wake" ] || echo "    (the agent announced no wake address: an agent without it is being measured)"
 
 realtime=("$REALTIME_BIN" --server "$URL" --agent-bin "$AGENT_BIN" --agent-dir "$AGENT_DIR"
-  --samples "$SAMPLES" --pause "$PAUSE" --poll-interval "$POLL_INTERVAL" --timeout "$TIMEOUT")
+  --samples "$SAMPLES" --pause "$PAUSE" --poll-interval "$POLL_INTERVAL" --timeout "$TIMEOUT"
+  --clickhouse-url "$CH_URL")
 budget=$(( SAMPLES * 400 + 120 ))
 
 echo "==> alone: $SAMPLES items"

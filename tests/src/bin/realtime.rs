@@ -58,6 +58,13 @@ struct Args {
     /// Prefix of the item ids (a random suffix keeps runs apart).
     #[arg(long, default_value = "RT")]
     prefix: String,
+    /// ClickHouse HTTP URL (loopback): split each figure at the moment the server received the
+    /// event (`received_ms` of its row), into "desktop to server" and "server to the API".
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// ClickHouse database.
+    #[arg(long, default_value = "backlight")]
+    clickhouse_database: String,
     /// A label copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -69,6 +76,10 @@ struct Sample {
     command_ms: f64,
     api_ms: Option<f64>,
     stream_ms: Option<f64>,
+    /// When the server received the event (its `received_ms`), with `--clickhouse-url`.
+    received_ms: Option<f64>,
+    /// Wall-clock start of `item done`, ms since the epoch.
+    started_wall_ms: u64,
 }
 
 fn main() -> Result<()> {
@@ -103,7 +114,7 @@ async fn run(args: &Args) -> Result<()> {
                     show(s.api_ms),
                     show(s.stream_ms)
                 );
-                samples.push(s);
+                samples.push((item, s));
             }
             Ok(Err(e)) => {
                 eprintln!("{item}: {e:#}");
@@ -113,6 +124,21 @@ async fn run(args: &Args) -> Result<()> {
         }
         tokio::time::sleep(args.pause).await;
     }
+    // One read after the samples, so it does not load ClickHouse while they run.
+    if let Some(url) = &args.clickhouse_url {
+        let prefix = format!("{}-{run_id}-", args.prefix);
+        match received_at(&client, url, &args.clickhouse_database, &prefix).await {
+            Ok(received) => {
+                for (item, s) in &mut samples {
+                    s.received_ms = received
+                        .get(item.as_str())
+                        .map(|at| *at as f64 - s.started_wall_ms as f64);
+                }
+            }
+            Err(e) => eprintln!("cannot read when the server received the events: {e:#}"),
+        }
+    }
+    let samples: Vec<Sample> = samples.into_iter().map(|(_, s)| s).collect();
     report(args, &samples, &errors);
     Ok(())
 }
@@ -255,6 +281,7 @@ async fn sample(args: &Args, client: &reqwest::Client, server: &str, item: &str)
     }
 
     let started = Instant::now();
+    let started_wall_ms = backlight_shared::now_ms();
     let since = |at: Instant| (at - started).as_secs_f64() * 1000.0;
     let command = async {
         agent(args, &["item", "done", item]).await?;
@@ -285,7 +312,44 @@ async fn sample(args: &Args, client: &reqwest::Client, server: &str, item: &str)
         command_ms: command_ms?,
         api_ms,
         stream_ms,
+        received_ms: None,
+        started_wall_ms,
     })
+}
+
+/// The server's `received_ms` of each `completed` event of an item whose id starts with
+/// `prefix`, by item.
+async fn received_at(
+    client: &reqwest::Client,
+    url: &str,
+    database: &str,
+    prefix: &str,
+) -> Result<std::collections::HashMap<String, u64>> {
+    let sql = format!(
+        "SELECT item_id, min(received_ms) FROM events WHERE startsWith(item_id, '{prefix}') \
+         AND action = 'completed' GROUP BY item_id FORMAT TSV"
+    );
+    let answer = client
+        .post(format!(
+            "{}/?database={database}",
+            url.trim_end_matches('/')
+        ))
+        .body(sql)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await?;
+    let status = answer.status();
+    let text = answer.text().await?;
+    if !status.is_success() {
+        bail!("ClickHouse answered {status}: {text}");
+    }
+    let mut received = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some((item, at)) = line.split_once('\t') {
+            received.insert(item.to_string(), at.parse()?);
+        }
+    }
+    Ok(received)
 }
 
 /// The `q` quantile (nearest rank) of sorted values.
@@ -315,6 +379,12 @@ fn report(args: &Args, samples: &[Sample], errors: &[String]) {
     let api = figures(samples.iter().map(|s| s.api_ms));
     let stream = figures(samples.iter().map(|s| s.stream_ms));
     let command = figures(samples.iter().map(|s| Some(s.command_ms)));
+    let to_server = figures(samples.iter().map(|s| s.received_ms));
+    let server_to_api = figures(
+        samples
+            .iter()
+            .map(|s| s.received_ms.zip(s.api_ms).map(|(r, a)| a - r)),
+    );
     let line = |name: &str, f: &Value| {
         println!(
             "{name:<28} p50 {} ms, p99 {} ms, max {} ms ({} samples, {} timed out)",
@@ -332,6 +402,10 @@ fn report(args: &Args, samples: &[Sample], errors: &[String]) {
     line("(a) status API", &api);
     line("(b) live stream", &stream);
     line("`item done` process", &command);
+    if args.clickhouse_url.is_some() {
+        line("start to server receipt", &to_server);
+        line("server receipt to (a)", &server_to_api);
+    }
     if !errors.is_empty() {
         println!("errors: {} (first: {})", errors.len(), errors[0]);
     }
@@ -344,6 +418,8 @@ fn report(args: &Args, samples: &[Sample], errors: &[String]) {
             "status_api": api,
             "stream": stream,
             "item_command": command,
+            "to_server": args.clickhouse_url.is_some().then_some(to_server),
+            "server_to_status_api": args.clickhouse_url.is_some().then_some(server_to_api),
             "errors": errors.len(),
         })
     );
