@@ -10,10 +10,16 @@
 
 mod support;
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use backlight_server::cli::{Cli, Command as CliCommand};
+use backlight_server::live::LiveConfig;
+use backlight_server::storage::retention::{self, DailyTable};
 use backlight_server::tenancy::Role;
+use backlight_server::webhooks::target::TargetPolicy;
+use backlight_server::webhooks::{WebhookConfig, WebhookEngine};
 use backlight_shared::event::{
     ActivitySpan, ActivityState, AgentHealth, ConsentChange, EventBody, ItemAction, ItemSource,
     WorkItemEvent,
@@ -41,12 +47,38 @@ const GROUPINGS: [&str; 7] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_statement_runs_on_clickhouse_18_16_and_on_the_current_release() {
-    let parts =
+    let mut parts =
         support::start_parts_on(support::start_clickhouse_logging_queries(DATABASE).await).await;
     let clickhouse_url = parts.clickhouse.url();
-    let app = TestApp::from_state(parts.state.clone(), parts);
+    // Live streams check their keys every second, webhooks may call loopback (nothing listens
+    // there: every attempt fails and is retried, which is what the tour wants to exercise).
+    let mut state = parts.state.clone().with_live_config(LiveConfig {
+        key_check: Duration::from_secs(1),
+        ..LiveConfig::default()
+    });
+    state.webhook_targets = TargetPolicy::allowing(["127.0.0.1".to_string()]);
+    parts.state = state.clone();
+    let webhooks = WebhookEngine::spawn(
+        state.clone(),
+        WebhookConfig {
+            policy: state.webhook_targets.clone(),
+            retry_base: Duration::from_secs(1),
+            tick: Duration::from_millis(200),
+            sla_sweep: Duration::from_millis(200),
+            host: "compat".into(),
+        },
+    )
+    .unwrap();
+    let app = TestApp::from_state(state, parts);
 
     tour(&app, &clickhouse_url).await;
+    // Its goodbye and last cursors are statements too.
+    webhooks.stop().await;
+    for table in DailyTable::ALL {
+        retention::drop_expired(app.store.client(), None, table)
+            .await
+            .unwrap();
+    }
 
     support::run_check_script(
         "clickhouse-compat.py",
@@ -60,8 +92,9 @@ async fn every_statement_runs_on_clickhouse_18_16_and_on_the_current_release() {
 }
 
 /// Everything a deployment does, once: enrollment, ingest (re-sent batch included), policy,
-/// registration, SLA classes, lookups, timeline, search, a live stream, every report variant,
-/// operations endpoints and the admin CLI.
+/// registration, SLA classes, lookups, timeline, search, live streams, webhooks (their API, the
+/// engine's evaluation, attempts and retries), every report variant, operations endpoints and
+/// the admin CLI.
 async fn tour(app: &TestApp, clickhouse_url: &str) {
     let tenant = app.create_tenant("compat").await;
     let admin = app.api_key(&tenant, Role::Admin).await;
@@ -191,6 +224,57 @@ async fn tour(app: &TestApp, clickhouse_url: &str) {
     }
     first_stream_event(app, "CLM-1", &cc_agent).await;
 
+    // Webhooks, then a change seen by a live stream and evaluated for the webhook.
+    let created = app
+        .send_json(
+            "POST",
+            "/v1/admin/webhooks",
+            &admin,
+            &json!({"url": "http://127.0.0.1:9/hook",
+                    "events": ["item.status_changed", "item.sla_at_risk", "item.sla_breached"]}),
+        )
+        .await;
+    assert_eq!(
+        created.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let webhook_id = created.json()["webhook_id"].as_str().unwrap().to_string();
+    ok(app.get("/v1/admin/webhooks", &admin).await, "webhooks");
+    ok(
+        app.get(&format!("/v1/admin/webhooks/{webhook_id}"), &admin)
+            .await,
+        "webhook",
+    );
+    // Every server re-reads the webhooks every 5 s; the change must come after that.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    live_stream_sees_a_change(app, &mut north, &cc_agent).await;
+    let deliveries = format!("/v1/admin/webhooks/{webhook_id}/deliveries");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // Two attempts: the first, and a retry found by the scan of the delivery log.
+        let listed = ok(app.get(&deliveries, &admin).await, "deliveries").json();
+        let retried = listed["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["attempts"].as_u64() >= Some(2));
+        if retried {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retried delivery: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ok(
+        app.get(&format!("{deliveries}?state=pending&limit=5"), &admin)
+            .await,
+        "pending",
+    );
+
     // Workforce reports: every grouping, two zones, both formats, with and without filters.
     let (from, to) = (quarter_hour(start - 24 * HOUR), quarter_hour(now + HOUR));
     for zone in ZONES {
@@ -232,6 +316,32 @@ async fn tour(app: &TestApp, clickhouse_url: &str) {
         &["policy", "set", "--tenant", "compat", policy_path],
     )
     .await;
+    for args in [
+        vec![
+            "webhook",
+            "create",
+            "--tenant",
+            "compat",
+            "--url",
+            "https://crm.example.com/hook",
+            "--event",
+            "item.sla_breached",
+        ],
+        vec!["webhook", "list", "--tenant", "compat"],
+        vec!["webhook", "deliveries", "--tenant", "compat", &webhook_id],
+        vec![
+            "webhook",
+            "deliveries",
+            "--tenant",
+            "compat",
+            &webhook_id,
+            "--state",
+            "failed",
+        ],
+        vec!["webhook", "delete", "--tenant", "compat", &webhook_id],
+    ] {
+        run_admin(clickhouse_url, &args).await;
+    }
     let south_id = south.device_id.to_string();
     run_admin(
         clickhouse_url,
@@ -324,6 +434,39 @@ async fn first_stream_event(app: &TestApp, item: &str, key: &str) {
     assert!(frame.is_some(), "the stream ended before its first event");
 }
 
+/// A stream of CLM-2 open while a change of it is ingested, and long enough for the revocation
+/// check of its key; the change reaches the stream.
+async fn live_stream_sees_a_change(app: &TestApp, device: &mut TestDevice, key: &str) {
+    let request = Request::get("/v1/items/CLM-2/events")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "stream of CLM-2");
+    let mut body = response.into_body();
+    let mut seen = String::new();
+    for what in ["first status", "pushed change"] {
+        if what == "pushed change" {
+            ingest(
+                app,
+                device,
+                vec![item(now_ms(), "CLM-2", ItemAction::Resumed)],
+            )
+            .await;
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} on the stream"))
+            .expect("the stream ended")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(seen.matches("event: status").count() >= 2, "{seen}");
+}
+
 /// `backlight-server admin ARGS…` against the test's ClickHouse, in process.
 async fn run_admin(clickhouse_url: &str, args: &[&str]) {
     let cli = Cli::try_parse_from(
@@ -342,7 +485,7 @@ async fn run_admin(clickhouse_url: &str, args: &[&str]) {
     let Some(CliCommand::Admin(command)) = cli.command else {
         panic!("admin {args:?} parsed as another command");
     };
-    backlight_server::admin::run(cli.storage, command)
+    backlight_server::admin::run(cli.storage, cli.webhooks, command)
         .await
         .unwrap_or_else(|e| panic!("admin {args:?}: {e:#}"));
 }

@@ -86,6 +86,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "item_lookup",
         sql: include_str!("../../../deploy/clickhouse/migrations/0011_item_lookup.sql"),
     },
+    Migration {
+        version: 12,
+        name: "live_and_webhooks",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0012_live_and_webhooks.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "device_seq",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0013_device_seq.sql"),
+    },
 ];
 
 /// Splits a migration file into statements: comments (`-- …` lines) removed, split on `;`.
@@ -349,7 +359,13 @@ mod tests {
     /// `INSERT INTO … SELECT` into a copy whose readers remove duplicates by identity.
     #[test]
     fn every_statement_is_harmless_to_repeat() {
-        const DEDUPED_COPIES: [&str; 3] = ["item_events_v2", "item_registrations", "item_lookup"];
+        // `device_seq` is read with max(), so a repeated backfill changes nothing.
+        const DEDUPED_COPIES: [&str; 4] = [
+            "item_events_v2",
+            "item_registrations",
+            "item_lookup",
+            "device_seq",
+        ];
         for m in MIGRATIONS {
             for s in statements(m.sql) {
                 let backfill = DEDUPED_COPIES

@@ -9,6 +9,7 @@
 //! learns from ClickHouse.
 
 pub mod audit;
+pub mod changes;
 pub mod cluster_ddl;
 pub mod durability;
 pub mod events;
@@ -19,12 +20,15 @@ pub mod migrations;
 pub mod policies;
 pub mod registry;
 pub mod reports;
+pub mod retention;
+pub mod servers;
 pub mod tenant_cache;
+pub mod webhooks;
 
 use clickhouse::Client;
 use serde::Deserialize;
 
-use crate::clickhouse::{with_timeout, ClickHouseConfig, ClickHouseError};
+use crate::clickhouse::{with_timeout, ClickHouseConfig, ClickHouseError, ClusterName};
 
 /// A connection to Backlight's database, migrated and self-tested.
 #[derive(Clone)]
@@ -32,6 +36,7 @@ pub struct Store {
     client: Client,
     registry: registry::Registry,
     durability: durability::Durability,
+    cluster: Option<ClusterName>,
 }
 
 impl Store {
@@ -55,6 +60,7 @@ impl Store {
             registry: registry::Registry::new(client.clone()),
             client,
             durability,
+            cluster: config.cluster.as_ref().map(|c| c.name.clone()),
         })
     }
 
@@ -66,12 +72,18 @@ impl Store {
         &self.registry
     }
 
+    /// The cluster the database lives on (`--clickhouse-cluster`), if any.
+    pub fn cluster(&self) -> Option<&ClusterName> {
+        self.cluster.as_ref()
+    }
+
     /// What an acknowledged INSERT promises with this ClickHouse (quorum, fsync).
     pub fn durability(&self) -> &durability::Durability {
         &self.durability
     }
 
-    /// Whether ClickHouse answers and the schema is at the version this build needs.
+    /// Whether ClickHouse answers and the schema is at the version this build needs. The
+    /// error carries ClickHouse's own words: for the log, not for an unauthenticated client.
     pub async fn readiness(&self) -> Result<(), String> {
         #[derive(clickhouse::Row, Deserialize)]
         struct One {

@@ -7,7 +7,9 @@ pub mod cluster;
 pub mod file_agent;
 pub mod ingest;
 pub mod process;
+pub mod receiver;
 pub mod server;
+pub mod sse;
 pub mod wait;
 pub mod zookeeper;
 

@@ -24,14 +24,18 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServerOptions {
     /// `--auth-cache-ttl`; `0s` so revocations are immediate.
     pub auth_cache_ttl: String,
-    /// `--insert-max-delay`; the product default is 100ms.
-    pub insert_max_delay: String,
+    /// `--insert-min-interval` (shortest time between two INSERT starts); the product default
+    /// is 20ms.
+    pub insert_min_interval: String,
     /// Anything else to pass.
     pub extra_args: Vec<String>,
     /// Storage flags for `serve` and `admin` alike (e.g. `--clickhouse-cluster NAME`).
     pub storage_args: Vec<String>,
     /// How long the server may take to answer `/readyz` (migrations on a cluster take longer).
     pub ready_timeout: Duration,
+    /// Environment variables to set, e.g. `BACKLIGHT_MAX_CONNECTIONS` (a build that does not
+    /// know a setting ignores it, where it would refuse an unknown flag).
+    pub env: Vec<(String, String)>,
     /// Serve HTTPS with this certificate and key; the harness's client then trusts exactly
     /// that certificate.
     pub tls: Option<TlsFiles>,
@@ -58,10 +62,11 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             auth_cache_ttl: "0s".into(),
-            insert_max_delay: "100ms".into(),
+            insert_min_interval: "20ms".into(),
             extra_args: Vec::new(),
             storage_args: Vec::new(),
             ready_timeout: READY_TIMEOUT,
+            env: Vec::new(),
             tls: None,
         }
     }
@@ -120,6 +125,24 @@ impl Server {
         self.port
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.pid())
+    }
+
+    /// The server's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let pid = self.pid().expect("the server is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+    }
+
     /// The database this server uses.
     pub fn db(&self) -> Db {
         self.db.clone()
@@ -169,10 +192,11 @@ impl Server {
         // a server that exits at start is retried a few times before the test fails.
         for attempt in 1..=5 {
             let args = self.serve_args();
-            self.child = Some(Child::spawn(
+            self.child = Some(Child::spawn_with_env(
                 "backlight-server",
                 &bins::server(),
                 &args,
+                &self.options.env,
                 &self.log_path(),
             ));
             match self.wait_ready().await {
@@ -200,8 +224,8 @@ impl Server {
             self.db.name().to_string(),
             "--auth-cache-ttl".into(),
             self.options.auth_cache_ttl.clone(),
-            "--insert-max-delay".into(),
-            self.options.insert_max_delay.clone(),
+            "--insert-min-interval".into(),
+            self.options.insert_min_interval.clone(),
         ];
         if let Some(tls) = &self.options.tls {
             args.push("--tls-cert".into());
