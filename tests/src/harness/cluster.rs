@@ -103,6 +103,11 @@ impl ClickHouseCluster {
                 ))
                 .await;
             assert_eq!(seen as usize, layout.len(), "{id} sees {seen} nodes");
+            // Alive and talking to ZooKeeper (a node that lost it at startup may have died).
+            ch.db("system")
+                .try_count("SELECT count() FROM system.zookeeper WHERE path = '/'")
+                .await
+                .unwrap_or_else(|e| panic!("{id} cannot use ZooKeeper: {e}"));
         }
         cluster
     }

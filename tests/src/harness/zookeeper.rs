@@ -16,7 +16,7 @@ use super::wait::{secs, wait_for};
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 /// Overrides [`ZOOKEEPER_JAR`] (e.g. a ZooKeeper unpacked elsewhere: its `lib/*` classpath).
 pub const CLASSPATH_ENV: &str = "BACKLIGHT_ZOOKEEPER_CLASSPATH";
-/// How long a fresh ZooKeeper gets to answer `ruok`.
+/// How long a fresh ZooKeeper gets to serve.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One standalone ZooKeeper of one test.
@@ -28,7 +28,7 @@ pub struct ZooKeeper {
 }
 
 impl ZooKeeper {
-    /// Starts ZooKeeper and waits until it answers `ruok`. Panics, saying what to install,
+    /// Starts ZooKeeper and waits until it serves clients. Panics, saying what to install,
     /// when Java or ZooKeeper is missing: tests that need it are never skipped.
     pub async fn start() -> ZooKeeper {
         let classpath = classpath();
@@ -49,7 +49,7 @@ impl ZooKeeper {
                  clientPortAddress=127.0.0.1\n\
                  maxClientCnxns=0\n\
                  admin.enableServer=false\n\
-                 4lw.commands.whitelist=ruok\n",
+                 4lw.commands.whitelist=srvr\n",
                 dir.path().join("data").display()
             ),
         )
@@ -73,13 +73,17 @@ impl ZooKeeper {
     async fn wait_ready(&mut self) {
         let port = self.port;
         let child = &mut self.child;
-        wait_for(READY_TIMEOUT, "ZooKeeper to answer ruok", async || {
+        // `ruok` says "imok" as soon as the process runs, while ZooKeeper may still close
+        // client connections before the handshake; ClickHouse 18.16 then crashes (a null
+        // pointer in its DDL worker, seen on a loaded machine). `srvr` answers with the
+        // version only once the server serves.
+        wait_for(READY_TIMEOUT, "ZooKeeper to serve (srvr)", async || {
             if let Some(status) = child.try_status() {
                 panic!("ZooKeeper exited ({status}) during startup");
             }
-            match ruok(port).await {
-                Ok(answer) if answer == "imok" => Ok(()),
-                Ok(answer) => Err(format!("answered {answer:?}")),
+            match four_letter(port, b"srvr").await {
+                Ok(answer) if answer.starts_with("Zookeeper version") => Ok(()),
+                Ok(answer) => Err(format!("answered {:?}", answer.trim())),
                 Err(e) => Err(e.to_string()),
             }
         })
@@ -103,11 +107,11 @@ impl Drop for ZooKeeper {
     }
 }
 
-/// ZooKeeper's four-letter `ruok`: "imok" when it serves.
-async fn ruok(port: u16) -> std::io::Result<String> {
+/// A ZooKeeper four-letter command and its answer.
+async fn four_letter(port: u16, command: &[u8]) -> std::io::Result<String> {
     let talk = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(b"ruok").await?;
+        stream.write_all(command).await?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await?;
         Ok(answer)
