@@ -181,8 +181,9 @@
       fact('Last worked on', doc.last_activity_ms ? `${when(doc.last_activity_ms)} (${ago(doc.last_activity_ms)})` : '—'),
       fact('Deadline', slaBadge(doc), due),
       fact('Expected completion', etaText, etaHow && el('div', { class: 'sub' }, etaHow)),
-      fact('Time worked on it', `${duration(doc.handle_time_ms)}`),
     ];
+    // Only wfm and admin keys get the handle time; a contact-center key's document has none.
+    if (doc.handle_time_ms != null) facts.push(fact('Time worked on it', `${duration(doc.handle_time_ms)}`));
     if (doc.registration) {
       if (doc.registration.customer_ref) facts.push(fact('Customer reference', doc.registration.customer_ref));
       if (doc.registration.queue) facts.push(fact('Queue', doc.registration.queue));
