@@ -19,6 +19,8 @@ pub struct EnrollOptions {
     pub enrollment_key: String,
     /// Replace an existing enrollment.
     pub force: bool,
+    /// Allow plain `http://` to a server that is not on this computer (labs only).
+    pub insecure_http: bool,
 }
 
 /// Enrollment failed.
@@ -49,7 +51,12 @@ pub enum EnrollError {
 
 /// Enrolls this device with the server and stores the credential in `data_dir`.
 pub async fn enroll(data_dir: &Path, options: &EnrollOptions) -> Result<Credentials, EnrollError> {
-    let url = http::endpoint(&options.server_url, ENROLL_PATH)?;
+    let plain_http = if options.insecure_http {
+        http::PlainHttp::Anywhere
+    } else {
+        http::PlainHttp::LoopbackOnly
+    };
+    let url = http::endpoint_with(&options.server_url, ENROLL_PATH, plain_http)?;
     let key = Token::parse_kind(&options.enrollment_key, SecretKind::Enrollment)
         .map_err(EnrollError::InvalidKey)?;
     if !options.force {
@@ -64,8 +71,8 @@ pub async fn enroll(data_dir: &Path, options: &EnrollOptions) -> Result<Credenti
         path: data_dir.to_path_buf(),
         source,
     })?;
-    if url.scheme() == "http" {
-        tracing::warn!(%url, "enrolling over plain HTTP: the credential travels unencrypted");
+    if options.insecure_http && url.scheme() == "http" {
+        tracing::warn!(%url, "enrolling over plain HTTP (--insecure-http): the credential travels unencrypted");
     }
 
     let request = EnrollRequest {
@@ -99,6 +106,7 @@ pub async fn enroll(data_dir: &Path, options: &EnrollOptions) -> Result<Credenti
         device_id: answer.device_id,
         tenant_id: answer.tenant_id,
         device_credential: answer.device_credential,
+        insecure_http: options.insecure_http,
     };
     credentials::store(data_dir, &stored)?;
     Ok(stored)

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::credentials::Credentials;
-use crate::http::{endpoint, error_chain, error_message, read_body_capped, InvalidServerUrl};
+use crate::http::{endpoint_with, error_chain, error_message, read_body_capped, InvalidServerUrl};
 use crate::spool::{Note, Spool, SpoolError};
 
 /// Largest policy body read. The protocol's limits (200 rules, 600 patterns of up to 1,000
@@ -130,7 +130,11 @@ impl Fetcher {
     ) -> Result<Fetcher, InvalidServerUrl> {
         Ok(Fetcher {
             http,
-            url: endpoint(&credentials.server_url, POLICY_PATH)?,
+            url: endpoint_with(
+                &credentials.server_url,
+                POLICY_PATH,
+                credentials.plain_http(),
+            )?,
             credential: credentials.device_credential.clone(),
             etag: current.etag.clone(),
         })
