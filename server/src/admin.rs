@@ -11,9 +11,11 @@ use crate::cli::{
     TenantCommand,
 };
 use crate::launch;
+use crate::storage::audit::{AuditEntry, AuditLog};
 use crate::storage::events::{self, DeviceProgress};
 use crate::storage::policies::{self, PolicyError};
 use crate::storage::Store;
+use crate::tenancy::TenantId;
 
 pub async fn run(storage: StorageArgs, command: AdminCommand) -> anyhow::Result<()> {
     let (config, clickhouse) = launch::for_admin(&storage).await?;
@@ -35,6 +37,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             registry
                 .create_tenant(&id, name.as_deref().unwrap_or(id.as_str()))
                 .await?;
+            audit(store, &id, "tenant_create", id.as_str()).await?;
             println!("created tenant {id}");
         }
         AdminCommand::Tenant(TenantCommand::List) => {
@@ -53,6 +56,12 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             show_person_names,
             time_zone,
         }) => {
+            let target = format!(
+                "show_person_names={} time_zone={}",
+                show_person_names.map_or("unchanged".to_string(), |v| v.to_string()),
+                time_zone.as_deref().unwrap_or("unchanged")
+            );
+            audit(store, &id, "tenant_settings", &target).await?;
             let settings = registry
                 .update_settings(&id, show_person_names, time_zone.as_deref())
                 .await?;
@@ -106,11 +115,18 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Revoke { tenant, key_id }) => {
+            audit(store, &tenant, "enrollment_key_revoke", &key_id).await?;
             registry.revoke_enrollment_key(&tenant, &key_id).await?;
             println!("revoked enrollment key {key_id}");
         }
         AdminCommand::ApiKey(ApiKeyCommand::Create { tenant, role, name }) => {
             let token = registry.create_api_key(&tenant, role, &name).await?;
+            let target = format!("{} role={role} name={name:?}", token.id);
+            if let Err(e) = audit(store, &tenant, "api_key_create", &target).await {
+                // A key nobody can trace back is not handed out.
+                registry.revoke_api_key(&tenant, &token.id).await?;
+                return Err(e.context("the new key was revoked again"));
+            }
             eprintln!(
                 "API key {} ({role}) for tenant {tenant} (shown once; store it safely):",
                 token.id
@@ -135,6 +151,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::ApiKey(ApiKeyCommand::Revoke { tenant, key_id }) => {
+            audit(store, &tenant, "api_key_revoke", &key_id).await?;
             registry.revoke_api_key(&tenant, &key_id).await?;
             println!("revoked API key {key_id}");
         }
@@ -192,6 +209,11 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             team,
             person,
         }) => {
+            let target = format!(
+                "{device_id} team={team:?} person set={}",
+                !person.is_empty()
+            );
+            audit(store, &tenant, "device_assign", &target).await?;
             registry
                 .assign_device(&tenant, device_id, &team, &person)
                 .await?;
@@ -215,21 +237,71 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             };
             let policy = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a valid policy", file.display()))?;
-            match policies::save(store.client(), &tenant, &policy, "admin-cli").await {
-                Ok(stored) => println!(
-                    "saved policy version {} for tenant {tenant} ({})",
-                    stored.policy.version, stored.etag
-                ),
+            let change = match policies::prepare(store.client(), &tenant, policy).await {
+                Ok(change) => change,
                 Err(PolicyError::Invalid(e)) => anyhow::bail!("policy refused: {e}"),
                 Err(PolicyError::ClickHouse(e)) => return Err(e.into()),
+            };
+            let summary = change.summary();
+            audit(store, &tenant, "policy_save", &summary).await?;
+            let stored = policies::save(store.client(), &change, &cli_actor())
+                .await
+                .map_err(|e| anyhow::anyhow!("saving the policy failed: {e}"))?;
+            println!(
+                "saved policy version {} for tenant {tenant} ({}): {summary}",
+                stored.policy.version, stored.etag
+            );
+        }
+        AdminCommand::Policy(PolicyCommand::History { tenant }) => {
+            println!("{:<24} {:>7} {:<40} CHANGES", "SAVED", "VERSION", "BY");
+            for h in policies::history(store.client(), &tenant).await? {
+                println!(
+                    "{:<24} {:>7} {:<40} {}",
+                    format_ms(h.saved_ms),
+                    h.version,
+                    h.saved_by,
+                    h.changes
+                );
             }
         }
         AdminCommand::Device(DeviceCommand::Revoke { tenant, device_id }) => {
+            audit(store, &tenant, "device_revoke", &device_id.to_string()).await?;
             registry.revoke_device(&tenant, device_id).await?;
             println!("revoked device {device_id}; its uploads are refused from now on");
         }
     }
     Ok(())
+}
+
+/// Who runs this command, for the audit log: the operating-system user (the command line has
+/// no API key; whoever can reach ClickHouse with the data directory or its password can run it).
+fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn cli_actor() -> String {
+    format!("admin-cli:{}", os_user())
+}
+
+/// Records an administrative change in the tenant's audit log before it is made; a change that
+/// cannot be audited is not made.
+async fn audit(store: &Store, tenant: &TenantId, action: &str, target: &str) -> anyhow::Result<()> {
+    let log = AuditLog::new(store.client().clone());
+    log.record(AuditEntry {
+        tenant_id: tenant.to_string(),
+        key_id: "admin-cli".to_string(),
+        key_name: os_user(),
+        role: "admin-cli".to_string(),
+        action: action.to_string(),
+        target: target.to_string(),
+        outcome: "ok".to_string(),
+    })?;
+    log.flush()
+        .await
+        .context("writing the audit log (the change was not made)")
 }
 
 /// Milliseconds since the epoch as an RFC 3339 UTC timestamp (second precision).

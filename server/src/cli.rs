@@ -127,11 +127,17 @@ pub enum PolicyCommand {
         #[arg(long)]
         tenant: TenantId,
     },
-    /// Validate and save a policy from a JSON file (`-` for stdin); agents apply it without a restart.
+    /// Validate and save a policy from a JSON file (`-` for stdin); agents apply it without a
+    /// restart. A changed notice or a policy that records more needs a higher version.
     Set {
         #[arg(long)]
         tenant: TenantId,
         file: PathBuf,
+    },
+    /// Every policy the tenant saved: when, by whom, what changed (newest first).
+    History {
+        #[arg(long)]
+        tenant: TenantId,
     },
 }
 

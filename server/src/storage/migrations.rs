@@ -85,6 +85,13 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "item_lookup",
         sql: include_str!("../../../deploy/clickhouse/migrations/0011_item_lookup.sql"),
     },
+    Migration {
+        version: 14,
+        name: "policy_history_and_key_limits",
+        sql: include_str!(
+            "../../../deploy/clickhouse/migrations/0014_policy_history_and_key_limits.sql"
+        ),
+    },
 ];
 
 /// Splits a migration file into statements: comments (`-- …` lines) removed, split on `;`.
@@ -208,7 +215,12 @@ mod tests {
     /// `INSERT INTO … SELECT` into a copy whose readers remove duplicates by identity.
     #[test]
     fn every_statement_is_harmless_to_repeat() {
-        const DEDUPED_COPIES: [&str; 3] = ["item_events_v2", "item_registrations", "item_lookup"];
+        const DEDUPED_COPIES: [&str; 4] = [
+            "item_events_v2",
+            "item_registrations",
+            "item_lookup",
+            "policy_history",
+        ];
         for m in MIGRATIONS {
             for s in statements(m.sql) {
                 let backfill = DEDUPED_COPIES
