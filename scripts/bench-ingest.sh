@@ -121,6 +121,12 @@ fi
 SERVER_BIN="${SERVER_BIN:-$TARGET_DIR/$BUILD_PROFILE/backlight-server}"
 LOADGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-loadgen"
 
+# The load generator enrolls hundreds of simulated desktops within seconds: lift the enrollment
+# rate limits (docs/security.md) so the run measures capacity, not the limit. It reads the
+# server's /metrics with the same token (an older SERVER_BIN ignores both variables).
+export BACKLIGHT_ENROLL_RATE=100000 BACKLIGHT_ENROLL_KEY_RATE=100000
+BACKLIGHT_METRICS_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export BACKLIGHT_METRICS_TOKEN
 mkdir -p "$DATA"
 echo "==> starting backlight-server ($BUILD_PROFILE); ClickHouse: embedded, started by the server under $DATA/clickhouse"
 for attempt in 1 2 3; do

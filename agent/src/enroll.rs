@@ -1,6 +1,7 @@
 //! Enrollment: exchanges an enrollment key for this device's credential and stores it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use backlight_shared::api::{EnrollRequest, EnrollResponse, ENROLL_PATH};
 use backlight_shared::credential::{SecretKind, Token, TokenError};
@@ -10,7 +11,13 @@ use uuid::Uuid;
 use crate::credentials::{self, Credentials, CredentialsError};
 use crate::data_dir;
 use crate::http::{self, error_message, read_body_capped, InvalidServerUrl, MAX_RESPONSE_BYTES};
+use crate::upload::parse_retry_after;
 use crate::AGENT_VERSION;
+
+/// How long enrollment keeps retrying while the server answers 429 or 503 with `Retry-After`.
+const MAX_BUSY_WAIT: Duration = Duration::from_secs(300);
+/// Longest single wait between those retries.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 
 /// What `backlight-agent enroll` was asked to do.
 #[derive(Debug, Clone)]
@@ -84,16 +91,42 @@ pub async fn enroll(data_dir: &Path, options: &EnrollOptions) -> Result<Credenti
         os: std::env::consts::OS.to_string(),
     };
     let client = http::client().map_err(EnrollError::Client)?;
-    let mut response = client
-        .post(url)
-        .json(&request)
-        .send()
-        .await
-        .map_err(EnrollError::Request)?;
-    let status = response.status();
-    let body = read_body_capped(&mut response, MAX_RESPONSE_BYTES)
-        .await
-        .map_err(EnrollError::Request)?;
+    let started = std::time::Instant::now();
+    let (status, body) = loop {
+        let mut response = client
+            .post(url.clone())
+            .json(&request)
+            .send()
+            .await
+            .map_err(EnrollError::Request)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let body = read_body_capped(&mut response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(EnrollError::Request)?;
+        // The server is busy (a rollout enrolling many desktops at once hits its rate limit):
+        // wait as long as it says, for a while, instead of failing the installation.
+        let busy = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        match retry_after {
+            Some(wait) if busy && started.elapsed() + wait <= MAX_BUSY_WAIT => {
+                let wait = wait.clamp(Duration::from_secs(1), MAX_RETRY_WAIT);
+                tracing::warn!(
+                    %status,
+                    wait_s = wait.as_secs(),
+                    "the server is busy; enrolling again in a moment"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            _ => break (status, body),
+        }
+    };
     if status != StatusCode::OK {
         return Err(EnrollError::Refused {
             status,

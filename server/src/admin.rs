@@ -14,6 +14,7 @@ use crate::launch;
 use crate::storage::audit::{AuditEntry, AuditLog};
 use crate::storage::events::{self, DeviceProgress};
 use crate::storage::policies::{self, PolicyError};
+use crate::storage::registry::NewEnrollmentKey;
 use crate::storage::Store;
 use crate::tenancy::TenantId;
 
@@ -74,12 +75,30 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Create {
             tenant,
             expires_in,
+            max_uses,
             note,
         }) => {
-            let expires_ms = expires_in.map(|d| now_ms() + d.as_millis() as u64);
+            let expires_ms = now_ms().saturating_add(expires_in.as_millis() as u64);
             let token = registry
-                .create_enrollment_key(&tenant, expires_ms, &note)
+                .create_enrollment_key_with(
+                    &tenant,
+                    NewEnrollmentKey {
+                        expires_ms: Some(expires_ms),
+                        max_uses,
+                        note: &note,
+                    },
+                )
                 .await?;
+            let target = format!(
+                "{} expires {} max_uses {}",
+                token.id,
+                format_ms(expires_ms),
+                max_uses.map_or("unlimited".to_string(), |n| n.to_string())
+            );
+            if let Err(e) = audit(store, &tenant, "enrollment_key_create", &target).await {
+                registry.revoke_enrollment_key(&tenant, &token.id).await?;
+                return Err(e.context("the new key was revoked again"));
+            }
             eprintln!(
                 "enrollment key {} for tenant {tenant} (shown once; store it safely):",
                 token.id
@@ -88,28 +107,34 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::List { tenant }) => {
             println!(
-                "{:<18} {:<8} {:<24} {:<24} NOTE",
-                "KEY ID", "STATE", "CREATED", "EXPIRES"
+                "{:<18} {:<8} {:<24} {:<24} {:<11} NOTE",
+                "KEY ID", "STATE", "CREATED", "EXPIRES", "USES"
             );
             for k in registry.enrollment_keys(&tenant).await? {
-                let state = k.unusable_reason(now_ms()).map_or("active", |_| {
-                    if k.revoked != 0 {
-                        "revoked"
-                    } else {
-                        "expired"
-                    }
-                });
+                let used = registry.enrollment_key_uses(&k.key_id).await?;
+                let limit = registry.enrollment_key_limit(&k.key_id).await?;
+                let uses = match limit {
+                    Some(max) => format!("{used}/{max}"),
+                    None => used.to_string(),
+                };
+                let state = match k.unusable_reason(now_ms()) {
+                    Some(_) if k.revoked != 0 => "revoked",
+                    Some(_) => "expired",
+                    None if limit.is_some_and(|max| used >= u64::from(max)) => "used-up",
+                    None => "active",
+                };
                 let expires = if k.expires_ms == 0 {
                     "never".to_string()
                 } else {
                     format_ms(k.expires_ms)
                 };
                 println!(
-                    "{:<18} {:<8} {:<24} {:<24} {}",
+                    "{:<18} {:<8} {:<24} {:<24} {:<11} {}",
                     k.key_id,
                     state,
                     format_ms(k.created_ms),
                     expires,
+                    uses,
                     k.note
                 );
             }

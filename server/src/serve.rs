@@ -41,7 +41,15 @@ async fn serve_with(
             ..WriterConfig::default()
         },
     );
-    let state = AppState::new(store, writer, args.auth_cache_ttl);
+    let state = AppState::new(store, writer, args.auth_cache_ttl)
+        .with_access_limits(&args.access_limits())
+        .with_device_directory(args.device_directory_size, args.auth_cache_ttl)
+        .with_metrics(args.metrics());
+    if args.metrics_token.is_none() {
+        tracing::info!(
+            "/metrics is off: set --metrics-token (BACKLIGHT_METRICS_TOKEN) to scrape it"
+        );
+    }
     let audit = state.audit.clone();
     let app = router(state);
 

@@ -37,6 +37,7 @@ use backlight_shared::now_ms;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::access_limits::Work;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
@@ -614,6 +615,7 @@ fn item_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
         (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 404, description = "No such item (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Invalid item id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -623,6 +625,7 @@ async fn lookup(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ItemDoc>, ApiError> {
     caller.require(&READERS)?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Lookup)?;
     let id = item_id(path)?;
     let doc = audited(
         &app,
@@ -649,6 +652,7 @@ async fn lookup(
         (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 404, description = "No such item (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Invalid item id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -658,6 +662,7 @@ async fn timeline(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Timeline>, ApiError> {
     caller.require(&READERS)?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Lookup)?;
     let id = item_id(path)?;
     let read = async {
         Ok(load(&app, &caller, &id).await?.map(|l| {
@@ -713,6 +718,7 @@ struct SearchParams {
         (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
         (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Unknown or invalid parameter (`invalid_query`, `invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -723,6 +729,7 @@ async fn search(
     params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Json<SearchDoc>, ApiError> {
     caller.require(&READERS)?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Search)?;
     let Query(params) = params.map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -950,6 +957,7 @@ struct Registered {
         (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "An item is invalid (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -959,6 +967,7 @@ async fn register_items(
     JsonBody(request): JsonBody<RegisterItems>,
 ) -> Result<Json<Registered>, ApiError> {
     caller.require(&[Role::Admin])?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Write)?;
     let client = app.store.client();
     let tenant = caller.tenant.as_str();
     let classes = if request.items.iter().any(|i| i.sla_class.is_some()) {
@@ -1061,6 +1070,7 @@ async fn list_sla_classes(
         (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "A class is invalid (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -1070,6 +1080,7 @@ async fn put_sla_classes(
     JsonBody(request): JsonBody<PutSlaClasses>,
 ) -> Result<Json<SlaClassesDoc>, ApiError> {
     caller.require(&[Role::Admin])?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Write)?;
     register::validate_classes(&request)
         .map_err(|e| ApiError::invalid_field(e.field, e.message))?;
     let now = now_ms();

@@ -8,6 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use backlight_shared::policy::{Policy, POLICY_PATH};
 
+use super::access_limits::Work;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
@@ -119,6 +120,7 @@ async fn admin_policy(
         (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Invalid policy, e.g. a bad regex, or a wider policy without a new version (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; nothing was saved, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -128,6 +130,7 @@ async fn save_policy(
     JsonBody(policy): JsonBody<Policy>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
+    let _turn = state.query_share.enter(&caller.key_id, Work::Write)?;
     let client = state.store.client();
     let change = match policies::prepare(client, &caller.tenant, policy).await {
         Ok(change) => change,

@@ -18,6 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use uuid::Uuid;
 
+use super::access_limits::Work;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::ApiCaller;
@@ -123,7 +124,9 @@ async fn performance(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Wfm, Role::Admin])?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Report)?;
     let params = parse_params(&raw)?;
+    let _run = app.report_runs.enter().await?;
     let registry = app.store.registry();
     let settings = registry.settings(&caller.tenant).await?;
     if params.group_by == GroupBy::Person && settings.show_person_names == 0 {

@@ -119,6 +119,9 @@ struct Args {
     /// ClickHouse HTTP URL, to confirm what was stored (load) and to run DDL (baseline).
     #[arg(long)]
     clickhouse_url: Option<String>,
+    /// The server's `--metrics-token`, to read its /metrics (the server's own figures).
+    #[arg(long, env = "BACKLIGHT_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// ClickHouse database holding `events`.
     #[arg(long, default_value = "backlight")]
     clickhouse_database: String,
@@ -517,11 +520,11 @@ async fn load(args: &Args) -> Result<()> {
     // CPU and server counters over exactly the window.
     tokio::time::sleep_until(timeline.window_start.into()).await;
     let cpu_before = CpuSample::take(args);
-    let metrics_before = server_metrics(&client, &server).await;
+    let metrics_before = server_metrics(&client, &server, args.metrics_token.as_deref()).await;
     let ch_before = clickhouse_events(clickhouse.as_ref()).await;
     tokio::time::sleep_until(timeline.end.into()).await;
     let cpu_after = CpuSample::take(args);
-    let metrics_after = server_metrics(&client, &server).await;
+    let metrics_after = server_metrics(&client, &server, args.metrics_token.as_deref()).await;
     let ch_after = clickhouse_events(clickhouse.as_ref()).await;
     let ch_work = ch_before.zip(ch_after).map(|(a, b)| {
         b.into_iter()
@@ -997,15 +1000,16 @@ struct ServerMetrics {
     insert_failures: f64,
 }
 
-async fn server_metrics(client: &reqwest::Client, server: &str) -> Option<ServerMetrics> {
-    let text = client
-        .get(format!("{server}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+async fn server_metrics(
+    client: &reqwest::Client,
+    server: &str,
+    token: Option<&str>,
+) -> Option<ServerMetrics> {
+    let mut request = client.get(format!("{server}/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let text = request.send().await.ok()?.text().await.ok()?;
     let sum = |name: &str| -> f64 {
         text.lines()
             .filter(|l| {

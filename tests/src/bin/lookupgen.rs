@@ -141,6 +141,9 @@ struct Args {
     /// ClickHouse HTTP URL (loopback): probe the lookup's queries directly during the window.
     #[arg(long)]
     clickhouse_url: Option<String>,
+    /// The server's `--metrics-token`, to read its /metrics (the server's own figures).
+    #[arg(long, env = "BACKLIGHT_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// ClickHouse database.
     #[arg(long, default_value = "backlight")]
     clickhouse_database: String,
@@ -352,13 +355,14 @@ async fn run(args: &Args) -> Result<()> {
     let window_probe = {
         let (client, server, clock) = (client.clone(), server.clone(), clock.clone());
         let (server_pid, ch_pid) = (args.server_pid, args.clickhouse_pid);
+        let token = args.metrics_token.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(clock.window_start.into()).await;
             let cpu0 = CpuSample::take(server_pid, ch_pid);
-            let m0 = server_metrics(&client, &server).await;
+            let m0 = server_metrics(&client, &server, token.as_deref()).await;
             tokio::time::sleep_until(clock.end.into()).await;
             let cpu1 = CpuSample::take(server_pid, ch_pid);
-            let m1 = server_metrics(&client, &server).await;
+            let m1 = server_metrics(&client, &server, token.as_deref()).await;
             (cpu0.delta(&cpu1), m0.zip(m1))
         })
     };
@@ -1208,15 +1212,16 @@ struct ServerMetrics {
     batches: f64,
 }
 
-async fn server_metrics(client: &reqwest::Client, server: &str) -> Option<ServerMetrics> {
-    let text = client
-        .get(format!("{server}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+async fn server_metrics(
+    client: &reqwest::Client,
+    server: &str,
+    token: Option<&str>,
+) -> Option<ServerMetrics> {
+    let mut request = client.get(format!("{server}/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let text = request.send().await.ok()?.text().await.ok()?;
     let pick = |name: &str, route: bool| -> f64 {
         text.lines()
             .filter(|l| {

@@ -31,7 +31,12 @@ pub struct ServerOptions {
     /// Serve HTTPS with this certificate and key; the harness's client then trusts exactly
     /// that certificate.
     pub tls: Option<TlsFiles>,
+    /// `--metrics-token`: what [`Server::metrics`] sends.
+    pub metrics_token: String,
 }
+
+/// The `--metrics-token` test servers run with unless a test says otherwise.
+pub const TEST_METRICS_TOKEN: &str = "e2e-metrics-token-0123456789abcdef";
 
 /// `--tls-cert` and `--tls-key` files. The certificate must be self-signed (it is also the one
 /// root the harness's HTTPS client trusts), e.g. made by `rcgen` in the test.
@@ -57,6 +62,7 @@ impl Default for ServerOptions {
             insert_max_delay: "100ms".into(),
             extra_args: Vec::new(),
             tls: None,
+            metrics_token: TEST_METRICS_TOKEN.into(),
         }
     }
 }
@@ -196,6 +202,8 @@ impl Server {
             self.options.auth_cache_ttl.clone(),
             "--insert-max-delay".into(),
             self.options.insert_max_delay.clone(),
+            "--metrics-token".into(),
+            self.options.metrics_token.clone(),
         ];
         if let Some(tls) = &self.options.tls {
             args.push("--tls-cert".into());
@@ -374,20 +382,29 @@ impl Server {
             .await
     }
 
-    /// `GET /metrics` as text.
+    /// `GET /metrics` as text, with the metrics token.
     pub async fn metrics(&self) -> String {
-        let response = self
-            .http
-            .get(format!("{}/metrics", self.url()))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        let response = self.get_metrics(Some(&self.options.metrics_token)).await;
         assert!(
-            response.status().is_success(),
-            "GET /metrics answered {}",
-            response.status()
+            response.status.is_success(),
+            "GET /metrics answered {response}"
         );
-        response.text().await.expect("reading /metrics")
+        response.body
+    }
+
+    /// `GET /metrics` with `token` as the bearer (or none), whatever the answer.
+    pub async fn get_metrics(&self, token: Option<&str>) -> Posted {
+        let mut request = self.http.get(format!("{}/metrics", self.url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Posted::read(
+            request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET /metrics: {e}")),
+        )
+        .await
     }
 }
 

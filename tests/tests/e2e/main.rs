@@ -10,6 +10,7 @@ mod dedup;
 mod enrollment;
 mod gaps;
 mod happy_path;
+mod hostile_access;
 mod https;
 mod outages;
 

@@ -1,0 +1,215 @@
+//! Issue 10, access hardening: what a holder of one credential (or of none) must not be able to
+//! do, against the real server binary, its admin command line and a real ClickHouse. Each test
+//! failed before its fix. (Ingest, decoding and connection limits are in `hostile.rs`.)
+
+use std::time::{Duration, Instant};
+
+use backlight_e2e::*;
+use futures_util::future::join_all;
+
+use crate::Spine;
+
+/// Enrollment keys expire by default, can be limited to a number of devices (counted in
+/// ClickHouse, so it holds across servers), and `/v1/enroll` is rate limited: 429 with
+/// `Retry-After`, never a queue that grows.
+#[tokio::test]
+async fn enrollment_keys_expire_by_default_are_use_limited_and_rate_limited() {
+    let spine = Spine::start_with(
+        "keys",
+        ServerOptions {
+            extra_args: vec!["--enroll-rate".into(), "10".into()],
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let server = &spine.server;
+
+    // The key the harness created without --expires-in expires within the default week.
+    let list = server
+        .admin(&["enrollment-key", "list", "--tenant", &spine.tenant])
+        .await;
+    assert!(
+        !list.contains("never"),
+        "a key without --expires-in never expires:\n{list}"
+    );
+
+    // At most two devices, even when they enroll at the same time (through two servers).
+    let second = Server::start_with(server.db(), ServerOptions::default()).await;
+    let key = server
+        .admin(&[
+            "enrollment-key",
+            "create",
+            "--tenant",
+            &spine.tenant,
+            "--max-uses",
+            "2",
+        ])
+        .await;
+    let key = key.trim();
+    let attempts = (0..6).map(|i| {
+        let target = if i % 2 == 0 { server } else { &second };
+        target.enroll(key)
+    });
+    let answers = join_all(attempts).await;
+    let enrolled = answers.iter().filter(|a| a.status == 200).count();
+    let used_up = answers
+        .iter()
+        .filter(|a| a.status == 403 && a.body.contains("enrollment_key_unusable"))
+        .count();
+    assert_eq!((enrolled, used_up), (2, 4), "{answers:#?}");
+    let list = server
+        .admin(&["enrollment-key", "list", "--tenant", &spine.tenant])
+        .await;
+    assert!(list.contains("2/2"), "uses shown as 2/2:\n{list}");
+
+    // A burst of attempts with made-up keys is cut off with 429 + Retry-After.
+    let fake = format!("ble_{}_{}", "0123456789abcdef", "c".repeat(64));
+    let started = Instant::now();
+    let answers = join_all((0..60).map(|_| server.enroll(&fake))).await;
+    let limited: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    assert!(
+        limited.len() >= 20,
+        "{} of 60 attempts in {:?} were rate limited",
+        limited.len(),
+        started.elapsed()
+    );
+    assert!(
+        limited
+            .iter()
+            .all(|a| a.headers.contains_key("retry-after")),
+        "429 without Retry-After"
+    );
+    // The limit does not stop legitimate enrollment for long.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.enroll(&spine.key).await.assert_ok();
+}
+
+/// `/metrics` described every tenant and device with a gap to anyone, and scanned the `events`
+/// table for it. Now it needs the metrics token, shows sums by default, and scrapes do not
+/// scan: the gaps are computed in the background at most once per interval (5 minutes).
+#[tokio::test]
+async fn metrics_need_the_token_name_no_device_and_do_not_scan_per_scrape() {
+    let spine = Spine::start("metrics").await;
+    let server = &spine.server;
+    let device = server.enroll_device(&spine.key).await;
+    // A gap: seqs 1-3 and 10.
+    let mut events = crate::events(1, 3);
+    events.extend(crate::events(10, 1));
+    server
+        .send_batch(&device, &batch(&device, events))
+        .await
+        .assert_ok();
+
+    server
+        .get_metrics(None)
+        .await
+        .check_error(401, "unauthorized", None)
+        .unwrap_or_else(|e| panic!("without a token: {e}"));
+    server
+        .get_metrics(Some("not-the-metrics-token-at-all"))
+        .await
+        .check_error(401, "unauthorized", None)
+        .unwrap_or_else(|e| panic!("with a wrong token: {e}"));
+
+    let db = server.db();
+    let selects = || async {
+        db.count("SELECT value FROM system.events WHERE event = 'SelectQuery'")
+            .await
+    };
+    let before = selects().await;
+    let text = wait_for(secs(20), "the gap summed in /metrics", async || {
+        let text = server.metrics().await;
+        if text
+            .lines()
+            .any(|l| l == "backlight_sequence_missing_total 6")
+        {
+            Ok(text)
+        } else {
+            Err(text
+                .lines()
+                .filter(|l| l.contains("sequence"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    })
+    .await;
+    for _ in 0..10 {
+        server.metrics().await;
+    }
+    // Our own three counting queries are SELECTs too; the server's two (the sums, nothing else
+    // by default) ran once, however many scrapes.
+    let scans = selects().await - before;
+    assert!(scans <= 4, "{scans} SELECTs for a dozen scrapes");
+    assert!(text.contains("backlight_devices_with_gaps 1"), "{text}");
+    assert!(
+        !text.contains(&device.id.to_string()) && !text.contains(&spine.tenant),
+        "no device or tenant is named by default:\n{text}"
+    );
+}
+
+/// One API key could fill the shared lookup queue (4,096) and ClickHouse's query slots. Each key
+/// now has a share of work in flight per server; beyond it 429 with `Retry-After`, and another
+/// key is served meanwhile.
+#[tokio::test]
+async fn one_api_key_cannot_take_the_servers_query_capacity() {
+    let spine = Spine::start_with(
+        "share",
+        ServerOptions {
+            extra_args: vec!["--api-key-max-in-flight".into(), "32".into()],
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let server = &spine.server;
+    let key = |name: &'static str| {
+        let tenant = spine.tenant.clone();
+        async move {
+            server
+                .admin(&[
+                    "api-key", "create", "--tenant", &tenant, "--role", "cc_agent", "--name", name,
+                ])
+                .await
+                .trim()
+                .to_string()
+        }
+    };
+    let (greedy, other) = (key("greedy").await, key("other").await);
+    let http = reqwest::Client::new();
+    let lookup = |key: String, i: usize| {
+        let (http, url) = (http.clone(), format!("{}/v1/items/NOPE-{i}", server.url()));
+        async move {
+            let r = http.get(url).bearer_auth(key).send().await.expect("lookup");
+            (r.status().as_u16(), r.headers().get("retry-after").cloned())
+        }
+    };
+    let burst = join_all((0..400).map(|i| lookup(greedy.clone(), i)));
+    let polite = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let answer = lookup(other.clone(), 0).await;
+        (answer, started.elapsed())
+    };
+    let (answers, ((status, _), took)) = tokio::join!(burst, polite);
+    let limited: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(
+        !limited.is_empty(),
+        "400 lookups at once from one key, none limited"
+    );
+    assert!(
+        limited.iter().all(|(_, retry)| retry.is_some()),
+        "429 without Retry-After"
+    );
+    assert!(
+        answers.iter().all(|(s, _)| *s == 404 || *s == 429),
+        "{:?}",
+        answers
+            .iter()
+            .filter(|(s, _)| *s != 404 && *s != 429)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(status, 404, "the other key's lookup was answered");
+    assert!(
+        took < Duration::from_secs(2),
+        "the other key waited {took:?}"
+    );
+}
