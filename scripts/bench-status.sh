@@ -145,8 +145,12 @@ for attempt in 1 2 3; do
   echo "server exited:"; tail -20 "$WORK/server.log"; exit 1
 done
 CH_URL="$(cat "$DATA/clickhouse/endpoint")"
+# The embedded ClickHouse's password (0600 in its directory); the load generator reads it here.
+BACKLIGHT_CLICKHOUSE_PASSWORD="$(cat "$DATA/clickhouse/password" 2>/dev/null || true)"
+export BACKLIGHT_CLICKHOUSE_PASSWORD
+CH_AUTH=(-H "X-ClickHouse-User: default" -H "X-ClickHouse-Key: $BACKLIGHT_CLICKHOUSE_PASSWORD")
 CH_PID="$(pgrep -P "$SERVER_PID" | head -1 || true)"
-CH_VERSION="$(curl -fsS --data-binary 'SELECT version()' "$CH_URL/")"
+CH_VERSION="$(curl -fsS "${CH_AUTH[@]}" --data-binary 'SELECT version()' "$CH_URL/")"
 echo "    listening on $URL; server pid $SERVER_PID; ClickHouse $CH_VERSION pid ${CH_PID:-?}"
 
 echo "==> creating tenant 'bench', an enrollment key and API keys (admin, cc_agent)"

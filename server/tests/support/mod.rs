@@ -70,8 +70,8 @@ pub async fn start_clickhouse(
     let config = ClickHouseConfig {
         url: clickhouse.url(),
         database: database.into(),
-        user: None,
-        password: None,
+        user: Some(backlight_server::clickhouse::embedded::USER.into()),
+        password: Some(clickhouse.password().into()),
     };
     (dir, clickhouse, config)
 }

@@ -141,6 +141,10 @@ struct Args {
     /// ClickHouse HTTP URL (loopback): probe the lookup's queries directly during the window.
     #[arg(long)]
     clickhouse_url: Option<String>,
+    /// Password of ClickHouse's `default` user (the embedded one keeps it in
+    /// `DATA_DIR/clickhouse/password`).
+    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
     /// The server's `--metrics-token`, to read its /metrics (the server's own figures).
     #[arg(long, env = "BACKLIGHT_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
@@ -247,7 +251,13 @@ async fn run(args: &Args) -> Result<()> {
     let clickhouse = args
         .clickhouse_url
         .as_deref()
-        .map(|u| ClickHouseHttp::new(u, &args.clickhouse_database))
+        .map(|u| {
+            ClickHouseHttp::new(
+                u,
+                &args.clickhouse_database,
+                args.clickhouse_password.as_deref(),
+            )
+        })
         .transpose()?;
     let eta_scan_ms = match &clickhouse {
         Some(ch) => time_eta_scan(ch, &args.tenant).await.ok(),
@@ -985,10 +995,11 @@ impl IngestAgent {
 struct ClickHouseHttp {
     client: reqwest::Client,
     url: String,
+    password: Option<String>,
 }
 
 impl ClickHouseHttp {
-    fn new(url: &str, database: &str) -> Result<ClickHouseHttp> {
+    fn new(url: &str, database: &str, password: Option<&str>) -> Result<ClickHouseHttp> {
         let parsed = reqwest::Url::parse(url).context("--clickhouse-url")?;
         if !matches!(
             parsed.host_str(),
@@ -1002,6 +1013,7 @@ impl ClickHouseHttp {
                 .pool_max_idle_per_host(8)
                 .build()?,
             url: format!("{}/?database={database}", url.trim_end_matches('/')),
+            password: password.map(str::to_string),
         })
     }
 
@@ -1014,7 +1026,13 @@ impl ClickHouseHttp {
 
     /// Runs `sql`, returns its text answer.
     async fn text(&self, sql: impl Into<reqwest::Body>) -> Result<String> {
-        let r = self.client.post(&self.url).body(sql).send().await?;
+        let mut request = self.client.post(&self.url).body(sql);
+        if let Some(password) = &self.password {
+            request = request
+                .header("X-ClickHouse-User", "default")
+                .header("X-ClickHouse-Key", password);
+        }
+        let r = request.send().await?;
         let status = r.status();
         let text = r.text().await?;
         if !status.is_success() {

@@ -205,6 +205,7 @@ impl Server {
             "--metrics-token".into(),
             self.options.metrics_token.clone(),
         ];
+        args.extend(clickhouse_credentials(&self.db));
         if let Some(tls) = &self.options.tls {
             args.push("--tls-cert".into());
             args.push(tls.cert.display().to_string());
@@ -435,6 +436,20 @@ pub async fn serve_until_exit(args: &[String], timeout: Duration) -> Output {
     }
 }
 
+/// `--clickhouse-user`/`--clickhouse-password` for `db` (on the command line: these are
+/// throwaway test passwords; production passes them in the environment).
+fn clickhouse_credentials(db: &Db) -> Vec<String> {
+    match db.password() {
+        Some(password) => vec![
+            "--clickhouse-user".into(),
+            backlight_server::clickhouse::embedded::USER.into(),
+            "--clickhouse-password".into(),
+            password.into(),
+        ],
+        None => Vec::new(),
+    }
+}
+
 /// Runs `backlight-server admin <args>` against `db` and returns stdout; panics on failure.
 pub async fn admin(db: &Db, data_dir: &Path, args: &[&str]) -> String {
     let output = try_admin(db, data_dir, args).await;
@@ -461,8 +476,9 @@ pub async fn try_admin(db: &Db, data_dir: &Path, args: &[&str]) -> Output {
             db.url(),
             "--clickhouse-database",
             db.name(),
-            "admin",
         ])
+        .args(clickhouse_credentials(db))
+        .arg("admin")
         .args(args)
         .kill_on_drop(true);
     match tokio::time::timeout(ADMIN_TIMEOUT, command.output()).await {

@@ -174,7 +174,7 @@ async fn one_api_key_cannot_take_the_servers_query_capacity() {
         }
     };
     let (greedy, other) = (key("greedy").await, key("other").await);
-    let http = reqwest::Client::new();
+    let http = backlight_e2e::harness::http_client();
     let lookup = |key: String, i: usize| {
         let (http, url) = (http.clone(), format!("{}/v1/items/NOPE-{i}", server.url()));
         async move {
@@ -211,5 +211,97 @@ async fn one_api_key_cannot_take_the_servers_query_capacity() {
     assert!(
         took < Duration::from_secs(2),
         "the other key waited {took:?}"
+    );
+}
+
+/// The default set-up (no `--clickhouse-url`) ran ClickHouse with user `default` and no
+/// password: any local user could read or drop every tenant's data and the audit log, and the
+/// data directory took the default umask. Now a random password lives in the data directory
+/// (0600, the directory 0700); the server and `admin` find it there, nobody else has it.
+#[tokio::test]
+async fn the_embedded_clickhouse_needs_the_password_from_the_private_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let port = backlight_e2e::harness::free_port();
+    let log = scratch.path().join("server.log");
+    let args = [
+        "--data-dir".to_string(),
+        data.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    let _server = backlight_e2e::harness::process::Child::spawn(
+        "backlight-server",
+        &backlight_e2e::harness::bins::server(),
+        &args,
+        &log,
+    );
+    let http = backlight_e2e::harness::http_client();
+    wait_until(
+        secs(60),
+        "the server with its embedded ClickHouse is ready",
+        async || {
+            http.get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(
+        mode(&data.join("clickhouse")),
+        0o700,
+        "ClickHouse's directory"
+    );
+    let password_file = data.join("clickhouse").join("password");
+    assert_eq!(mode(&password_file), 0o600, "the password file");
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    assert!(password.trim().len() >= 32, "a long random password");
+
+    let url = std::fs::read_to_string(data.join("clickhouse").join("endpoint")).unwrap();
+    let url = url.trim();
+    let anonymous = http
+        .post(url)
+        .body("SELECT count() FROM system.tables")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !anonymous.status().is_success(),
+        "user default without a password was let in: {}",
+        anonymous.text().await.unwrap_or_default()
+    );
+    let with_password = http
+        .post(url)
+        .header("X-ClickHouse-User", "default")
+        .header("X-ClickHouse-Key", password.trim())
+        .body("SELECT 1")
+        .send()
+        .await
+        .unwrap();
+    assert!(with_password.status().is_success());
+
+    // The admin command line finds the running ClickHouse and its password in the data dir.
+    let out = tokio::process::Command::new(backlight_e2e::harness::bins::server())
+        .args([
+            "--data-dir",
+            &data.display().to_string(),
+            "admin",
+            "tenant",
+            "create",
+            "acme",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
