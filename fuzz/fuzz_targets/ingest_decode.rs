@@ -12,7 +12,13 @@ mod decode;
 
 use decode::decode_body;
 
-const ENCODINGS: [Option<&str>; 5] = [None, Some("zstd"), Some("gzip"), Some("identity"), Some("br")];
+const ENCODINGS: [Option<&str>; 5] = [
+    None,
+    Some("zstd"),
+    Some("gzip"),
+    Some("identity"),
+    Some("br"),
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {

@@ -14,11 +14,11 @@
 mod rules;
 
 use backlight_shared::event::{Event, EventBody};
-use rules::{RuleEngine, Rules, SeenItems, Window};
 use backlight_shared::policy::Policy;
 use backlight_shared::policy_change;
 use backlight_shared::validate::validate_event;
 use libfuzzer_sys::fuzz_target;
+use rules::{RuleEngine, Rules, SeenItems, Window};
 
 const NOW: u64 = 1_800_000_000_000;
 
