@@ -305,3 +305,174 @@ async fn the_embedded_clickhouse_needs_the_password_from_the_private_data_dir() 
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A contact-center key could read per-person performance: with names on, search handed out
+/// up to 200 documents a call with the person and `handle_time_ms`, and the timeline named the
+/// person behind every action. Through the real server and admin command line.
+#[tokio::test]
+async fn a_contact_center_key_reads_no_per_person_performance() {
+    let spine = Spine::start("ccview").await;
+    let server = &spine.server;
+    let tenant = spine.tenant.as_str();
+    server
+        .admin(&["tenant", "set", tenant, "--show-person-names", "true"])
+        .await;
+    let device = server.enroll_device(&spine.key).await;
+    let device_id = device.id.to_string();
+    server
+        .admin(&[
+            "device",
+            "assign",
+            "--tenant",
+            tenant,
+            &device_id,
+            "--team",
+            "claims-a",
+            "--person",
+            "Ann Example",
+        ])
+        .await;
+    let now = now_ms();
+    let mut events = Vec::new();
+    for i in 0..5u64 {
+        let at = now - 50_000 + i * 5_000;
+        let item = format!("PP-{i}");
+        events.push(work_item(3 * i + 1, &item, ItemAction::Started, at));
+        let mut span = activity_span(3 * i + 2, "claims-desk", at, at + 4_000);
+        if let EventBody::ActivitySpan(s) = &mut span.body {
+            s.item_id = Some(item.clone());
+        }
+        events.push(span);
+        events.push(work_item(
+            3 * i + 3,
+            &item,
+            ItemAction::Completed,
+            at + 4_000,
+        ));
+    }
+    server
+        .send_batch(&device, &batch(&device, events))
+        .await
+        .assert_ok();
+    let key = |role: &'static str| {
+        let tenant = tenant.to_string();
+        async move {
+            server
+                .admin(&[
+                    "api-key", "create", "--tenant", &tenant, "--role", role, "--name", role,
+                ])
+                .await
+                .trim()
+                .to_string()
+        }
+    };
+    let (cc, wfm) = (key("cc_agent").await, key("wfm").await);
+    let admin = key("admin").await;
+    let registrations: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!({"item_id": format!("PP-{i}"), "customer_ref": "C-1"}))
+        .collect();
+    let http = backlight_e2e::harness::http_client();
+    let registered = http
+        .post(format!("{}/v1/items", server.url()))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({ "items": registrations }))
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success());
+    let get = |path: String, key: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path).bearer_auth(key).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.text().await.unwrap()
+        }
+    };
+    let search = format!("{}/v1/items?customer_ref=C-1&limit=200", server.url());
+    let timeline = format!("{}/v1/items/PP-4/timeline", server.url());
+    for (what, text) in [
+        ("search", get(search.clone(), cc.clone()).await),
+        ("timeline", get(timeline, cc.clone()).await),
+        (
+            "lookup",
+            get(format!("{}/v1/items/PP-4", server.url()), cc.clone()).await,
+        ),
+    ] {
+        for leak in ["Ann Example", "handle_time_ms", "\"person\"", "touches"] {
+            assert!(!text.contains(leak), "cc_agent {what} shows {leak}: {text}");
+        }
+    }
+    let full = get(search, wfm).await;
+    assert!(
+        full.contains("Ann Example") && full.contains("handle_time_ms"),
+        "wfm keeps names and handle times: {full}"
+    );
+}
+
+/// A policy could record more (titles sent, private windows unhidden, new rules) under the
+/// version employees consented to, and nobody recorded who changed it. Through the real
+/// command line: refused without a new version, saved with one, each save in the audit log.
+#[tokio::test]
+async fn a_wider_policy_needs_a_new_version_and_every_save_is_audited() {
+    let spine = Spine::start("widen").await;
+    let server = &spine.server;
+    let tenant = spine.tenant.as_str();
+    let scratch = tempfile::tempdir().unwrap();
+    let save = |policy: serde_json::Value| {
+        let path = scratch
+            .path()
+            .join(format!("{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&path, policy.to_string()).unwrap();
+        async move {
+            server
+                .try_admin(&[
+                    "policy",
+                    "set",
+                    "--tenant",
+                    tenant,
+                    &path.display().to_string(),
+                ])
+                .await
+        }
+    };
+    let v2 = serde_json::json!({"version": 2, "notice": "Claims work is recorded.", "private_titles": ["(?i)bank"]});
+    assert!(save(v2.clone()).await.status.success());
+    let mut wider = v2.clone();
+    wider["title_policy"] = "send".into();
+    wider["private_titles"] = serde_json::json!([]);
+    let refused = save(wider.clone()).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a wider policy under version 2 was saved"
+    );
+    assert!(
+        stderr.contains("version") && stderr.contains("window titles send"),
+        "{stderr}"
+    );
+    wider["version"] = 3.into();
+    assert!(save(wider).await.status.success());
+
+    let db = server.db();
+    let audited = db
+        .tsv(&format!(
+            "SELECT role, action, target FROM audit_log WHERE tenant_id = '{tenant}' \
+             AND action = 'policy_save' ORDER BY at_ms"
+        ))
+        .await;
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    assert!(audited.iter().all(|r| r[0] == "admin-cli"), "{audited:?}");
+    assert!(
+        audited[1][2].contains("version 2 → 3")
+            && audited[1][2].contains("title_policy drop → send"),
+        "{audited:?}"
+    );
+    let history = server
+        .admin(&["policy", "history", "--tenant", tenant])
+        .await;
+    assert_eq!(
+        history.lines().count(),
+        3,
+        "a header and two saves:\n{history}"
+    );
+}
