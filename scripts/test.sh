@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of Backlight: unit tests, the end-to-end tests that run the real binaries
 # against a real, throwaway ClickHouse, the desktop tests on a real X server (Xvfb), and the
-# browser tests of the web pages in headless Chromium. Installs what is missing first
-# (ClickHouse, Xvfb and xdotool, Chromium, Node.js) from the OS package manager.
+# browser tests of the web pages in headless Chromium, and the SQL compatibility test (every
+# statement the server sends, on ClickHouse 18.16 and on the current engine via chDB). Installs
+# what is missing first (ClickHouse, Xvfb and xdotool, Chromium, Node.js) from the OS package
+# manager, and chDB from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,13 @@ need_package Xvfb xvfb
 need_package xdotool xdotool
 need_package xset x11-xserver-utils
 need_package xmessage x11-utils
+
+if ! python3 -c 'import chdb' >/dev/null 2>&1; then
+  # The current ClickHouse engine in-process: the SQL compatibility test replays every
+  # statement of the server on it (server/tests/clickhouse_compat.rs).
+  echo "==> installing chDB (current ClickHouse) from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check chdb-core
+fi
 
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked

@@ -86,6 +86,16 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../deploy/clickhouse/migrations/0011_item_lookup.sql"),
     },
     Migration {
+        version: 12,
+        name: "live_and_webhooks",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0012_live_and_webhooks.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "device_seq",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0013_device_seq.sql"),
+    },
+    Migration {
         version: 14,
         name: "policy_history_and_key_limits",
         sql: include_str!(
@@ -215,11 +225,13 @@ mod tests {
     /// `INSERT INTO … SELECT` into a copy whose readers remove duplicates by identity.
     #[test]
     fn every_statement_is_harmless_to_repeat() {
-        const DEDUPED_COPIES: [&str; 4] = [
+        // `device_seq` is read with max(), so a repeated backfill changes nothing.
+        const DEDUPED_COPIES: [&str; 5] = [
             "item_events_v2",
             "item_registrations",
             "item_lookup",
             "policy_history",
+            "device_seq",
         ];
         for m in MIGRATIONS {
             for s in statements(m.sql) {

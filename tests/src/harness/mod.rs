@@ -5,7 +5,9 @@ pub mod bins;
 pub mod clickhouse;
 pub mod ingest;
 pub mod process;
+pub mod receiver;
 pub mod server;
+pub mod sse;
 pub mod wait;
 
 /// A unique, ClickHouse-safe name with the given prefix, e.g. `e2e_3f2a…`.

@@ -10,9 +10,12 @@ mod dedup;
 mod enrollment;
 mod gaps;
 mod happy_path;
+mod hostile;
 mod hostile_access;
 mod https;
+mod live;
 mod outages;
+mod webhooks;
 
 use backlight_e2e::*;
 
