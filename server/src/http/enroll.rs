@@ -94,6 +94,7 @@ pub async fn enroll(
                     .with_field("enrollment_key"),
             )
         }
+        Err(e @ EnrollError::Unconfirmed) => return Err(ApiError::unavailable(e.to_string())),
         Err(EnrollError::ClickHouse(e)) => return Err(e.into()),
     };
     tracing::info!(%device_id, tenant = %key.tenant_id, hostname = %request.hostname, "device enrolled");

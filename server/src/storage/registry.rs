@@ -106,7 +106,18 @@ pub enum EnrollError {
     ClickHouse(#[from] ClickHouseError),
     #[error("enrollment key used up: it may enroll at most {max_uses} devices")]
     UsedUp { max_uses: u32 },
+    /// The device's row took longer than [`ENROLL_SETTLE`] to be stored, so whether it is
+    /// within the key's limit cannot be told; it was refused and may simply try again.
+    #[error("the enrollment could not be confirmed in time; try again")]
+    Unconfirmed,
 }
+
+/// How long after a limited key's device is stamped its server waits before reading which
+/// devices came first. Every device stamped earlier whose row took at most this long to store is
+/// then visible to the check; a device whose row took longer refuses itself
+/// ([`EnrollError::Unconfirmed`]). Without the wait a device stamped earlier but stored later
+/// could push one already accepted out of the first `max_uses`, and both would be enrolled.
+pub const ENROLL_SETTLE: std::time::Duration = std::time::Duration::from_millis(1_000);
 
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct DeviceRow {
@@ -463,12 +474,13 @@ impl Registry {
     /// Registers a new device under a (checked, usable) enrollment key; the returned token is
     /// the only copy of the device's secret.
     ///
-    /// A key with a use limit: the device is written first, then the key's first `max_uses`
-    /// devices are read in the order every server agrees on (enrolled_ms, device_id); a device
-    /// not among them is marked [`REVOKED_KEY_USED_UP`] and refused. Two servers enrolling at
-    /// the same moment therefore cannot both take the last use on one ClickHouse node; against
-    /// replicas read before they caught up, the limit can be exceeded by the enrollments made
-    /// within the replication lag.
+    /// A key with a use limit: the device is written first, then, [`ENROLL_SETTLE`] after it was
+    /// stamped, the key's first `max_uses` devices are read in the order every server agrees on
+    /// (enrolled_ms, device_id); a device not among them is marked [`REVOKED_KEY_USED_UP`] and
+    /// refused. Two servers enrolling at the same moment therefore cannot both take the last
+    /// use on one ClickHouse node, provided the servers' clocks agree to well within the settle
+    /// time; against replicas read before they caught up, the limit can be exceeded by the
+    /// enrollments made within the replication lag.
     pub async fn enroll_device(
         &self,
         key: &EnrollmentKeyRow,
@@ -483,16 +495,31 @@ impl Registry {
         }
         let (row, token) = self.insert_device(key, device).await?;
         if let Some(max_uses) = limit {
-            if !self
+            let settled = row.enrolled_ms + ENROLL_SETTLE.as_millis() as u64;
+            let stored_late = now_ms() > settled;
+            if !stored_late {
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    settled.saturating_sub(now_ms()),
+                ))
+                .await;
+            }
+            let refusal = if stored_late {
+                Some(EnrollError::Unconfirmed)
+            } else if !self
                 .first_enrolled(&key.key_id, max_uses)
                 .await?
                 .contains(&row.device_id)
             {
+                Some(EnrollError::UsedUp { max_uses })
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
                 let mut refused = row;
                 refused.revoked = REVOKED_KEY_USED_UP;
                 refused.updated_ms = next_version(refused.updated_ms);
                 self.insert("devices", &refused).await?;
-                return Err(EnrollError::UsedUp { max_uses });
+                return Err(refusal);
             }
         }
         Ok((row.device_id, token))
