@@ -182,7 +182,8 @@ async fn one_api_key_cannot_take_the_servers_query_capacity() {
             (r.status().as_u16(), r.headers().get("retry-after").cloned())
         }
     };
-    let burst = join_all((0..400).map(|i| lookup(greedy.clone(), i)));
+    // 200 at once: below the per-address connection cap (256), which would refuse first.
+    let burst = join_all((0..200).map(|i| lookup(greedy.clone(), i)));
     let polite = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let started = Instant::now();
@@ -193,7 +194,7 @@ async fn one_api_key_cannot_take_the_servers_query_capacity() {
     let limited: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
     assert!(
         !limited.is_empty(),
-        "400 lookups at once from one key, none limited"
+        "200 lookups at once from one key, none limited"
     );
     assert!(
         limited.iter().all(|(_, retry)| retry.is_some()),
@@ -307,8 +308,9 @@ async fn the_embedded_clickhouse_needs_the_password_from_the_private_data_dir() 
 }
 
 /// A contact-center key could read per-person performance: with names on, search handed out
-/// up to 200 documents a call with the person and `handle_time_ms`, and the timeline named the
-/// person behind every action. Through the real server and admin command line.
+/// up to 200 documents a call with the person and `handle_time_ms`, the timeline named the
+/// person behind every action, and the live stream sent the same document as the lookup.
+/// Through the real server and admin command line.
 #[tokio::test]
 async fn a_contact_center_key_reads_no_per_person_performance() {
     let spine = Spine::start("ccview").await;
@@ -390,6 +392,16 @@ async fn a_contact_center_key_reads_no_per_person_performance() {
     };
     let search = format!("{}/v1/items?customer_ref=C-1&limit=200", server.url());
     let timeline = format!("{}/v1/items/PP-4/timeline", server.url());
+    // The live stream builds its documents apart from the lookup: the same line holds there.
+    let mut stream = SseStream::open(
+        &http,
+        &format!("{}/v1/items/PP-4/events", server.url()),
+        &cc,
+    )
+    .await
+    .unwrap_or_else(|refused| panic!("the stream was refused: {refused:?}"));
+    let streamed = stream.next_status(secs(10)).await.to_string();
+    drop(stream);
     for (what, text) in [
         ("search", get(search.clone(), cc.clone()).await),
         ("timeline", get(timeline, cc.clone()).await),
@@ -397,6 +409,7 @@ async fn a_contact_center_key_reads_no_per_person_performance() {
             "lookup",
             get(format!("{}/v1/items/PP-4", server.url()), cc.clone()).await,
         ),
+        ("stream", streamed),
     ] {
         for leak in ["Ann Example", "handle_time_ms", "\"person\"", "touches"] {
             assert!(!text.contains(leak), "cc_agent {what} shows {leak}: {text}");
@@ -474,5 +487,270 @@ async fn a_wider_policy_needs_a_new_version_and_every_save_is_audited() {
         history.lines().count(),
         3,
         "a header and two saves:\n{history}"
+    );
+}
+
+// ---- The desktop: what the agent must refuse, even from its own server ----------------------
+
+/// An address of this machine that is not loopback, to name "another computer" without one:
+/// the address the kernel would send from (a UDP `connect` sends nothing). A documentation
+/// address when the machine has no route at all: nothing answers there, which is fine, since
+/// the agent must refuse before connecting.
+fn non_loopback_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("binding a UDP socket");
+    socket
+        .connect("192.0.2.1:9")
+        .ok()
+        .and_then(|()| socket.local_addr().ok())
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .unwrap_or(std::net::IpAddr::from([192, 0, 2, 1]))
+}
+
+/// The agent sent the device credential and the record of someone's work over plain
+/// `http://` to any server. Now plain HTTP is refused for anything but this computer, before a
+/// connection is made; `--insecure-http` is the explicit opt-in for a lab.
+#[tokio::test]
+async fn the_agent_sends_nothing_over_plain_http_to_another_computer() {
+    // A listener on every address of this machine that counts who connects.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = connections.clone();
+    let accept = tokio::spawn(async move {
+        while let Ok((_socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    let agent = Agent::new();
+    let url = format!("http://{}:{port}", non_loopback_address());
+    let key = format!("ble_{}_{}", "0123456789abcdef", "c".repeat(64));
+    let output = agent.try_enroll(&url, &key).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "enrolled over {url}: {stderr}");
+    assert!(
+        stderr.contains("https://") && stderr.contains("--insecure-http"),
+        "the refusal names the fix: {stderr}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the agent connected to {url}"
+    );
+    assert!(
+        !agent.data_dir().join("credentials.json").exists(),
+        "nothing was saved"
+    );
+    accept.abort();
+}
+
+/// The agent used `credentials.json` whatever its permissions: a file others could read may
+/// have leaked, one others could write may carry a planted server URL. Now `run` refuses it
+/// with what to do, and uploads nothing.
+#[tokio::test]
+async fn the_agent_refuses_a_credential_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let spine = Spine::start("private").await;
+    let agent = Agent::new();
+    agent.enroll(&spine.server.url(), &spine.key).await;
+    let file = agent.data_dir().join("credentials.json");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let output = agent
+        .command(&[
+            "run",
+            "--source",
+            "none",
+            "--local-api",
+            "off",
+            "--no-browser",
+            "--health-interval",
+            "1s",
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "ran with a 0644 credential file");
+    assert!(
+        stderr.contains("credentials.json") && stderr.contains("chmod 600"),
+        "the refusal names the file and the fix: {stderr}"
+    );
+    let uploaded = spine
+        .server
+        .db()
+        .count(&format!(
+            "SELECT count() FROM events WHERE tenant_id = '{}'",
+            spine.tenant
+        ))
+        .await;
+    assert_eq!(uploaded, 0, "events uploaded with a refused credential");
+}
+
+/// Writes a policy row the way a compromised server or a hand-edited database would: without
+/// the server's validation.
+async fn plant_policy(db: &Db, tenant: &str, policy: &serde_json::Value) {
+    let json = policy.to_string();
+    let literal = json.replace('\\', "\\\\").replace('\'', "\\'");
+    let version = policy["version"].as_u64().unwrap();
+    db.query(&format!(
+        "INSERT INTO policies (tenant_id, version, policy_json, etag, saved_by, updated_ms) \
+         VALUES ('{tenant}', {version}, '{literal}', '\"planted-{}\"', 'planted', {})",
+        uuid::Uuid::new_v4().simple(),
+        now_ms()
+    ))
+    .await;
+}
+
+/// What `status --json` says about policies.
+async fn policy_status(agent: &Agent) -> (u64, String) {
+    let output = agent.command(&["status", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json: {e}: {}",
+            backlight_e2e::harness::agent::describe(&output)
+        )
+    });
+    (
+        status["policy_version"].as_u64().unwrap_or(0),
+        status["policy_error"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// The agent applied whatever policy its server sent: one that records more under the
+/// version employees consented to (titles sent, private windows unhidden), and a notice with
+/// terminal escape sequences, which `consent show` printed raw (clear the screen, hide text).
+/// Planted past the server's own checks, as a compromised server or database would; the agent
+/// refuses both, keeps the policy in force and says why.
+#[tokio::test]
+async fn the_agent_refuses_a_tampered_policy_from_its_server() {
+    let spine = Spine::start("tamper").await;
+    let mut agent = Agent::new();
+    agent.enroll(&spine.server.url(), &spine.key).await;
+    agent.spawn_run(&[
+        "--source",
+        "none",
+        "--local-api",
+        "off",
+        "--no-browser",
+        "--policy-interval",
+        "1s",
+    ]);
+    let db = spine.server.db();
+
+    // Version 1 is the default the agent ships with; the same version sending titles.
+    plant_policy(
+        &db,
+        &spine.tenant,
+        &serde_json::json!({"version": 1, "notice": "Work is recorded.", "title_policy": "send"}),
+    )
+    .await;
+    let (version, error) = wait_for(secs(20), "the widened policy refused", async || {
+        let (version, error) = policy_status(&agent).await;
+        if error.is_empty() {
+            Err(format!("version {version}, no policy error"))
+        } else {
+            Ok((version, error))
+        }
+    })
+    .await;
+    assert_eq!(version, 1, "{error}");
+    assert!(
+        error.contains("version") && error.contains("title"),
+        "the refusal says what widened: {error}"
+    );
+
+    // A new version whose notice would clear the terminal and hide text.
+    plant_policy(
+        &db,
+        &spine.tenant,
+        &serde_json::json!({"version": 2, "notice": "\u{1b}[2J\u{1b}[8mhidden\u{1b}[0mWork is recorded."}),
+    )
+    .await;
+    wait_for(secs(20), "the notice with escapes refused", async || {
+        let (version, error) = policy_status(&agent).await;
+        if error.contains("notice") {
+            Ok(())
+        } else {
+            Err(format!("version {version}, policy error {error:?}"))
+        }
+    })
+    .await;
+    let shown = agent.command(&["consent", "show"]).await;
+    assert!(
+        shown.status.success(),
+        "{}",
+        backlight_e2e::harness::agent::describe(&shown)
+    );
+    assert!(
+        !shown.stdout.contains(&0x1b) && !shown.stderr.contains(&0x1b),
+        "consent show printed an escape sequence: {}",
+        backlight_e2e::harness::agent::describe(&shown)
+    );
+    let (version, _) = policy_status(&agent).await;
+    assert_eq!(version, 1, "the policy in force stays");
+    agent.terminate(secs(20)).await;
+}
+
+/// A team or queue name reaches report CSVs; one starting with a tab or CR followed by `=` ran
+/// as a formula in some spreadsheets (the guard knew only `=`, `+`, `-`, `@`). Through the
+/// admin command line and the real report endpoint.
+#[tokio::test]
+async fn a_team_name_cannot_become_a_spreadsheet_formula() {
+    let spine = Spine::start("csv").await;
+    let server = &spine.server;
+    let tenant = spine.tenant.as_str();
+    let device = server.enroll_device(&spine.key).await;
+    let team = "\t=HYPERLINK(\"http://evil.example\";\"open\")";
+    server
+        .admin(&[
+            "device",
+            "assign",
+            "--tenant",
+            tenant,
+            &device.id.to_string(),
+            "--team",
+            team,
+        ])
+        .await;
+    server
+        .send_batch(&device, &batch(&device, crate::events(1, 6)))
+        .await
+        .assert_ok();
+    let wfm = server
+        .admin(&[
+            "api-key", "create", "--tenant", tenant, "--role", "wfm", "--name", "wfm",
+        ])
+        .await;
+    // Reports run on 15-minute boundaries: the hour before the current quarter to its end.
+    const QUARTER: u64 = 15 * 60_000;
+    let quarter = now_ms() / QUARTER * QUARTER;
+    let url = format!(
+        "{}/v1/reports/performance?from={}&to={}&tz=UTC&group_by=team&format=csv",
+        server.url(),
+        quarter - 4 * QUARTER,
+        quarter + QUARTER
+    );
+    let http = backlight_e2e::harness::http_client();
+    let csv = wait_for(secs(20), "the team's row in the CSV", async || {
+        let r = http
+            .get(&url)
+            .bearer_auth(wfm.trim())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = r.text().await.map_err(|e| e.to_string())?;
+        if text.contains("HYPERLINK") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    let row = csv.split("\r\n").find(|l| l.contains("HYPERLINK")).unwrap();
+    assert!(
+        row.starts_with("\"'\t=HYPERLINK("),
+        "the team cell starts with ' so it stays text: {row:?}"
     );
 }
