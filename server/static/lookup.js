@@ -61,6 +61,9 @@
       ask('That access key was not accepted (it may have been revoked). Please enter it again or ask your administrator.');
     } else if (err.status === 403) {
       say('error', `This access key may not look items up: ${err.message}`);
+    } else if (err.status === 429) {
+      // This key is over its share of the server (shared by a whole contact center, perhaps).
+      say('error', `Too many lookups with this access key right now. Try again in ${err.retryAfter || 1} s.`);
     } else if (err.status === 503) {
       say('error', 'Backlight is busy or its storage is unreachable right now. Try again in a few seconds.');
     } else {
