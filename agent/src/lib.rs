@@ -32,7 +32,8 @@
 //! - [`consent`]: the gate, asking (terminal, local page), grant/revoke/pause, and the
 //!   transparency view behind `show`.
 //! - [`items`], [`local_api`]: explicit work-item reports from the command line and from
-//!   applications on this desktop (loopback HTTP with a per-user token).
+//!   applications on this desktop (loopback HTTP with a per-user token); [`wake`]: how the
+//!   `item` command wakes the running agent's uploader.
 //! - [`health`]: the agent's periodic report on itself.
 //! - [`credentials`], [`data_dir`], [`http`], [`duration`], [`private_file`], [`terminal`]: small
 //!   helpers with one job each.
@@ -71,6 +72,7 @@ pub mod spool;
 pub mod status;
 pub mod terminal;
 pub mod upload;
+pub mod wake;
 
 /// This agent's version, reported at enrollment and in every health event.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -15,6 +15,7 @@ mod hostile_access;
 mod https;
 mod live;
 mod outages;
+mod realtime;
 mod webhooks;
 
 use backlight_e2e::*;
