@@ -2,7 +2,7 @@
 //! binary against a small fake server on a free loopback port.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -309,6 +309,8 @@ fn run_requires_enrollment() {
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_run_cleanly_and_status_works_meanwhile() {
+    use std::process::Stdio;
+
     let (url, fake) = start_server();
     let dir = tempfile::tempdir().unwrap();
     assert!(
