@@ -505,19 +505,7 @@ impl ItemSnapshot {
         now: u64,
     ) -> ItemDoc {
         let visibility = Visibility::of(role, context.show_person_names);
-        let who = Who {
-            assignments: &context.assignments,
-            visibility,
-        };
-        let doc = build_doc(
-            item_id,
-            &self.state,
-            self.registration.as_ref(),
-            &who,
-            stats,
-            with_history,
-            now,
-        );
+        let doc = self.build(item_id, visibility, context, stats, with_history, now);
         ItemDoc::for_audience(doc, visibility.audience)
     }
 
@@ -531,6 +519,19 @@ impl ItemSnapshot {
         now: u64,
     ) -> CcStatusDoc {
         let visibility = Visibility::of(Role::CcAgent, context.show_person_names);
+        self.build(item_id, visibility, context, stats, with_history, now)
+            .into()
+    }
+
+    fn build(
+        &self,
+        item_id: &str,
+        visibility: Visibility,
+        context: &LookupContext,
+        stats: &HandleTimeStats,
+        with_history: bool,
+        now: u64,
+    ) -> StatusDoc {
         let who = Who {
             assignments: &context.assignments,
             visibility,
@@ -544,7 +545,6 @@ impl ItemSnapshot {
             with_history,
             now,
         )
-        .into()
     }
 }
 
