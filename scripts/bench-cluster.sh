@@ -86,6 +86,12 @@ if [ "$SKIP_BUILD" != 1 ]; then
   fi
 fi
 
+# ClickHouse over HTTP as user `default` of the setup (the harness's nodes share a password).
+chq() {
+  local pass="$1"; shift
+  curl -fsS -H "X-ClickHouse-User: default" -H "X-ClickHouse-Key: $pass" "$@"
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -111,6 +117,9 @@ setup() {
   [ -s "$dir/cluster.json" ] || { echo "$name: cluster did not start"; cat "$dir/cluster.log"; exit 1; }
   local ch_url port url
   ch_url="$(jq -r '.nodes[0].url' "$dir/cluster.json")"
+  export BACKLIGHT_CLICKHOUSE_USER=default
+  BACKLIGHT_CLICKHOUSE_PASSWORD="$(jq -r '.password' "$dir/cluster.json")"
+  export BACKLIGHT_CLICKHOUSE_PASSWORD
   port="$(free_port)"
   url="http://127.0.0.1:$port"
   "$BIN/backlight-server" --listen "127.0.0.1:$port" --data-dir "$dir/server" \
@@ -134,7 +143,7 @@ setup() {
 echo "==> starting the two setups"
 setup single 1
 setup cluster 2 --clickhouse-cluster backlight
-CH_VERSION="$(curl -fsS --data-binary 'SELECT version()' "$(jq -r '.nodes[0].url' "$WORK/single/cluster.json")/")"
+CH_VERSION="$(chq "$(jq -r '.password' "$WORK/single/cluster.json")" --data-binary 'SELECT version()' "$(jq -r '.nodes[0].url' "$WORK/single/cluster.json")/")"
 
 # run NAME ROUND [BATCH AGENTS]: one load run; appends a JSON line to $WORK/NAME/runs.jsonl
 # (or small.jsonl for the SMALL_BATCH run).
@@ -145,6 +154,7 @@ run() {
   local ch_pids=() before after secs
   mapfile -t ch_pids < <(jq -r '.nodes[].pid' "$dir/cluster.json")
   before="$(ticks "${ch_pids[@]}")"
+  BACKLIGHT_CLICKHOUSE_PASSWORD="$(jq -r '.password' "$dir/cluster.json")" \
   BACKLIGHT_ENROLLMENT_KEY="$(cat "$dir/key")" timeout 900 "$BIN/backlight-loadgen" \
     --server "$(cat "$dir/url")" --agents "$agents" --batch-events "$batch" \
     --duration "$DURATION" --warmup "$WARMUP" --server-pid "$(cat "$dir/server.pid")" \
@@ -171,12 +181,12 @@ done
 disk() {
   local dir="$WORK/$1" url parts events total=0 events_bytes=0
   for url in $(jq -r '.nodes[].url' "$dir/cluster.json"); do
-    parts="$(curl -fsS --data-binary "SELECT sum(bytes_on_disk), sumIf(bytes_on_disk, table IN ('events', 'events_local')) FROM system.parts WHERE database = '$DATABASE' AND active FORMAT TSV" "$url/")"
+    parts="$(chq "$(jq -r '.password' "$dir/cluster.json")" --data-binary "SELECT sum(bytes_on_disk), sumIf(bytes_on_disk, table IN ('events', 'events_local')) FROM system.parts WHERE database = '$DATABASE' AND active FORMAT TSV" "$url/")"
     total=$((total + $(cut -f1 <<<"$parts")))
     events_bytes=$((events_bytes + $(cut -f2 <<<"$parts")))
   done
   url="$(jq -r '.nodes[0].url' "$dir/cluster.json")"
-  events="$(curl -fsS --data-binary "SELECT count() FROM $DATABASE.events FINAL" "$url/")"
+  events="$(chq "$(jq -r '.password' "$dir/cluster.json")" --data-binary "SELECT count() FROM $DATABASE.events FINAL" "$url/")"
   jq -n --argjson total "$total" --argjson ev "$events_bytes" --argjson n "$events" \
     '{events: $n, bytes_all_tables: $total, bytes_per_event_all_tables: ($total / $n), bytes_per_event_events_table: ($ev / $n)}'
 }
@@ -186,12 +196,12 @@ lookups() {
   local dir="$WORK/$1" url ch_pids=() before after items
   url="$(jq -r '.nodes[0].url' "$dir/cluster.json")"
   mapfile -t ch_pids < <(jq -r '.nodes[].pid' "$dir/cluster.json")
-  mapfile -t items < <(curl -fsS --data-binary "SELECT DISTINCT item_id FROM $DATABASE.item_lookup WHERE tenant_id = 'bench' LIMIT $LOOKUPS FORMAT TSV" "$url/")
+  mapfile -t items < <(chq "$(jq -r '.password' "$dir/cluster.json")" --data-binary "SELECT DISTINCT item_id FROM $DATABASE.item_lookup WHERE tenant_id = 'bench' LIMIT $LOOKUPS FORMAT TSV" "$url/")
   local settings="load_balancing=in_order&prefer_localhost_replica=0&database=$DATABASE"
   before="$(ticks "${ch_pids[@]}")"
   local started=$SECONDS
   for item in "${items[@]}"; do
-    curl -fsS -o /dev/null --data-binary "SELECT item_id, row FROM item_lookup WHERE tenant_id = 'bench' AND item_id IN (SELECT arrayJoin(['$item'])) LIMIT 1000 SETTINGS max_threads = 1" "$url/?$settings"
+    chq "$(jq -r '.password' "$dir/cluster.json")" -o /dev/null --data-binary "SELECT item_id, row FROM item_lookup WHERE tenant_id = 'bench' AND item_id IN (SELECT arrayJoin(['$item'])) LIMIT 1000 SETTINGS max_threads = 1" "$url/?$settings"
   done
   after="$(ticks "${ch_pids[@]}")"
   jq -n --argjson n "${#items[@]}" --argjson t "$(awk -v a="$after" -v b="$before" -v hz="$HZ" 'BEGIN { print (a - b) / hz }')" \

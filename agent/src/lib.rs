@@ -35,7 +35,8 @@
 //!   applications on this desktop (loopback HTTP with a per-user token); [`wake`]: how the
 //!   `item` command wakes the running agent's uploader.
 //! - [`health`]: the agent's periodic report on itself.
-//! - [`credentials`], [`data_dir`], [`http`], [`duration`]: small helpers with one job each.
+//! - [`credentials`], [`data_dir`], [`http`], [`duration`], [`private_file`], [`terminal`]: small
+//!   helpers with one job each.
 //!
 //! **Architecture invariant:** an event leaves this machine's disk only after the server has
 //! acknowledged it. Nothing is deleted from the spool before a `200` carrying an
@@ -62,12 +63,14 @@ pub mod items;
 pub mod local_api;
 pub mod policy;
 pub mod privacy;
+pub mod private_file;
 pub mod rules;
 pub mod run;
 pub mod source;
 pub mod spans;
 pub mod spool;
 pub mod status;
+pub mod terminal;
 pub mod upload;
 pub mod wake;
 

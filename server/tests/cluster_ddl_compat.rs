@@ -18,5 +18,5 @@ fn the_cluster_schema_is_valid_on_the_current_release() {
         writeln!(file, "{}", serde_json::to_string(statement).unwrap()).unwrap();
     }
     file.flush().unwrap();
-    support::run_check_script("clickhouse-cluster-ddl.py", &[file.path().as_os_str()]);
+    support::run_check_script("clickhouse-cluster-ddl.py", &[file.path().as_os_str()], &[]);
 }

@@ -49,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "cluster": cluster.name(),
             "zookeeper_port": cluster.zookeeper().port(),
+            // User `default` on every node (nodes query each other as that user).
+            "password": cluster.node(1, 1).password(),
             "nodes": nodes,
         })
     );

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use backlight_server::clickhouse::embedded::Ports;
+use backlight_server::clickhouse::embedded::{Ports, USER};
 
 use super::clickhouse::{ClickHouse, Db};
 use super::zookeeper::ZooKeeper;
@@ -79,6 +79,13 @@ impl ClickHouseCluster {
                 )
             })
             .collect();
+        // One password for user `default` on every node: nodes query each other as that user
+        // (Distributed reads and writes), so each `<replica>` names it.
+        let password = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
         let mut nodes = Vec::new();
         for &(id, ports) in &layout {
             let dir = tempfile::Builder::new()
@@ -89,9 +96,14 @@ impl ClickHouseCluster {
             std::fs::create_dir_all(&config_d).expect("creating config.d");
             std::fs::write(
                 config_d.join("cluster.xml"),
-                node_config(id, ports, zookeeper.port(), &layout),
+                node_config(id, ports, zookeeper.port(), &layout, &password),
             )
             .expect("writing the node's cluster configuration");
+            write_private(
+                &dir.path()
+                    .join(backlight_server::clickhouse::embedded::PASSWORD_FILE),
+                &password,
+            );
             nodes.push((id, ClickHouse::start_in(dir, ports.ports).await));
         }
         let cluster = ClickHouseCluster { nodes, zookeeper };
@@ -183,6 +195,7 @@ fn node_config(
     own: NodePorts,
     zookeeper_port: u16,
     layout: &[(NodeId, NodePorts)],
+    password: &str,
 ) -> String {
     let mut shards = String::new();
     let shard_count = layout.iter().map(|(id, _)| id.shard).max().unwrap_or(0);
@@ -192,7 +205,7 @@ fn node_config(
         for (other, ports) in layout.iter().filter(|(o, _)| o.shard == shard) {
             let _ = writeln!(
                 shards,
-                "        <replica><host>127.0.0.1</host><port>{}</port></replica><!-- {other} -->",
+                "        <replica><host>127.0.0.1</host><port>{}</port><user>{USER}</user><password>{password}</password></replica><!-- {other} -->",
                 ports.ports.tcp
             );
         }
@@ -222,4 +235,18 @@ fn node_config(
         shard = id.shard,
         replica = id.replica,
     )
+}
+
+/// Writes `text` to a new file only its owner may read (the embedded ClickHouse refuses to
+/// trust a password file others could read).
+fn write_private(path: &std::path::Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }

@@ -18,8 +18,7 @@
 //!    quorum INSERTs one at a time, so `auto` leaves it off there, which A and B check); with
 //!    replica 3 not fetching, the replica that took its INSERT is SIGKILLed right after the
 //!    200, and replica 2 has every row of it; the next batch is acknowledged by 2 and 3; the
-//!    killed replica returns, catches up, and the server using it serves again. The third
-//!    server also drops expired days of the change feed from every node as it starts.
+//!    killed replica returns, catches up, and the server using it serves again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -239,30 +238,6 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
             break device;
         }
     };
-    // Expired days of the change feed on both shards, which a starting server drops at once
-    // from every node (retention, `ON CLUSTER`).
-    let writer = cluster
-        .db(2, 1, &database)
-        .with_settings("insert_distributed_sync=1");
-    writer
-        .query(&format!(
-            "INSERT INTO item_changes (tenant_id, received_ms, item_id, what, change_date) \
-             SELECT '{tenant}', number, 'OLD', 2, toDate('2020-01-01') FROM system.numbers LIMIT 40"
-        ))
-        .await;
-    let expired = "SELECT count() FROM item_changes_local WHERE change_date = '2020-01-01'";
-    wait_for(secs(30), "the expired rows on both shards", async || {
-        let mut held = Vec::new();
-        for shard in 1..=SHARDS.len() {
-            held.push(cluster.db(shard, 1, &database).try_count(expired).await?);
-        }
-        if held.iter().all(|&n| n > 0) && held.iter().sum::<u64>() == 40 {
-            Ok(())
-        } else {
-            Err(format!("rows per shard: {held:?}"))
-        }
-    })
-    .await;
     let c = Server::start_with(
         cluster.db(2, 1, &database),
         ServerOptions {
@@ -277,15 +252,6 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
     )
     .await;
     assert_eq!(quorum(&c).await, 2);
-    for (id, node) in cluster.nodes() {
-        let node = node.db(&database);
-        wait_until(
-            secs(30),
-            &format!("expired days dropped on {id}"),
-            async || node.try_count(expired).await.is_ok_and(|n| n == 0),
-        )
-        .await;
-    }
     // Replica 3 stops fetching, so the quorum of 2 can only be replica 1 (which takes shard
     // 1's INSERTs: the first healthy replica) and replica 2.
     let (replica_2, replica_3) = (cluster.db(1, 2, &database), cluster.db(1, 3, &database));
