@@ -134,7 +134,9 @@ echo "==> starting backlight-server ($BUILD_PROFILE); ClickHouse: embedded, star
 for attempt in 1 2 3; do
   PORT="$(free_port)"
   URL="http://127.0.0.1:$PORT"
-  server_args=(--data-dir "$DATA" --listen "127.0.0.1:$PORT")
+  # Every simulated agent is a connection from 127.0.0.1: lift the per-address cap (256) that a
+  # real fleet, each desktop on its own address, never meets.
+  server_args=(--data-dir "$DATA" --listen "127.0.0.1:$PORT" --max-connections-per-ip 10000)
   if [ -n "$INSERT_MIN_INTERVAL" ]; then server_args+=(--insert-min-interval "$INSERT_MIN_INTERVAL"); fi
   if [ -n "$AUTH_CACHE_TTL" ]; then server_args+=(--auth-cache-ttl "$AUTH_CACHE_TTL"); fi
   "$SERVER_BIN" "${server_args[@]}" >"$WORK/server.log" 2>&1 &

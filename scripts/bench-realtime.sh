@@ -118,7 +118,10 @@ echo "==> starting backlight-server; ClickHouse: embedded, under $DATA/clickhous
 for attempt in 1 2 3; do
   PORT="$(free_port)"
   URL="http://127.0.0.1:$PORT"
-  "$SERVER_BIN" --data-dir "$DATA" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
+  # The simulated agents are connections from 127.0.0.1 like the measuring tool: lift the
+  # per-address cap (256) that a real fleet, each desktop on its own address, never meets.
+  "$SERVER_BIN" --data-dir "$DATA" --listen "127.0.0.1:$PORT" --max-connections-per-ip 10000 \
+    >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 240); do
     curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
