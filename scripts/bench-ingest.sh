@@ -187,11 +187,12 @@ for run in $(seq 1 "$RUNS"); do
     curl -fsS --data-binary 'SYSTEM FLUSH LOGS' "$CH_URL/" >/dev/null || true
     parts="$(curl -fsS --data-binary "SELECT table, count() AS parts,
         toUInt32(max(event_time)) - toUInt32(min(event_time)) AS span_s
-      FROM system.part_log WHERE event_type = 'NewPart' AND database = 'backlight'
+      FROM system.part_log WHERE toInt8(event_type) = 1 AND database = 'backlight'
         AND event_time >= toDateTime($run_start) GROUP BY table FORMAT JSONEachRow" "$CH_URL/" \
       | jq -s -c 'map({key: .table, value: ((.parts | tonumber) / ([(.span_s | tonumber), 1] | max))}) | from_entries' \
       2>/dev/null)" || parts=""
-    jq -e 'type == "object"' >/dev/null 2>&1 <<<"$parts" || parts=null
+    # (18.16 names the event NEW_PART, later releases NewPart: compare its number.)
+    [ -n "$parts" ] && jq -e 'type == "object"' >/dev/null 2>&1 <<<"$parts" || parts=null
     active="$(curl -fsS --data-binary "SELECT count() FROM system.parts WHERE active AND database = 'backlight' AND table = 'events'" "$CH_URL/" 2>/dev/null)" || active=""
     [[ "$active" =~ ^[0-9]+$ ]] || active=null
     echo "    new parts/s (system.part_log): $parts; active parts of events now: $active"
