@@ -182,13 +182,16 @@ for run in $(seq 1 "$RUNS"); do
     | tee "$WORK/load-$run.txt"
   run_json="$(tail -1 "$WORK/load-$run.txt")"
   if [ "$PART_LOG" = 1 ]; then
-    # New parts this run wrote, per second of the span in which it wrote them (enrollment and
-    # the gap before the first INSERT excluded): what bounds merges and "too many parts".
+    # New parts per table this run wrote from its first INSERT into events on, per second of
+    # the span in which it wrote them (enrollment excluded): what bounds merges and "too many
+    # parts".
     curl -fsS --data-binary 'SYSTEM FLUSH LOGS' "$CH_URL/" >/dev/null || true
     parts="$(curl -fsS --data-binary "SELECT table, count() AS parts,
         toUInt32(max(event_time)) - toUInt32(min(event_time)) AS span_s
       FROM system.part_log WHERE toInt8(event_type) = 1 AND database = 'backlight'
-        AND event_time >= toDateTime($run_start) GROUP BY table FORMAT JSONEachRow" "$CH_URL/" \
+        AND event_time >= (SELECT min(event_time) FROM system.part_log WHERE toInt8(event_type) = 1
+          AND database = 'backlight' AND table = 'events' AND event_time >= toDateTime($run_start))
+      GROUP BY table FORMAT JSONEachRow" "$CH_URL/" \
       | jq -s -c 'map({key: .table, value: ((.parts | tonumber) / ([(.span_s | tonumber), 1] | max))}) | from_entries' \
       2>/dev/null)" || parts=""
     # (18.16 names the event NEW_PART, later releases NewPart: compare its number.)
@@ -250,6 +253,7 @@ SUMMARY="$(jq -s -c --argjson baseline "$BASELINE_JSON" --argjson profile "$PROF
     inserts_per_s: (map(.inserts_per_s) | median),
     events_new_parts_per_s: (map(.new_parts_per_s.events // empty) | median),
     all_new_parts_per_s: (map(.new_parts_per_s // empty | [.[]] | add) | median),
+    new_parts_per_s_runs: map(.new_parts_per_s),
     ceiling_rows_per_s: $baseline.rows_per_s,
     ceiling_rows_per_s_without_client_startup: $baseline.rows_per_s_without_client_startup,
     ceiling_format: $baseline.format,
