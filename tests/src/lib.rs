@@ -37,6 +37,9 @@
 //! - [`harness::ingest`]: hand-made events and batches, and posting them with reqwest.
 //! - [`harness::wait`]: polling with deadlines instead of sleeps.
 //! - [`harness::bins`]: finding the binaries next to the test executable.
+//! - [`harness::spine`]: [`Spine`] (ClickHouse, server, tenant and key) and the "nothing
+//!   secret anywhere" check of the desktop tests.
+//! - [`harness::xvfb`]: a throwaway X server and `xdotool`, for the desktop tests.
 //!
 //! **Invariant:** a missing ClickHouse or binary fails the test loudly with what to do about it;
 //! nothing here ever skips a test.
@@ -49,6 +52,7 @@ pub use harness::ingest::{
     activity_span, batch, events_file_lines, work_item, zstd, Device, FileEvent, Posted,
 };
 pub use harness::server::{Server, ServerOptions, TlsFiles};
+pub use harness::spine::Spine;
 pub use harness::wait::{millis, secs, wait_for, wait_until};
 
 pub use backlight_shared::api::{EnrollResponse, ErrorBody, IngestResponse};

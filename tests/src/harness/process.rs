@@ -26,6 +26,21 @@ impl Child {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Child::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Child::spawn`] with extra environment variables (e.g. Wine's `WINEPREFIX`).
+    pub fn spawn_with_env<I, S>(
+        name: &str,
+        program: &Path,
+        args: I,
+        env: &[(&str, &OsStr)],
+        log: &Path,
+    ) -> Child
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let args: Vec<_> = args
             .into_iter()
             .map(|a| a.as_ref().to_os_string())
@@ -56,6 +71,7 @@ impl Child {
                 "BACKLIGHT_LOG",
                 std::env::var("BACKLIGHT_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .kill_on_drop(true);
         die_with_parent(&mut command);
         let child = command

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
+use backlight_e2e::harness::spine::assert_nowhere;
 use backlight_e2e::*;
 use serde_json::json;
 
 use super::desk::Desk;
-use super::{status, DesktopRun, Spine};
+use super::{status, DesktopRun};
 
 /// Strings that must never leave the desktop: in a private window's title, and in titles
 /// while the policy drops titles.
@@ -202,7 +203,7 @@ async fn desktop_capture_end_to_end() {
         0,
         "titles are dropped by default"
     );
-    assert_nothing_secret_anywhere(&db).await;
+    assert_nowhere(&db, &SECRETS).await;
 
     // ---- policy: a bad one is refused by the server with its reason; a new one applies live.
     let bad =
@@ -283,30 +284,5 @@ async fn desktop_capture_end_to_end() {
     );
 
     run.terminate().await;
-    assert_nothing_secret_anywhere(&db).await;
-}
-
-/// Greps every String column of every table in the test's database for [`SECRETS`].
-async fn assert_nothing_secret_anywhere(db: &Db) {
-    let columns = db
-        .tsv(&format!(
-            "SELECT table, name FROM system.columns WHERE database = '{}' AND type LIKE '%String%'",
-            db.name()
-        ))
-        .await;
-    assert!(
-        columns.iter().any(|c| c[0] == "events" && c[1] == "title"),
-        "{columns:?}"
-    );
-    for column in &columns {
-        for secret in SECRETS {
-            let hits = db
-                .count(&format!(
-                    "SELECT count() FROM `{}` WHERE positionCaseInsensitive(toString(`{}`), '{secret}') > 0",
-                    column[0], column[1]
-                ))
-                .await;
-            assert_eq!(hits, 0, "{secret:?} found in {}.{}", column[0], column[1]);
-        }
-    }
+    assert_nowhere(&db, &SECRETS).await;
 }
