@@ -3,9 +3,9 @@
 //! against the real Linux server and a throwaway ClickHouse on loopback.
 //!
 //! Run with `scripts/test.sh`, or by hand:
-//! `cargo build --workspace --bins && cargo build -p backlight-agent --target
-//! x86_64-pc-windows-gnu --bins --example capture_probe && cargo test -p backlight-e2e --test
-//! windows`. Needs wine, mingw-w64, openbox, wmctrl, xdotool, Xvfb and msitools (wixl); without
+//! `cargo build --workspace --bins && cargo build --profile wine-test -p backlight-agent
+//! --target x86_64-pc-windows-gnu --bins --example capture_probe && cargo test -p backlight-e2e
+//! --test windows`. Needs wine, mingw-w64, openbox, wmctrl, xdotool, Xvfb and msitools (wixl); without
 //! them the test fails and says what to install, it never skips.
 //!
 //! One test function runs the phases in order on one Wine prefix, one desktop and one server

@@ -63,24 +63,24 @@ fn require(program: &str, package: &str) {
     );
 }
 
-/// `target/x86_64-pc-windows-gnu/<profile>/<name>`, next to the host's `target/<profile>/`.
+/// `target/x86_64-pc-windows-gnu/wine-test/<name>`: the Windows build the tests run, made with
+/// the `wine-test` profile (see the root `Cargo.toml`).
 pub fn windows_build(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    let profile_dir = exe
+    let target = exe
         .parent()
         .and_then(Path::parent)
+        .and_then(Path::parent)
         .expect("the test executable lives in target/<profile>/deps");
-    let profile = profile_dir.file_name().expect("a profile directory");
-    let path = profile_dir
-        .parent()
-        .expect("target/")
+    let path = target
         .join("x86_64-pc-windows-gnu")
-        .join(profile)
+        .join("wine-test")
         .join(name);
     assert!(
         path.is_file(),
-        "{} not found: build the Windows agent first (cargo build -p backlight-agent --target \
-         x86_64-pc-windows-gnu --bins --example capture_probe; scripts/test.sh does)",
+        "{} not found: build the Windows agent first (cargo build --profile wine-test -p \
+         backlight-agent --target x86_64-pc-windows-gnu --bins --example capture_probe; \
+         scripts/test.sh does)",
         path.display()
     );
     path
