@@ -46,6 +46,16 @@ pub fn clean_name(text: &str) -> String {
         .to_string()
 }
 
+/// UTF-16LE bytes (as Win32 hands out strings in byte buffers) up to the first NUL, lossily.
+pub fn utf16_le_text(bytes: &[u8]) -> String {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
 /// The desktops a user's own windows live on are `Default`; anything else that holds input
 /// (`Winlogon`, `Screen-saver`) means the person cannot be working in their applications.
 pub fn is_lock_desktop(name: &str) -> bool {
@@ -79,6 +89,17 @@ mod tests {
         );
         assert_eq!(session_from(true, None, None).kind, SessionKind::Remote);
         assert_eq!(session_from(false, None, None).kind, SessionKind::Local);
+    }
+
+    #[test]
+    fn utf16_buffers_end_at_the_nul() {
+        let bytes: Vec<u8> = "THIN-7\0junk"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .chain([0x41]) // an odd trailing byte is ignored
+            .collect();
+        assert_eq!(utf16_le_text(&bytes), "THIN-7");
+        assert_eq!(utf16_le_text(&[]), "");
     }
 
     #[test]

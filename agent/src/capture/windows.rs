@@ -63,7 +63,7 @@ use windows_sys::Win32::UI::WindowsAndMessaging::{
     IsWindow, SystemParametersInfoW, SM_REMOTESESSION, SPI_GETSCREENSAVERRUNNING,
 };
 
-use super::win32::{clean_name, file_name, is_lock_desktop, session_from};
+use super::win32::{clean_name, file_name, is_lock_desktop, session_from, utf16_le_text};
 use super::{
     truncate_on_char_boundary, CaptureError, DesktopBackend, Focus, Sample, MAX_NAME_BYTES,
     MAX_TITLE_BYTES,
@@ -222,11 +222,7 @@ pub fn desktop_session() -> DesktopSession {
         Some(u16::from_le_bytes(pair))
     });
     let client_name = wts_query(WTSClientName).and_then(|bytes| {
-        let units: Vec<u16> = bytes
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        let mut name = clean_name(&from_wide(&units));
+        let mut name = clean_name(&utf16_le_text(&bytes));
         truncate_on_char_boundary(&mut name, MAX_CLIENT_NAME_BYTES);
         Some(name).filter(|n| !n.is_empty())
     });
@@ -321,7 +317,12 @@ fn product_name(path: &str) -> Option<String> {
     }
     let block_bytes = size as usize;
     let mut candidates: Vec<String> = Vec::new();
-    if let Some(raw) = query_value(&block, block_bytes, "\\VarFileInfo\\Translation") {
+    if let Some(raw) = query_value(
+        &block,
+        block_bytes,
+        "\\VarFileInfo\\Translation",
+        Unit::Bytes,
+    ) {
         for pair in raw.chunks_exact(4).take(4) {
             let language = u16::from_le_bytes([pair[0], pair[1]]);
             let codepage = u16::from_le_bytes([pair[2], pair[3]]);
@@ -336,19 +337,25 @@ fn product_name(path: &str) -> Option<String> {
             &block,
             block_bytes,
             &format!("\\StringFileInfo\\{table}\\ProductName"),
+            Unit::Utf16,
         )?;
-        let units: Vec<u16> = raw
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        let mut name = clean_name(&from_wide(&units));
+        let mut name = clean_name(&utf16_le_text(&raw));
         truncate_on_char_boundary(&mut name, MAX_NAME_BYTES);
         Some(name).filter(|n| !n.is_empty())
     })
 }
 
+/// How `VerQueryValueW` counts a value's length.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// Binary values (`\VarFileInfo\Translation`).
+    Bytes,
+    /// String values (`\StringFileInfo\…`): UTF-16 units.
+    Utf16,
+}
+
 /// The bytes `VerQueryValueW` finds at `sub_block`, checked to lie inside the block.
-fn query_value(block: &[u32], block_bytes: usize, sub_block: &str) -> Option<Vec<u8>> {
+fn query_value(block: &[u32], block_bytes: usize, sub_block: &str, unit: Unit) -> Option<Vec<u8>> {
     let sub_block = wide(sub_block);
     let mut value: *mut core::ffi::c_void = std::ptr::null_mut();
     let mut len = 0u32;
@@ -365,12 +372,9 @@ fn query_value(block: &[u32], block_bytes: usize, sub_block: &str) -> Option<Vec
     if !ok || value.is_null() {
         return None;
     }
-    // String values count UTF-16 units, binary ones bytes; read the larger reading and let the
-    // NUL end the string.
-    let wants_bytes = if sub_block_is_string(&sub_block) {
-        len as usize * 2
-    } else {
-        len as usize
+    let wants_bytes = match unit {
+        Unit::Bytes => len as usize,
+        Unit::Utf16 => len as usize * 2,
     };
     let start = block.as_ptr() as usize;
     let offset = (value as usize).checked_sub(start)?;
@@ -378,10 +382,6 @@ fn query_value(block: &[u32], block_bytes: usize, sub_block: &str) -> Option<Vec
     let n = wants_bytes.min(available);
     // SAFETY: `[value, value + n)` lies inside `block` (checked above).
     Some(unsafe { std::slice::from_raw_parts(value.cast::<u8>(), n) }.to_vec())
-}
-
-fn sub_block_is_string(sub_block: &[u16]) -> bool {
-    from_wide(sub_block).starts_with("\\StringFileInfo")
 }
 
 fn idle_ms() -> u64 {
