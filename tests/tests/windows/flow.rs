@@ -7,11 +7,13 @@
 
 use std::time::Duration;
 
-use backlight_e2e::harness::spine::assert_nowhere;
+use backlight_e2e::harness::spine::{
+    assert_claim_items, assert_idle_span, assert_nowhere, assert_private_and_titleless,
+};
 use backlight_e2e::*;
 use serde_json::json;
 
-use super::wine::Wine;
+use super::wine::{Window, Wine};
 use super::{stop_gracefully, WinAgent};
 
 /// Strings that must never leave the desktop (see the X11 test: each has a character no hex
@@ -37,6 +39,14 @@ fn policy(version: u32, notice: &str) -> serde_json::Value {
 
 async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Focus moves away and back, slowly enough for any capture to be uploaded.
+async fn switch_back_and_forth(wine: &Wine, away: &Window, back: &Window) {
+    wine.focus(away);
+    sleep_ms(1_500).await;
+    wine.focus(back);
+    sleep_ms(2_000).await;
 }
 
 async fn capture_state(wine: &Wine, agent: &WinAgent) -> String {
@@ -207,33 +217,7 @@ pub async fn desktop(wine: &mut Wine, spine: &Spine) {
     wine.touch(&claim);
     sleep_ms(1_000).await;
 
-    let actions = format!(
-        "SELECT action, step, source FROM events FINAL WHERE device_id = '{device}' AND kind = 'work_item' \
-         AND item_id = 'CLM-1' ORDER BY seq"
-    );
-    let rows = wait_for(secs(30), "the work items in ClickHouse", async || {
-        let rows = db.tsv(&actions).await;
-        if rows.iter().filter(|r| r[0] == "completed").count() >= 1 && rows.len() >= 5 {
-            Ok(rows)
-        } else {
-            Err(format!("{rows:?}"))
-        }
-    })
-    .await;
-    let summary: Vec<String> = rows.iter().map(|r| format!("{} {}", r[0], r[1])).collect();
-    assert!(rows.iter().all(|r| r[2] == "rule"), "{rows:?}");
-    assert_eq!(
-        &summary[..5],
-        [
-            "started intake",
-            "resumed assess",
-            "paused assess",
-            "resumed assess",
-            "completed assess"
-        ],
-        "{summary:?}"
-    );
-
+    assert_claim_items(&db, &device).await;
     let apps = db
         .tsv(&format!(
             "SELECT DISTINCT app FROM events FINAL WHERE device_id = '{device}' \
@@ -245,60 +229,9 @@ pub async fn desktop(wine: &mut Wine, spine: &Spine) {
         apps.contains(&"claims-desk.exe") && apps.contains(&"notepad.exe"),
         "spans name the executables: {apps:?}"
     );
-
-    let idle = wait_for(secs(30), "the idle span", async || {
-        let rows = db
-            .tsv(&format!(
-                "SELECT time_ms, end_ms, app, item_id FROM events FINAL WHERE device_id = '{device}' \
-                 AND kind = 'activity_span' AND state = 'idle'"
-            ))
-            .await;
-        rows.into_iter().next().ok_or_else(|| "none yet".to_string())
-    })
-    .await;
-    let start: u64 = idle[0].parse().unwrap();
-    let end: u64 = idle[1].parse().unwrap();
-    assert!(
-        start.abs_diff(last_input) < 2_500,
-        "the idle stretch starts at the last input ({last_input}), not at the threshold: {idle:?}"
-    );
-    assert!(end - start >= 10_000, "{idle:?}");
+    let idle = assert_idle_span(&db, &device, last_input).await;
     assert_eq!(idle[2], "notepad.exe", "{idle:?}");
-    assert_eq!(idle[3], "", "idle time is not work on the item: {idle:?}");
-
-    let on_item = db
-        .count(&format!(
-            "SELECT count() FROM events FINAL WHERE device_id = '{device}' AND kind = 'activity_span' \
-             AND state = 'active' AND item_id = 'CLM-1' AND step IN ('intake', 'assess')"
-        ))
-        .await;
-    assert!(
-        on_item >= 2,
-        "spans on the item with their steps: {on_item}"
-    );
-    let private = db
-        .tsv(&format!(
-            "SELECT item_id, ifNull(title, '') FROM events FINAL WHERE device_id = '{device}' \
-             AND kind = 'activity_span' AND app = 'private'"
-        ))
-        .await;
-    assert!(
-        !private.is_empty(),
-        "the private window's time is recorded as `private`"
-    );
-    assert!(
-        private.iter().all(|r| r[0].is_empty() && r[1].is_empty()),
-        "{private:?}"
-    );
-    assert_eq!(
-        db.count(&format!(
-            "SELECT count() FROM events FINAL WHERE device_id = '{device}' AND title IS NOT NULL"
-        ))
-        .await,
-        0,
-        "titles are dropped by default"
-    );
-    assert_nowhere(&db, &SECRETS).await;
+    assert_private_and_titleless(&db, &device, &SECRETS).await;
 
     // ---- exactly once: everything recorded so far arrives, each event once.
     let recorded = agent.status(wine).await["last_seq"].as_u64().unwrap();
@@ -336,10 +269,7 @@ pub async fn desktop(wine: &mut Wine, spine: &Spine) {
     .await;
     sleep_ms(1_000).await;
     let before_pause = db.count(&captured).await;
-    wine.focus(&inbox);
-    sleep_ms(1_500).await;
-    wine.focus(&claim);
-    sleep_ms(2_000).await;
+    switch_back_and_forth(wine, &inbox, &claim).await;
     assert_eq!(
         db.count(&captured).await,
         before_pause,
@@ -376,10 +306,7 @@ pub async fn desktop(wine: &mut Wine, spine: &Spine) {
     .await;
     sleep_ms(2_000).await;
     let after_revoke = db.count(&captured).await;
-    wine.focus(&inbox);
-    sleep_ms(1_500).await;
-    wine.focus(&claim);
-    sleep_ms(2_000).await;
+    switch_back_and_forth(wine, &inbox, &claim).await;
     assert_eq!(
         db.count(&captured).await,
         after_revoke,
