@@ -63,11 +63,26 @@ fn dispatch(cli: Cli, dir: &Path) -> anyhow::Result<()> {
             println!("state in:  {}", dir.display());
         }
         Command::Run(args) => {
-            data_dir::ensure(&dir)
-                .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-            let _lock = data_dir::lock_for_run(&dir)?;
             let runtime = runtime()?;
-            runtime.block_on(enroll_from_machine_settings(&dir))?;
+            let enrolled = credentials::load(&dir)?.is_some();
+            let deployed = if enrolled {
+                None
+            } else {
+                provisioning::machine_enrollment()?
+            };
+            // Without an enrollment or settings to enroll with there is nothing to lock: `run`
+            // says the device is not enrolled, and no directory is made for that.
+            let _lock = if enrolled || deployed.is_some() {
+                data_dir::ensure(&dir).with_context(|| {
+                    format!("cannot create the data directory {}", dir.display())
+                })?;
+                Some(data_dir::lock_for_run(&dir)?)
+            } else {
+                None
+            };
+            if let Some(settings) = deployed {
+                runtime.block_on(enroll_with_machine_settings(&dir, &settings))?;
+            }
             runtime.block_on(run::run(&dir, args.options()))?
         }
         Command::Status(args) => print_status(&dir, args.json)?,
@@ -109,14 +124,14 @@ fn dispatch(cli: Cli, dir: &Path) -> anyhow::Result<()> {
 
 /// On a device not enrolled yet, enrolls with the server and key an administrator deployed to
 /// the machine (the MSI's properties, Group Policy), so a silent roll-out needs no step by the
-/// employee. Without such settings `run` reports that the device is not enrolled.
-async fn enroll_from_machine_settings(dir: &Path) -> anyhow::Result<()> {
+/// employee. Runs under the run lock, so two agents starting together enroll once.
+async fn enroll_with_machine_settings(
+    dir: &Path,
+    settings: &provisioning::MachineEnrollment,
+) -> anyhow::Result<()> {
     if credentials::load(dir)?.is_some() {
         return Ok(());
     }
-    let Some(settings) = provisioning::machine_enrollment()? else {
-        return Ok(());
-    };
     tracing::info!(
         server = %settings.server_url,
         from = %settings.source,
