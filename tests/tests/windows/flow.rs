@@ -1,7 +1,7 @@
 //! The Windows desktop from first start to withdrawn consent, asserting what the X11 desktop
 //! test asserts: nothing before consent; spans with the executable as the app; rule-derived
 //! work items; idle from `GetLastInputInfo`; a private title and dropped titles in no column
-//! anywhere; pause and revoke honoured; every event uploaded exactly once. Also what only
+//! anywhere; pause, `item` and revoke from the terminal; every event uploaded exactly once. Also what only
 //! Windows has: the product name from the version resource, a running screensaver as a locked
 //! desktop, the session (local) reported as a device property, and a clean stop on `WM_CLOSE`.
 
@@ -285,6 +285,21 @@ pub async fn desktop(wine: &mut Wine, spine: &Spine) {
     wine.focus(&claim);
     wait_until(secs(30), "new spans after resuming", async || {
         db.count(&captured).await > before_pause
+    })
+    .await;
+
+    // ---- an explicit report from the terminal.
+    let reported = agent
+        .ok(wine, &["item", "start", "CLM-9", "--step", "intake"])
+        .await;
+    assert!(reported.contains("CLM-9"), "{reported}");
+    wait_until(secs(30), "the manual report at the server", async || {
+        db.count(&format!(
+            "SELECT count() FROM events FINAL WHERE device_id = '{device}' AND kind = 'work_item' \
+             AND item_id = 'CLM-9' AND action = 'started' AND source = 'manual'"
+        ))
+        .await
+            == 1
     })
     .await;
 

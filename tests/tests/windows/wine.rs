@@ -2,8 +2,8 @@
 //! (Wine's notepad and `tests/windows/test_window.c`, retitled through a file), focus switched
 //! with wmctrl, input and idle from xdotool, and the Windows agent's executables.
 //!
-//! One prefix per test run (`wineboot` takes most of the start-up), one persistent wineserver,
-//! everything stopped with `wineserver -k` when dropped. The C fixtures are built here with
+//! One prefix per test run (`wineboot` takes most of the start-up), everything in it stopped
+//! with `wineserver -k` when dropped. The C fixtures are built here with
 //! mingw: `ProcessPrng` for Wine 8.0 (installed into the prefix's system32, so executables
 //! anywhere — also those the MSI installs — start), the test window program with a version
 //! resource, and a DACL printer. None of them is shipped.
@@ -223,7 +223,8 @@ impl Wine {
         );
     }
 
-    /// `wineboot -i`, the shim into system32, and a wineserver that stays until dropped.
+    /// `wineboot -i` and the shim into system32. The wineserver wineboot starts stays up while
+    /// the test's windows run.
     async fn boot(&mut self) {
         let started = Instant::now();
         let mut boot = tokio::process::Command::new("wineboot");
@@ -248,10 +249,6 @@ impl Wine {
             system32.join("bcryptprimitives.dll"),
         )
         .expect("installing the ProcessPrng shim into the prefix");
-        let log = self.dir.path().join("wineserver.log");
-        let wineserver =
-            self.spawn_program("wineserver", Path::new("wineserver"), &["-f", "-p"], &log);
-        self.processes.push(wineserver);
         eprintln!("wine: prefix booted in {:?}", started.elapsed());
     }
 
@@ -280,16 +277,12 @@ impl Wine {
         format!("Z:{}", path.display()).replace('/', "\\")
     }
 
-    fn spawn_program(&self, name: &str, program: &Path, args: &[&str], log: &Path) -> Child {
-        let env: Vec<(&str, &OsStr)> = self.env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-        Child::spawn_with_env(name, program, args, &env, log)
-    }
-
     /// `wine EXE ARGS…` in the background, output appended to `log`.
     pub fn spawn(&self, name: &str, exe: &Path, args: &[&str], log: &Path) -> Child {
         let mut all = vec![exe.to_str().expect("a UTF-8 path")];
         all.extend_from_slice(args);
-        self.spawn_program(name, Path::new("wine"), &all, log)
+        let env: Vec<(&str, &OsStr)> = self.env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+        Child::spawn_with_env(name, Path::new("wine"), &all, &env, log)
     }
 
     /// `wine EXE ARGS…` to completion.
