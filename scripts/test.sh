@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of Backlight: unit tests, the end-to-end tests that run the real binaries
 # against a real, throwaway ClickHouse, the desktop tests on a real X server (Xvfb), the
-# Windows agent's tests under Wine (cross-compiled with mingw-w64), and the browser tests of
-# the web pages in headless Chromium. Installs what is missing first (ClickHouse, Xvfb and
-# xdotool, the Windows target and mingw-w64, Wine, openbox, wmctrl, msitools, Chromium,
-# Node.js) from the OS package manager and rustup; fails when any of it cannot be installed.
+# Windows agent's tests under Wine (cross-compiled with mingw-w64), the browser tests of the web
+# pages in headless Chromium, and the SQL compatibility test (every statement the server sends,
+# on ClickHouse 18.16 and on the current engine via chDB). Installs what is missing first
+# (ClickHouse, Xvfb and xdotool, the Windows target and mingw-w64, Wine, openbox, wmctrl,
+# msitools, Chromium, Node.js) from the OS package manager and rustup, and chDB from PyPI; fails
+# when any of it cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +39,13 @@ need_package openbox openbox
 need_package wmctrl wmctrl
 need_package wixl wixl
 need_package msibuild msitools
+
+if ! python3 -c 'import chdb' >/dev/null 2>&1; then
+  # The current ClickHouse engine in-process: the SQL compatibility test replays every
+  # statement of the server on it (server/tests/clickhouse_compat.rs).
+  echo "==> installing chDB (current ClickHouse) from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check chdb-core
+fi
 
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked

@@ -8,20 +8,27 @@ use backlight_shared::now_ms;
 
 use crate::cli::{
     AdminCommand, ApiKeyCommand, DeviceCommand, EnrollmentKeyCommand, PolicyCommand, StorageArgs,
-    TenantCommand,
+    TenantCommand, WebhookArgs, WebhookCommand,
 };
 use crate::launch;
 use crate::storage::events::{self, DeviceProgress, DeviceSession};
 use crate::storage::policies::{self, PolicyError};
 use crate::storage::Store;
 
-pub async fn run(storage: StorageArgs, command: AdminCommand) -> anyhow::Result<()> {
+pub async fn run(
+    storage: StorageArgs,
+    webhooks: WebhookArgs,
+    command: AdminCommand,
+) -> anyhow::Result<()> {
     let (config, clickhouse) = launch::for_admin(&storage).await?;
     let result = async {
         let store = Store::open(&config)
             .await
             .with_context(|| format!("opening Backlight's database at {}", config.url))?;
-        execute(&store, command).await
+        match command {
+            AdminCommand::Webhook(command) => webhook(&store, &webhooks, command).await,
+            command => execute(&store, command).await,
+        }
     }
     .await;
     clickhouse.shutdown().await;
@@ -244,6 +251,115 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Device(DeviceCommand::Revoke { tenant, device_id }) => {
             registry.revoke_device(&tenant, device_id).await?;
             println!("revoked device {device_id}; its uploads are refused from now on");
+        }
+        AdminCommand::Webhook(_) => unreachable!("dispatched to `webhook` by `run`"),
+    }
+    Ok(())
+}
+
+/// `admin webhook …`: the same rules as the admin API (`/v1/admin/webhooks`).
+async fn webhook(store: &Store, args: &WebhookArgs, command: WebhookCommand) -> anyhow::Result<()> {
+    use crate::storage::webhooks::{self as webhooks, DeliveryState};
+    use crate::webhooks::registration::{self, CreateError, CreateWebhook};
+    use crate::webhooks::target::TargetPolicy;
+
+    let client = store.client();
+    match command {
+        WebhookCommand::Create {
+            tenant,
+            url,
+            events,
+            description,
+        } => {
+            store
+                .registry()
+                .tenant(&tenant)
+                .await?
+                .with_context(|| format!("tenant {tenant} does not exist"))?;
+            let policy = TargetPolicy::allowing(args.webhook_allow_hosts.iter().cloned());
+            let request = CreateWebhook {
+                url,
+                events,
+                description,
+            };
+            let row = match registration::create(client, &tenant, &request, &policy).await {
+                Ok(row) => row,
+                Err(CreateError::Invalid { field, message }) => {
+                    anyhow::bail!("webhook refused ({field}): {message}")
+                }
+                Err(e) => return Err(e.into()),
+            };
+            eprintln!(
+                "webhook {} for tenant {tenant} -> {} ({}); signing secret (shown once; store it safely):",
+                row.webhook_id,
+                row.url,
+                row.events.join(", ")
+            );
+            println!("{}", row.secret);
+        }
+        WebhookCommand::List { tenant } => {
+            println!("{:<20} {:<24} {:<48} URL", "WEBHOOK", "CREATED", "EVENTS");
+            for w in webhooks::webhooks_of(client, tenant.as_str()).await? {
+                println!(
+                    "{:<20} {:<24} {:<48} {}",
+                    w.webhook_id,
+                    format_ms(w.created_ms),
+                    w.events.join(","),
+                    w.url
+                );
+            }
+        }
+        WebhookCommand::Delete { tenant, webhook_id } => {
+            if !registration::delete(client, &tenant, &webhook_id).await? {
+                anyhow::bail!("webhook {webhook_id} not found in tenant {tenant}");
+            }
+            println!("deleted webhook {webhook_id}; nothing more is delivered to it");
+        }
+        WebhookCommand::Deliveries {
+            tenant,
+            webhook_id,
+            state,
+            limit,
+        } => {
+            let state = match state.as_deref() {
+                None => None,
+                Some(s) => Some(DeliveryState::parse(s).with_context(|| {
+                    format!("unknown state {s:?}: pending, delivered or failed")
+                })?),
+            };
+            let from_ms = now_ms().saturating_sub(
+                crate::storage::retention::DailyTable::WebhookDeliveries.keep_days() * 86_400_000,
+            );
+            let rows = webhooks::recent_deliveries(
+                client,
+                tenant.as_str(),
+                &webhook_id,
+                from_ms,
+                state,
+                limit.clamp(1, 500),
+            )
+            .await?;
+            println!(
+                "{:<36} {:<20} {:<10} {:>8} {:<24} {:<24} LAST ERROR",
+                "DELIVERY", "EVENT", "STATE", "ATTEMPTS", "CREATED", "NEXT ATTEMPT"
+            );
+            for d in rows {
+                let next = if d.state() == DeliveryState::Pending && d.next_attempt_ms != 0 {
+                    format_ms(d.next_attempt_ms)
+                } else {
+                    "-".to_string()
+                };
+                println!(
+                    "{:<36} {:<20} {:<10} {:>8} {:<24} {:<24} {}",
+                    d.delivery_id,
+                    d.event_type,
+                    d.state,
+                    d.attempts,
+                    format_ms(d.created_ms),
+                    next,
+                    d.last_error
+                );
+            }
         }
     }
     Ok(())

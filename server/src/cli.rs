@@ -26,8 +26,26 @@ pub struct Cli {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Where webhooks may deliver. Shared by `serve` (checked at every delivery) and `admin`
+/// (checked at registration).
+#[derive(Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// Hosts webhooks may reach although they are internal (loopback, private addresses) or
+    /// over plain http, comma-separated, e.g. `crm.internal,10.0.4.7`. Everything else must be
+    /// https to a public address.
+    #[arg(
+        long,
+        env = "BACKLIGHT_WEBHOOK_ALLOW_HOSTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub webhook_allow_hosts: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,12 +111,70 @@ pub struct ServeArgs {
     /// Longest an accepted batch waits to be grouped with others into one ClickHouse INSERT.
     #[arg(long, env = "BACKLIGHT_INSERT_MAX_DELAY", default_value = "500ms", value_parser = parse_duration)]
     pub insert_max_delay: Duration,
+    /// Open status streams (`GET /v1/items/{id}/events`) one API key may hold on this server;
+    /// more are refused with 429.
+    #[arg(long, env = "BACKLIGHT_MAX_STREAMS_PER_KEY", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_key: u32,
+    /// The first retry delay of a failed webhook delivery; it doubles per attempt up to an hour
+    /// (20 attempts or 24 h at most).
+    #[arg(long, env = "BACKLIGHT_WEBHOOK_RETRY_BASE", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_retry_base: Duration,
     /// How long to keep trying to reach ClickHouse at start before giving up.
     #[arg(long, env = "BACKLIGHT_CLICKHOUSE_WAIT", default_value = "60s", value_parser = parse_duration)]
     pub clickhouse_wait: Duration,
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "BACKLIGHT_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What one client may take: connections, time, and its share of ingest. Every limit is
+/// documented, with its reason, in docs/security.md ("Ingest and connection limits").
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Connections open at once; more are closed at once.
+    #[arg(long, env = "BACKLIGHT_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Connections open at once from one client address (raise it behind a proxy or load
+    /// balancer that does not keep client addresses).
+    #[arg(long, env = "BACKLIGHT_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// Longest a client may take for a TLS handshake and for each request's headers; also how
+    /// long a kept-alive connection may sit idle.
+    #[arg(long, env = "BACKLIGHT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Longest pause while a request body is being sent.
+    #[arg(long, env = "BACKLIGHT_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Slowest average rate of an ingest body, per second (e.g. 16KiB): a body of N bytes must
+    /// arrive within --body-read-timeout + N / rate.
+    #[arg(long, env = "BACKLIGHT_MIN_BODY_RATE", default_value = "16KiB", value_parser = parse_bytes)]
+    pub min_body_rate: u64,
+    /// Ingest requests of one device handled at once.
+    #[arg(long, env = "BACKLIGHT_INGEST_DEVICE_CONCURRENCY", default_value_t = 2)]
+    pub ingest_device_concurrency: usize,
+    /// Ingest requests per second one device may send, sustained.
+    #[arg(long, env = "BACKLIGHT_INGEST_DEVICE_RATE", default_value_t = 20)]
+    pub ingest_device_rate: u32,
+    /// Ingest requests one device may send at once after a quiet spell.
+    #[arg(long, env = "BACKLIGHT_INGEST_DEVICE_BURST", default_value_t = 40)]
+    pub ingest_device_burst: u32,
+    /// Decompressed JSON one device may send per second, sustained (e.g. 4MiB).
+    #[arg(long, env = "BACKLIGHT_INGEST_DEVICE_DECODED_RATE", default_value = "4MiB", value_parser = parse_bytes)]
+    pub ingest_device_decoded_rate: u64,
+    /// The fraction of the body and group-commit budgets one tenant may hold (0 < share ≤ 1).
+    #[arg(long, env = "BACKLIGHT_INGEST_TENANT_SHARE", default_value_t = 0.75, value_parser = parse_share)]
+    pub ingest_tenant_share: f64,
+    /// Memory for ingest bodies being read and decoded, all requests together (e.g. 32MiB).
+    #[arg(long, env = "BACKLIGHT_INGEST_BODY_BUDGET", default_value = "32MiB", value_parser = parse_bytes)]
+    pub ingest_body_budget: u64,
+    /// Memory for encoded rows waiting for or inside a ClickHouse INSERT (e.g. 48MiB).
+    #[arg(long, env = "BACKLIGHT_INGEST_COMMIT_BUDGET", default_value = "48MiB", value_parser = parse_bytes)]
+    pub ingest_commit_budget: u64,
+    /// Ingest bodies decoded at once; 0 means one per CPU core (at least 2).
+    #[arg(long, env = "BACKLIGHT_DECODE_THREADS", default_value_t = 0)]
+    pub decode_threads: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +194,51 @@ pub enum AdminCommand {
     /// The tenant's agent policy: rules, privacy, consent notice.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Outbound webhooks: signed HTTP calls on item status and SLA changes.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhookCommand {
+    /// Register a webhook; its signing secret is printed once.
+    Create {
+        #[arg(long)]
+        tenant: TenantId,
+        /// Where deliveries are POSTed (https; http only to --webhook-allow-hosts).
+        #[arg(long)]
+        url: String,
+        /// Events to deliver (repeat or comma-separate): item.status_changed,
+        /// item.sla_at_risk, item.sla_breached.
+        #[arg(long = "event", value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// A note for admins, e.g. "CRM case updates".
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List a tenant's webhooks (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Delete a webhook: nothing more is delivered to it.
+    Delete {
+        #[arg(long)]
+        tenant: TenantId,
+        webhook_id: String,
+    },
+    /// Show a webhook's newest deliveries: state, attempts, last error, next retry.
+    Deliveries {
+        #[arg(long)]
+        tenant: TenantId,
+        webhook_id: String,
+        /// Only deliveries in this state: pending, delivered or failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Most deliveries shown.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,6 +361,43 @@ pub enum DeviceCommand {
     },
 }
 
+/// Parses byte sizes such as `65536`, `16KiB`, `4MiB`, `1GiB` (also `KB`, `MB`, `GB` as
+/// powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (examples: 65536, 16KiB, 4MiB)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Parses a fraction in (0, 1], e.g. `0.75`.
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!(
+            "invalid share {s:?}: a fraction above 0 and at most 1, e.g. 0.75"
+        )),
+    }
+}
+
 /// Parses durations such as `500ms`, `5s`, `2m`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
@@ -262,6 +420,28 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.serve.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cli.storage.data_dir, PathBuf::from("./backlight-data"));
+    }
+
+    #[test]
+    fn sizes_and_shares() {
+        assert_eq!(parse_bytes("65536"), Ok(65_536));
+        assert_eq!(parse_bytes("16KiB"), Ok(16_384));
+        assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        assert!(parse_bytes("4 parsecs").is_err());
+        assert!(parse_bytes("99999999999999GiB").is_err());
+        assert!(parse_share("0").is_err() && parse_share("1.5").is_err());
+        let cli = Cli::try_parse_from([
+            "backlight-server",
+            "--ingest-body-budget",
+            "8MiB",
+            "--ingest-tenant-share",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.limits.ingest_body_budget, 8 << 20);
+        assert_eq!(cli.serve.limits.ingest_tenant_share, 0.5);
+        assert_eq!(cli.serve.limits.min_body_rate, 16_384);
     }
 
     #[test]

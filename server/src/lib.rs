@@ -10,9 +10,12 @@
 //! - [`storage`]: all SQL — migrations, registry, events.
 //! - [`ingest`]: decoding batches and group-committing them into ClickHouse.
 //! - [`http`]: the axum router and handlers.
+//! - [`live`]: change notification for open status streams.
+//! - [`webhooks`]: outbound webhooks (evaluation, signing, delivery, retries).
 //! - [`auth`], [`secrets`], [`tenancy`]: who may do what.
 //! - [`telemetry`]: metrics and logs.
 //! - [`tls`]: loading the HTTPS certificate and key.
+//! - [`listen`]: accepting connections within caps and timeouts (HTTP and HTTPS).
 
 pub mod admin;
 pub mod auth;
@@ -22,6 +25,8 @@ pub mod http;
 pub mod ingest;
 pub mod items;
 pub mod launch;
+pub mod listen;
+pub mod live;
 pub mod reports;
 pub mod secrets;
 pub mod serve;
@@ -29,3 +34,10 @@ pub mod storage;
 pub mod telemetry;
 pub mod tenancy;
 pub mod tls;
+pub mod webhooks;
+
+/// Locks a mutex that guards counts or caches updated only in short, panic-free sections, so
+/// that a poisoned lock still holds consistent data: the poison is ignored.
+pub(crate) fn lock_counts<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -11,7 +11,7 @@ async fn main() -> Result<()> {
     match cli.command {
         None | Some(Command::Serve) => {
             backlight_server::telemetry::init_logging(cli.serve.log_json);
-            backlight_server::serve::serve(cli.storage, cli.serve).await
+            backlight_server::serve::serve(cli.storage, cli.serve, cli.webhooks).await
         }
         Some(Command::Admin(command)) => {
             // Admin output is for people: keep logs to warnings unless asked.
@@ -19,7 +19,7 @@ async fn main() -> Result<()> {
                 std::env::set_var("BACKLIGHT_LOG", "warn");
             }
             backlight_server::telemetry::init_logging(false);
-            backlight_server::admin::run(cli.storage, command).await
+            backlight_server::admin::run(cli.storage, cli.webhooks, command).await
         }
     }
 }

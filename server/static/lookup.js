@@ -235,7 +235,9 @@
             if (!first) update(doc, signal);
             first = false;
           } else if (ev.event === 'end') {
-            break; // the server closes streams after a while; reopen at once
+            // The server closes streams after a while, and when it shuts down: reopen at once
+            // (a revoked key is then refused with 403, which ends live updates).
+            break;
           } else if (ev.event === 'error') {
             liveState(false, 'Live updates delayed: storage unreachable, still trying');
           }
@@ -248,6 +250,14 @@
         if (err.status === 404 || err.status === 403) {
           liveState(false, `No live updates: ${err.message}`);
           return;
+        }
+        if (err.status === 429) {
+          // This key holds as many live views as the server allows (other tabs, other people
+          // sharing the key): try again when the server says.
+          const wait = (err.retryAfter || 30) * 1000;
+          liveState(false, `Live updates paused: too many live views open with this key; retrying in ${Math.round(wait / 1000)} s`);
+          await Backlight.sleep(wait, signal);
+          continue;
         }
       }
       liveState(false, 'Connection lost, reconnecting…');

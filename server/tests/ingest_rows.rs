@@ -110,7 +110,7 @@ async fn ingested_events_are_stored_column_for_column() {
     }
 }
 
-/// With the group commit's budget taken, a batch is turned away before its body is read: 503
+/// With the group commit's budget taken, a batch is turned away before it is decoded: 503
 /// with `Retry-After`, nothing stored; once there is room the same batch is stored.
 #[tokio::test]
 async fn a_full_group_commit_turns_batches_away_with_retry_after() {
@@ -127,6 +127,8 @@ async fn a_full_group_commit_turns_batches_away_with_retry_after() {
             max_delay: Duration::from_millis(10),
             max_bytes_in_flight: 1024 * 1024,
             admission_timeout: Duration::from_millis(200),
+            // One tenant may take all of it here (another one does, below).
+            tenant_share: 1.0,
             ..WriterConfig::default()
         },
     );
@@ -153,7 +155,7 @@ async fn a_full_group_commit_turns_batches_away_with_retry_after() {
     };
     let post = || support::ingest_request(&device, &batch);
 
-    let everything = writer.reserve(usize::MAX).await.unwrap();
+    let everything = writer.reserve("someone-else", usize::MAX).await.unwrap();
     let refused = app.request(post()).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers.contains_key(header::RETRY_AFTER));

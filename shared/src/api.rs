@@ -38,7 +38,8 @@ pub struct EnrollResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestResponse {
-    /// Number of events stored (a resent batch is stored again and counted once by every query).
+    /// Number of events in the batch, all of them stored now (a `seq` stored before keeps its
+    /// first copy: it is acknowledged, not written again).
     pub accepted: usize,
     /// The highest sequence number in the batch; the agent may forget everything up to it.
     pub max_seq: u64,

@@ -19,7 +19,9 @@ pub struct Batch {
     pub protocol: u16,
     /// The device that recorded the events; must be the device the credential belongs to.
     pub device_id: Uuid,
-    /// Events in ascending `seq` order, no `seq` twice.
+    /// Events in ascending `seq` order, no `seq` twice; at most
+    /// [`limits::MAX_EVENTS_PER_BATCH`], refused while parsing beyond that.
+    #[serde(deserialize_with = "crate::event::bounded_events")]
     pub events: Vec<Event>,
 }
 
@@ -44,8 +46,15 @@ pub mod limits {
     pub const MAX_SHORT_TEXT_LEN: usize = 128;
     /// How far in the past an event may be: 400 days covers an agent that was offline for a year.
     pub const MAX_EVENT_AGE_MS: u64 = 400 * 24 * 3600 * 1000;
-    /// How far ahead of the server's clock an event may be: generous for skewed desktop clocks.
-    pub const MAX_EVENT_FUTURE_MS: u64 = 24 * 3600 * 1000;
-    /// Longest activity span: a span is closed at least at every state change and shutdown.
-    pub const MAX_SPAN_MS: u64 = 7 * 24 * 3600 * 1000;
+    /// How far ahead of the server's clock an event may be. A device can only report what has
+    /// happened: this is room for desktop clocks a little ahead (Windows domains keep them
+    /// within 5 minutes), not for claims about the future such as an item completed tomorrow.
+    pub const MAX_EVENT_FUTURE_MS: u64 = 10 * 60 * 1000;
+    /// Longest activity span. The agent closes spans at every change of state and at least every
+    /// 15 minutes; longer claims of work time are refused.
+    pub const MAX_SPAN_MS: u64 = 3600 * 1000;
+    /// Highest sequence number: 2^53 − 1, the largest integer every JSON reader (JavaScript
+    /// included) holds exactly. A device recording a million events a day reaches it in
+    /// 24 billion years.
+    pub const MAX_SEQ: u64 = (1 << 53) - 1;
 }

@@ -10,10 +10,15 @@ use uuid::Uuid;
 
 use crate::UnixMillis;
 
+mod de;
+pub(crate) use de::bounded_events;
+
 /// One recorded event, as it travels in a [`crate::batch::Batch`].
-// No `deny_unknown_fields` here: serde cannot combine it with `flatten`; the body's own structs
-// deny unknown fields, which catches the same mistakes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialized by hand (`de.rs`): the wire form is flat, and serde's derive for it would buffer
+/// the whole event, unknown fields included, before looking at `kind`. Unknown fields are
+/// refused.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Device-local sequence number, starting at 1, strictly increasing, never reused.

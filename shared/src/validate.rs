@@ -65,6 +65,16 @@ pub fn validate_batch(batch: &Batch, now_ms: UnixMillis) -> Result<(), Validatio
     let mut previous_seq = 0u64;
     for (i, event) in batch.events.iter().enumerate() {
         let prefix = format!("events[{i}]");
+        if event.seq > limits::MAX_SEQ {
+            return Err(ValidationError::new(
+                format!("{prefix}.seq"),
+                format!(
+                    "{} is above the highest sequence number, {}",
+                    event.seq,
+                    limits::MAX_SEQ
+                ),
+            ));
+        }
         if event.seq <= previous_seq {
             return Err(ValidationError::new(
                 format!("{prefix}.seq"),
@@ -138,7 +148,11 @@ fn validate_event_at(
             if span.end_ms - span.start_ms > limits::MAX_SPAN_MS {
                 return Err(ValidationError::new(
                     field("end_ms"),
-                    format!("a span may last at most {} ms", limits::MAX_SPAN_MS),
+                    format!(
+                        "a span may last at most {} minutes; this one lasts {} ms",
+                        limits::MAX_SPAN_MS / 60_000,
+                        span.end_ms - span.start_ms
+                    ),
                 ));
             }
             optional_item(&field("item_id"), span.item_id.as_deref())?;
@@ -229,7 +243,8 @@ fn text(field: &str, value: &str, max_len: usize, empty: Empty) -> Result<(), Va
 }
 
 fn check_time(field: &str, t: UnixMillis, now_ms: UnixMillis) -> Result<(), ValidationError> {
-    if t + limits::MAX_EVENT_AGE_MS < now_ms {
+    // Saturating: `t` comes from the network and may be anything up to u64::MAX.
+    if t.saturating_add(limits::MAX_EVENT_AGE_MS) < now_ms {
         return Err(ValidationError::new(
             field,
             format!(
@@ -238,12 +253,13 @@ fn check_time(field: &str, t: UnixMillis, now_ms: UnixMillis) -> Result<(), Vali
             ),
         ));
     }
-    if t > now_ms + limits::MAX_EVENT_FUTURE_MS {
+    if t > now_ms.saturating_add(limits::MAX_EVENT_FUTURE_MS) {
         return Err(ValidationError::new(
             field,
             format!(
-                "{t} is more than {} hours ahead of the server clock",
-                limits::MAX_EVENT_FUTURE_MS / 3_600_000
+                "{t} is more than {} minutes ahead of the server clock ({now_ms}): events can \
+                 only report what has happened (is the desktop's clock right?)",
+                limits::MAX_EVENT_FUTURE_MS / 60_000
             ),
         ));
     }
@@ -365,6 +381,56 @@ mod tests {
             s.end_ms = s.start_ms;
         }
         assert_eq!(error_field(&batch(vec![e])), "events[0].start_ms");
+    }
+
+    #[test]
+    fn extreme_numbers_are_refused_without_overflow() {
+        assert_eq!(error_field(&batch(vec![span(u64::MAX)])), "events[0].seq");
+        assert_eq!(
+            error_field(&batch(vec![span(limits::MAX_SEQ + 1)])),
+            "events[0].seq"
+        );
+        validate_batch(&batch(vec![span(limits::MAX_SEQ)]), NOW).unwrap();
+        for t in [u64::MAX, u64::MAX - 1, 0] {
+            let mut e = span(1);
+            if let EventBody::ActivitySpan(s) = &mut e.body {
+                s.start_ms = t;
+                s.end_ms = t;
+            }
+            assert_eq!(error_field(&batch(vec![e])), "events[0].start_ms", "{t}");
+        }
+        // The server's own clock at its extremes.
+        validate_batch(&batch(vec![span(1)]), u64::MAX).unwrap_err();
+        validate_batch(&batch(vec![span(1)]), 0).unwrap_err();
+    }
+
+    #[test]
+    fn claims_about_the_future_are_refused() {
+        let completed_at = |at_ms| Event {
+            seq: 1,
+            id: Uuid::new_v4(),
+            body: EventBody::WorkItem(WorkItemEvent {
+                item_id: "CLM-1".into(),
+                action: ItemAction::Completed,
+                step: None,
+                at_ms,
+                source: ItemSource::App,
+            }),
+        };
+        validate_event(&completed_at(NOW + 60_000), NOW).unwrap();
+        let err = validate_event(&completed_at(NOW + 3_600_000), NOW).unwrap_err();
+        assert_eq!(err.field, "at_ms");
+        assert!(err.reason.contains("ahead of the server clock"), "{err}");
+    }
+
+    #[test]
+    fn long_spans_are_refused() {
+        let mut e = span(1);
+        if let EventBody::ActivitySpan(s) = &mut e.body {
+            s.start_ms = NOW - 2 * 3_600_000;
+            s.end_ms = NOW;
+        }
+        assert_eq!(error_field(&batch(vec![e])), "events[0].end_ms");
     }
 
     #[test]

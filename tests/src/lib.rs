@@ -36,6 +36,8 @@
 //! - [`harness::agent`]: [`Agent`], the real agent binary with its own data directory.
 //! - [`harness::ingest`]: hand-made events and batches, and posting them with reqwest.
 //! - [`harness::wait`]: polling with deadlines instead of sleeps.
+//! - [`harness::sse`]: reading the status stream over real HTTP.
+//! - [`harness::receiver`]: a webhook receiver on loopback that can go down and come back.
 //! - [`harness::bins`]: finding the binaries next to the test executable.
 //! - [`harness::spine`]: [`Spine`] (ClickHouse, server, tenant and key) and the "nothing
 //!   secret anywhere" check of the desktop tests.
@@ -51,8 +53,10 @@ pub use harness::clickhouse::{ClickHouse, Db};
 pub use harness::ingest::{
     activity_span, batch, events_file_lines, work_item, zstd, Device, FileEvent, Posted,
 };
+pub use harness::receiver::{Received, Receiver};
 pub use harness::server::{Server, ServerOptions, TlsFiles};
 pub use harness::spine::Spine;
+pub use harness::sse::{SseEvent, SseStream};
 pub use harness::wait::{millis, secs, wait_for, wait_until};
 
 pub use backlight_shared::api::{EnrollResponse, ErrorBody, IngestResponse};

@@ -57,18 +57,46 @@ impl ApiError {
     }
 
     /// ClickHouse (or our capacity) is temporarily short: retry later, nothing was stored.
+    /// `message` is shown to the client: never put a dependency's error text in it (see
+    /// [`ApiError::storage_unavailable`]).
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(RETRY_AFTER_SECS),
             ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         }
     }
+
+    /// The caller is over its fair share (device, key or tenant): 429, retry after
+    /// `retry_after_secs`. Nobody else is affected.
+    pub fn over_share(message: impl Into<String>, retry_after_secs: u32) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
+    /// 503 for a failure of ClickHouse (or another dependency) whose text must not reach the
+    /// client: it can name tables, hosts, users and queries. The text is logged with a fresh
+    /// error id, and the client gets only that id to quote.
+    pub fn storage_unavailable(error: &dyn std::fmt::Display) -> ApiError {
+        let error_id = uuid::Uuid::new_v4();
+        tracing::warn!(%error_id, %error, "storage unavailable");
+        ApiError::unavailable(format!(
+            "storage unavailable, retry later (error id {error_id})"
+        ))
+    }
 }
 
 impl From<ClickHouseError> for ApiError {
     fn from(e: ClickHouseError) -> Self {
-        tracing::warn!(error = %e, "ClickHouse unavailable");
-        ApiError::unavailable(format!("storage unavailable, retry later ({e})"))
+        match e {
+            // Our own words about our own limits: safe and useful to show.
+            ClickHouseError::Saturated(_) => {
+                tracing::debug!(error = %e, "reads saturated");
+                ApiError::unavailable(e.to_string())
+            }
+            e => ApiError::storage_unavailable(&e),
+        }
     }
 }
 

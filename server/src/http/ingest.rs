@@ -1,9 +1,14 @@
 //! `POST /v1/ingest`: an authenticated batch from one device.
 //!
-//! Order of checks, cheapest first: credential, declared size, room in the group commit (before
-//! the body is read, so waiting requests hold no rows), encoding and decompressed size, JSON
-//! shape, device ownership, protocol rules. Only a batch that passes all of them is written, and
-//! the answer is 200 only after ClickHouse accepted every row.
+//! Order of checks, cheapest first: credential, declared size, the device's fair share
+//! (requests at once and per second), then the body (read within a minimum rate, its bytes
+//! counted as they arrive), room in the group commit, decoding on the blocking pool (the
+//! device's decoded bytes per second checked before parsing), device ownership, protocol rules,
+//! and what of the batch is stored already. Only a batch that passes all of them is written,
+//! and the answer is 200 only after ClickHouse accepted every row.
+//!
+//! A client over its own share gets 429 with `Retry-After`; 503 means the server as a whole is
+//! short (group commit full, ClickHouse down), never that someone else is misbehaving.
 
 use std::time::Duration;
 
@@ -19,33 +24,33 @@ use backlight_shared::validate::validate_batch;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::AuthError;
-use crate::ingest::decode::{decode_body, DecodeError};
+use crate::ingest::body::{self, BodyError};
+use crate::ingest::budget::BudgetError;
+use crate::ingest::decode::DecodeError;
+use crate::ingest::decoder::DecodeFailure;
+use crate::ingest::devices::OverShare;
 use crate::ingest::writer::WriteError;
+use crate::storage::changes::ChangeMark;
 use crate::storage::events::EncodedRows;
 
-/// Bodies above this size are decoded on the blocking pool so they do not stall other requests.
-const DECODE_INLINE_MAX: usize = 256 * 1024;
-
-/// Large bodies decoded at once (on the blocking pool). Each decode holds up to 4 MiB as sent,
-/// 16 MiB decompressed and the parsed batch; the pool has hundreds of threads, so without this
-/// a burst of large uploads could hold that many times over. Small bodies are decoded inline,
-/// which the runtime's worker threads bound already.
-static LARGE_DECODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-
 /// Estimated bytes of RowBinary per byte of a compressed body, for the room a request reserves
-/// before reading it (zstd-3 JSON from agents measures ≈ 3.4; a plain JSON body ≈ 0.75, so 1).
+/// before decoding it (zstd-3 JSON from agents measures ≈ 3.4; a plain JSON body ≈ 0.75, so 1).
 /// Trued up to the real size once the rows are encoded.
 const ROWS_PER_COMPRESSED_BYTE: usize = 4;
 
+/// How long a refusal with 429 waits before it is sent (at most its `Retry-After`).
+const OVER_SHARE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Longest a request turned away before reading its body spends reading (and discarding) it,
-/// so the client gets the 503 instead of a reset connection.
+/// so the client gets the answer instead of a reset connection.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Upload a batch of events.
 ///
 /// Authenticated with the device credential (`bld_…`). The body is a JSON `Batch`, sent as
 /// is or compressed (`Content-Encoding: zstd` or `gzip`); at most 4 MiB as sent and 16 MiB
-/// decompressed. A 200 means ClickHouse accepted every event of the batch.
+/// decompressed. A 200 means ClickHouse holds every event of the batch (events whose `seq` was
+/// stored before are not written again: the first copy wins).
 #[utoipa::path(
     post,
     path = backlight_shared::api::INGEST_PATH,
@@ -64,6 +69,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
         (status = 413, description = "Body too large before or after decompression (`too_large`)", body = backlight_shared::api::ErrorBody),
         (status = 415, description = "Unsupported `Content-Encoding` (`unsupported_encoding`)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "A field breaks the protocol (`invalid_field`, `field` is its JSON path)", body = backlight_shared::api::ErrorBody),
+        (status = 408, description = "The body stopped arriving or came slower than the minimum rate (`request_timeout`)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This device (or its tenant) is over its fair share (`rate_limited`); nothing was stored, retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "Group commit full or ClickHouse unavailable (`unavailable`); nothing was stored, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -73,9 +80,19 @@ pub async fn ingest(
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let result = ingest_inner(&state, &headers, body).await;
+    if let Err(e) = &result {
+        if e.status == StatusCode::TOO_MANY_REQUESTS {
+            // A client over its share that ignores Retry-After would otherwise turn refusals
+            // into a flood of its own (thousands a second from a closed loop): each refusal
+            // holds its connection a moment, which costs a sleeping task.
+            let wait = Duration::from_secs(e.retry_after.unwrap_or(1).into());
+            tokio::time::sleep(wait.min(OVER_SHARE_PAUSE)).await;
+        }
+    }
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => "over_share",
         Err(_) => "refused",
     };
     metrics::counter!("backlight_ingest_batches_total", "outcome" => outcome).increment(1);
@@ -101,60 +118,63 @@ async fn ingest_inner(
             ),
             other => other.into(),
         })?;
+    let tenant = device.tenant_id.as_str();
 
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "body larger than {} bytes",
-                limits::MAX_COMPRESSED_BODY_BYTES
-            ),
-        )
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limits::MAX_COMPRESSED_BODY_BYTES) {
-        return Err(too_large());
+        return Err(too_large(limits::MAX_COMPRESSED_BODY_BYTES));
     }
-    // Room in the group commit first: a request that has to wait holds no rows, not even its
-    // body (which stays in the socket meanwhile).
-    let per_byte = if headers.contains_key(header::CONTENT_ENCODING) {
+    let controls = &state.ingest;
+    // The device's share first, before its body costs anything.
+    let turn = match controls.devices.enter(device.device_id) {
+        Ok(turn) => turn,
+        Err(over) => {
+            drain(body).await;
+            return Err(over_share(over));
+        }
+    };
+    // The body: only what has arrived counts against memory, and it must keep arriving.
+    let (bytes, body_held) = body::read(
+        body,
+        declared,
+        &controls.body_limits,
+        &controls.bodies,
+        tenant,
+    )
+    .await
+    .map_err(body_error)?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("(not ASCII)").to_string());
+    // Room in the group commit before decoding, so that a request that has to wait holds only
+    // its body as sent.
+    let per_byte = if encoding.is_some() {
         ROWS_PER_COMPRESSED_BYTE
     } else {
         1
     };
-    let estimate = declared.unwrap_or(limits::MAX_COMPRESSED_BODY_BYTES) * per_byte;
-    let reservation = match state.writer.reserve(estimate).await {
-        Ok(reservation) => reservation,
-        Err(e) => {
-            drain(body).await;
-            return Err(write_error(e));
-        }
-    };
-    let batch = {
-        let bytes = axum::body::to_bytes(body, limits::MAX_COMPRESSED_BODY_BYTES)
-            .await
-            .map_err(|_| too_large())?;
-        let encoding = headers
-            .get(header::CONTENT_ENCODING)
-            .map(|v| v.to_str().unwrap_or("(not ASCII)").to_string());
-        if bytes.len() <= DECODE_INLINE_MAX {
-            decode_body(encoding.as_deref(), &bytes)
-        } else {
-            let _turn = LARGE_DECODES
-                .acquire()
-                .await
-                .map_err(|_| ApiError::unavailable("decoder closed"))?;
-            tokio::task::spawn_blocking(move || decode_body(encoding.as_deref(), &bytes))
-                .await
-                .map_err(|_| ApiError::unavailable("decoder failed"))?
-        }
-        .map_err(decode_error)?
-        // The body is dropped here: a request waiting for ClickHouse holds only its rows.
-    };
+    let reservation = state
+        .writer
+        .reserve(tenant, bytes.len().saturating_mul(per_byte))
+        .await
+        .map_err(write_error)?;
+    let devices = controls.devices.clone();
+    let device_id = device.device_id;
+    let batch = controls
+        .decoder
+        .decode(encoding, bytes, move |json_bytes| {
+            devices.charge_decoded(device_id, json_bytes)
+        })
+        .await
+        .map_err(|e| match e {
+            DecodeFailure::Invalid(e) => decode_error(e),
+            DecodeFailure::Refused(over) => over_share(over),
+            DecodeFailure::Unavailable => ApiError::unavailable("the decoder is not available"),
+        })?;
+    drop(body_held);
 
     if batch.device_id != device.device_id {
         return Err(ApiError::forbidden(
@@ -175,28 +195,104 @@ async fn ingest_inner(
         max_seq: batch.events.last().map_or(0, |e| e.seq),
     };
     metrics::histogram!("backlight_ingest_batch_events").record(batch.events.len() as f64);
+
+    // From reading what is stored to committing, this device's requests take turns: the first
+    // copy of a seq wins (see `ingest::first_copy`).
+    let mut batch = batch;
+    let _in_order = turn.in_order().await;
+    let first_copy = &controls.first_copy;
+    let stored_max = first_copy.stored_max(tenant, device.device_id).await?;
+    let reaching_back: Vec<u64> = batch
+        .events
+        .iter()
+        .take_while(|e| e.seq <= stored_max)
+        .map(|e| e.seq)
+        .collect();
+    if !reaching_back.is_empty() {
+        let stored = first_copy
+            .stored_among(tenant, device.device_id, &reaching_back)
+            .await?;
+        batch.events.retain(|e| !stored.contains(&e.seq));
+        metrics::counter!("backlight_ingest_events_already_stored_total")
+            .increment(stored.len() as u64);
+    }
+    if batch.events.is_empty() {
+        return Ok(Json(response));
+    }
+    // The items open streams on this server watch, told once the rows are stored.
+    let watched = state.live.watched_in(&device.tenant_id, &batch.events);
     // Encode the rows and let the parsed batch go before waiting on ClickHouse: a thousand
     // requests in flight each hold only their rows' RowBinary (≈ 30 KB for 200 events).
-    let rows = EncodedRows::encode(
-        &device.tenant_id,
-        batch.device_id,
-        &batch.events,
-        received_ms,
-    );
+    let rows = EncodedRows::encode(tenant, batch.device_id, &batch.events, received_ms);
     drop(batch);
     state
         .writer
         .write_reserved(reservation, rows)
         .await
         .map_err(write_error)?;
+    controls
+        .first_copy
+        .stored(tenant, device.device_id, response.max_seq);
+    state.live.changed(
+        &device.tenant_id,
+        watched
+            .into_iter()
+            .map(|(item, seq)| (item, ChangeMark::events(received_ms, device.device_id, seq))),
+    );
     Ok(Json(response))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("body larger than {limit} bytes"),
+    )
+}
+
+fn over_share(over: OverShare) -> ApiError {
+    metrics::counter!("backlight_ingest_over_share_total", "limit" => over.what).increment(1);
+    ApiError::over_share(
+        format!(
+            "this device sends more {} than its share; retry after {} s",
+            over.what,
+            over.retry_after_secs()
+        ),
+        over.retry_after_secs(),
+    )
+}
+
+fn body_error(e: BodyError) -> ApiError {
+    match e {
+        BodyError::TooLarge(limit) => too_large(limit),
+        BodyError::Stalled(_) | BodyError::TooSlow(..) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            e.to_string(),
+        ),
+        BodyError::Budget(BudgetError::OverShare(_)) => {
+            metrics::counter!("backlight_ingest_over_share_total", "limit" => "tenant body budget")
+                .increment(1);
+            ApiError::over_share(
+                "this tenant's uploads fill its share of the server's memory for bodies; retry shortly",
+                1,
+            )
+        }
+        BodyError::Budget(e) => ApiError::unavailable(e.to_string()),
+        BodyError::Broken(_) => ApiError::bad_request(e.to_string()),
+    }
 }
 
 fn write_error(e: WriteError) -> ApiError {
     match e {
-        WriteError::Overloaded | WriteError::Unavailable(_) | WriteError::Closed => {
-            ApiError::unavailable(e.to_string())
+        WriteError::OverShare => {
+            metrics::counter!("backlight_ingest_over_share_total", "limit" => "tenant commit budget")
+                .increment(1);
+            ApiError::over_share(e.to_string(), 1)
         }
+        WriteError::Overloaded | WriteError::Closed => ApiError::unavailable(e.to_string()),
+        // ClickHouse's own words stay in the log.
+        WriteError::Unavailable(_) => ApiError::storage_unavailable(&e),
     }
 }
 

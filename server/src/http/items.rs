@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `GET /v1/items/{id}` | cc_agent, wfm, admin | status document |
 //! | `GET /v1/items/{id}/timeline` | cc_agent, wfm, admin | every event (spans only for wfm/admin) |
-//! | `GET /v1/items/{id}/events` | cc_agent, wfm, admin | SSE: the status document whenever it changes |
+//! | `GET /v1/items/{id}/events` | cc_agent, wfm, admin | SSE: the status document whenever it changes ([`super::item_stream`]) |
 //! | `GET /v1/items?customer_ref=&queue=&status=&sla_state=&limit=` | cc_agent, wfm, admin | search |
 //! | `POST /v1/items` | admin | register up to 1,000 items |
 //! | `GET`/`PUT /v1/sla-classes` | admin (GET: wfm too) | named SLA targets |
@@ -19,15 +19,11 @@
 //! (active/idle/locked time of a person) are shown only to wfm and admin, never to cc_agent.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use backlight_shared::now_ms;
@@ -44,6 +40,7 @@ use crate::items::{
     self as domain, Eta, HandleTimeStats, ItemEvent, ItemState, Occurrence, SlaState, Status,
 };
 use crate::storage::audit::{AuditEntry, AuditError};
+use crate::storage::changes::ChangeMark;
 use crate::storage::items::{
     self as store, Assignment, ItemRead, ItemRow, LookupContext, SlaClassRow,
 };
@@ -56,12 +53,6 @@ pub const MAX_SEARCH_LIMIT: u32 = 200;
 pub const DEFAULT_SEARCH_LIMIT: u32 = 50;
 /// Registered items examined when a search filters by derived status or SLA state.
 pub const MAX_SEARCH_CANDIDATES: u64 = 1_000;
-/// How often an open status stream re-reads the item.
-pub const STREAM_POLL: Duration = Duration::from_millis(300);
-/// Longest a status stream stays open; the client reconnects after the `end` event.
-pub const STREAM_LIFETIME: Duration = Duration::from_secs(30 * 60);
-/// Comment lines sent on an idle stream so proxies keep it open.
-pub const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Most actions in the status document's `history` (the newest; the timeline has all).
 pub const MAX_HISTORY: usize = 100;
 
@@ -70,7 +61,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/items", get(search).post(register_items))
         .route("/v1/items/{id}", get(lookup))
         .route("/v1/items/{id}/timeline", get(timeline))
-        .route("/v1/items/{id}/events", get(stream))
         .route(
             "/v1/sla-classes",
             get(list_sla_classes).put(put_sla_classes),
@@ -148,8 +138,8 @@ pub struct StatusDoc {
 
 impl StatusDoc {
     /// The part of the document whose change is worth pushing to a stream (not the clock-driven
-    /// `as_of_ms` and ETA, which move every poll).
-    fn fingerprint(&self) -> StatusDoc {
+    /// `as_of_ms` and ETA, which move all the time).
+    pub(super) fn fingerprint(&self) -> StatusDoc {
         StatusDoc {
             as_of_ms: 0,
             eta: Eta {
@@ -319,6 +309,56 @@ fn build_doc(
     }
 }
 
+/// An item as read, derived once: documents for any reader at any instant are built from it
+/// (the status stream rebuilds its document from the last read as the clock moves).
+#[derive(Debug, Clone)]
+pub struct ItemSnapshot {
+    state: ItemState,
+    registration: Option<ItemRow>,
+}
+
+impl ItemSnapshot {
+    /// `None` when the tenant has no such item (no events and no registration).
+    pub fn from_read(read: ItemRead) -> Option<ItemSnapshot> {
+        let ItemRead {
+            events,
+            registration,
+        } = read;
+        if events.is_empty() && registration.is_none() {
+            return None;
+        }
+        Some(ItemSnapshot {
+            state: domain::derive(events),
+            registration,
+        })
+    }
+
+    /// The status document as `role` sees it at `now`, under the tenant's settings.
+    pub fn document(
+        &self,
+        item_id: &str,
+        role: Role,
+        context: &LookupContext,
+        stats: &HandleTimeStats,
+        with_history: bool,
+        now: u64,
+    ) -> StatusDoc {
+        let who = Who {
+            assignments: &context.assignments,
+            visibility: Visibility::of(role, context.show_person_names),
+        };
+        build_doc(
+            item_id,
+            &self.state,
+            self.registration.as_ref(),
+            &who,
+            stats,
+            with_history,
+            now,
+        )
+    }
+}
+
 /// Everything read for one item.
 struct Loaded {
     state: ItemState,
@@ -344,16 +384,16 @@ async fn load(
         app.lookup_context.get(client, tenant),
         app.handle_times.get(client, tenant),
     )?;
-    let ItemRead {
-        events,
+    let Some(ItemSnapshot {
+        state,
         registration,
-    } = read;
-    if events.is_empty() && registration.is_none() {
+    }) = ItemSnapshot::from_read(read)
+    else {
         return Ok(None);
-    }
+    };
     let visibility = Visibility::of(caller.role, context.show_person_names);
     Ok(Some(Loaded {
-        state: domain::derive(events),
+        state,
         registration,
         context,
         stats,
@@ -410,7 +450,7 @@ fn audit(
 }
 
 /// Runs `read`, records it in the audit log with its outcome, and only then returns it.
-async fn audited<T>(
+pub(super) async fn audited<T>(
     app: &AppState,
     caller: &ApiCaller,
     action: &str,
@@ -434,7 +474,7 @@ async fn audited<T>(
     }
 }
 
-fn item_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(super) fn item_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = path.map_err(|e| ApiError::invalid_field("item_id", e.body_text()))?;
     register::check_lookup_id(&id).map_err(|m| ApiError::invalid_field("item_id", m))?;
     Ok(id)
@@ -653,117 +693,6 @@ async fn search(
     Ok(Json(doc))
 }
 
-/// State of one open status stream.
-struct StreamState {
-    app: AppState,
-    caller: ApiCaller,
-    item_id: String,
-    first: Option<StatusDoc>,
-    last: Option<StatusDoc>,
-    deadline: Instant,
-    failing: bool,
-    ended: bool,
-}
-
-fn sse_json(name: &str, value: &impl Serialize) -> SseEvent {
-    SseEvent::default()
-        .event(name)
-        .json_data(value)
-        .unwrap_or_else(|_| {
-            SseEvent::default()
-                .event("error")
-                .data("{\"error\":\"internal\"}")
-        })
-}
-
-async fn next_stream_event(
-    mut st: StreamState,
-) -> Option<(Result<SseEvent, Infallible>, StreamState)> {
-    if let Some(doc) = st.first.take() {
-        st.last = Some(doc.fingerprint());
-        return Some((Ok(sse_json("status", &doc)), st));
-    }
-    loop {
-        if st.ended {
-            return None;
-        }
-        if Instant::now() >= st.deadline {
-            st.ended = true;
-            let end = serde_json::json!({"reason": "stream lifetime reached; reconnect"});
-            return Some((Ok(sse_json("end", &end)), st));
-        }
-        tokio::time::sleep(STREAM_POLL).await;
-        match status_doc(&st.app, &st.caller, &st.item_id).await {
-            Ok(Some(doc)) => {
-                st.failing = false;
-                let fingerprint = doc.fingerprint();
-                if st.last.as_ref() != Some(&fingerprint) {
-                    st.last = Some(fingerprint);
-                    return Some((Ok(sse_json("status", &doc)), st));
-                }
-            }
-            // Items do not disappear; nothing to push.
-            Ok(None) => {}
-            Err(e) if !st.failing => {
-                st.failing = true;
-                tracing::warn!(error = %e, "status stream cannot read ClickHouse; will keep polling");
-                let body =
-                    ApiError::unavailable("storage unavailable; the stream keeps trying").body;
-                return Some((Ok(sse_json("error", &body)), st));
-            }
-            Err(_) => {}
-        }
-    }
-}
-
-#[utoipa::path(
-    get,
-    path = "/v1/items/{id}/events",
-    tag = "items",
-    operation_id = "item_events",
-    description = "Server-sent events: a `status` event with the status document at once and whenever it changes; `error` (an `ErrorBody`) while storage is unavailable; `end` when the stream's 30-minute lifetime is reached (reconnect). Keep-alive comments every 15 s. Required role: `cc_agent`, `wfm` or `admin`. Recorded in the audit log.",
-    security(("api_key" = [])),
-    params(("id" = String, Path, description = "The item's business identifier (claim, order, case number)")),
-    responses(
-        (status = 200, description = "An event stream; each `data:` line is JSON (`StatusDoc` for `status` events)", body = String, content_type = "text/event-stream"),
-        (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
-        (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
-        (status = 404, description = "No such item (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
-        (status = 422, description = "Invalid item id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
-        (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
-    )
-)]
-async fn stream(
-    State(app): State<AppState>,
-    caller: ApiCaller,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
-    caller.require(&READERS)?;
-    let id = item_id(path)?;
-    let first = audited(
-        &app,
-        &caller,
-        "item_stream",
-        &id,
-        status_doc(&app, &caller, &id),
-    )
-    .await?;
-    let state = StreamState {
-        app,
-        caller,
-        item_id: id,
-        first: Some(first),
-        last: None,
-        deadline: Instant::now() + STREAM_LIFETIME,
-        failing: false,
-        ended: false,
-    };
-    let events = futures_util::stream::unfold(state, next_stream_event);
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(STREAM_KEEP_ALIVE))
-        .into_response())
-}
-
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Registered {
     registered: usize,
@@ -839,6 +768,12 @@ async fn register_items(
     let target = format!("{} items, first {}", rows.len(), rows[0].item_id);
     audit(&app, &caller, "item_register", &target, "ok")?;
     store::insert_registrations(client, &rows).await?;
+    // Open streams of these items show the new registration (queue, SLA) at once.
+    app.live.changed(
+        tenant,
+        rows.iter()
+            .map(|r| (r.item_id.clone(), ChangeMark::registration(r.updated_ms))),
+    );
     Ok(Json(Registered {
         registered: rows.len(),
     }))

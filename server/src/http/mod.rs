@@ -7,6 +7,7 @@
 //! | `POST /v1/ingest` | enrolled device | a batch of events |
 //! | `GET /v1/agent/policy` | enrolled device | the tenant's policy (ETag) |
 //! | `GET`/`PUT /v1/admin/policy` | admin API key | read / replace the policy |
+//! | `/v1/admin/webhooks…` | admin API key | outbound webhooks ([`webhooks`]) |
 //! | `GET /healthz` | orchestrator | process is up |
 //! | `GET /readyz` | load balancer | ClickHouse reachable, schema current |
 //! | `GET /metrics` | Prometheus | counters, histograms, per-device gaps |
@@ -14,6 +15,7 @@
 pub mod enroll;
 pub mod error;
 pub mod ingest;
+pub mod item_stream;
 pub mod items;
 pub mod json;
 pub mod openapi;
@@ -21,6 +23,7 @@ pub mod ops;
 pub mod pages;
 pub mod policy;
 pub mod reports;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +36,7 @@ use axum::Router;
 use backlight_shared::api::{ENROLL_PATH, INGEST_PATH};
 use tokio::sync::Mutex;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::auth::{ApiKeyAuthenticator, DeviceAuthenticator};
 use crate::ingest::writer::IngestWriter;
@@ -71,6 +74,12 @@ pub struct AppState {
     pub item_reads: ReadLimit,
     /// Reads items for lookups, batching concurrent ones (see [`crate::storage::item_reader`]).
     pub item_reader: crate::storage::item_reader::ItemReader,
+    /// Fair shares, body and decode bounds, first-copy rule of ingest (see [`crate::ingest`]).
+    pub ingest: crate::ingest::IngestControls,
+    /// Tells open status streams when their item changed (see [`crate::live`]).
+    pub live: crate::live::LiveHub,
+    /// Where webhooks may deliver (`--webhook-allow-hosts`; see [`crate::webhooks::target`]).
+    pub webhook_targets: crate::webhooks::target::TargetPolicy,
 }
 
 /// A bound on concurrent reads of one kind, so a burst of lookups queues here instead of
@@ -107,6 +116,10 @@ impl AppState {
     /// `auth_cache_ttl`: how long credential lookups are cached (see [`crate::auth`]); it also
     /// bounds how long item lookups reuse a tenant's settings and assignments.
     pub fn new(store: Store, writer: IngestWriter, auth_cache_ttl: Duration) -> AppState {
+        let item_reader = crate::storage::item_reader::ItemReader::spawn(
+            store.client().clone(),
+            ITEM_READ_BATCHES_IN_FLIGHT,
+        );
         AppState {
             devices: DeviceAuthenticator::new(store.registry().clone(), auth_cache_ttl),
             api_keys: ApiKeyAuthenticator::new(store.registry().clone(), auth_cache_ttl),
@@ -119,19 +132,51 @@ impl AppState {
                 auth_cache_ttl.min(crate::storage::items::LOOKUP_CONTEXT_TTL),
             ),
             item_reads: ReadLimit::new(MAX_CONCURRENT_ITEM_READS, "item reads"),
-            item_reader: crate::storage::item_reader::ItemReader::spawn(
+            live: crate::live::LiveHub::spawn(
+                crate::live::LiveConfig::default(),
                 store.client().clone(),
-                ITEM_READ_BATCHES_IN_FLIGHT,
+                item_reader.clone(),
+                store.registry().clone(),
             ),
+            ingest: crate::ingest::IngestControls::new(
+                crate::ingest::IngestLimits::default(),
+                store.client().clone(),
+                crate::ingest::first_copy::DEFAULT_TTL,
+            ),
+            item_reader,
+            webhook_targets: crate::webhooks::target::TargetPolicy::strict(),
             store,
             writer,
             progress_cache: Arc::default(),
         }
     }
+
+    /// The same state with other ingest limits (the defaults come from [`AppState::new`]).
+    pub fn with_ingest_limits(mut self, limits: crate::ingest::IngestLimits) -> AppState {
+        let progress_ttl = self.ingest.first_copy.ttl();
+        self.ingest =
+            crate::ingest::IngestControls::new(limits, self.store.client().clone(), progress_ttl);
+        self
+    }
+
+    /// This state with a live hub of its own tuning (stream limits, tick) instead of the
+    /// default one.
+    pub fn with_live_config(mut self, config: crate::live::LiveConfig) -> AppState {
+        self.live = crate::live::LiveHub::spawn(
+            config,
+            self.store.client().clone(),
+            self.item_reader.clone(),
+            self.store.registry().clone(),
+        );
+        self
+    }
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
+    // No request body may pause for longer (`--body-read-timeout`); ingest bodies are bounded
+    // further by a minimum rate (`crate::ingest::body`).
+    let body_idle = state.ingest.limits.body_idle;
     Router::new()
         .route(ENROLL_PATH, post(enroll::enroll))
         .route(INGEST_PATH, post(ingest::ingest))
@@ -139,11 +184,14 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .merge(items::routes())
+        .merge(item_stream::routes())
+        .merge(webhooks::routes())
         .merge(policy::routes())
         .merge(reports::routes())
         .merge(pages::routes())
         .merge(openapi::routes())
         .fallback(error::fallback)
+        .layer(RequestBodyTimeoutLayer::new(body_idle))
         .with_state(state)
         .layer(middleware::from_fn(record_request))
         .layer(TimeoutLayer::with_status_code(

@@ -40,17 +40,26 @@ pub async fn healthz() -> Json<serde_json::Value> {
     description = "Readiness: ClickHouse answers and the schema is current. No authentication.",
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
-        (status = 503, description = "Not ready; `reason` says why", body = Object, example = json!({"status": "not_ready", "reason": "ClickHouse unreachable: …"})),
+        (status = 503, description = "Not ready; the server's log has the reason under `error_id`", body = Object, example = json!({"status": "not_ready", "reason": "storage not ready", "error_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7"})),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.readiness().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": reason })),
-        )
-            .into_response(),
+        Err(reason) => {
+            // ClickHouse's words (hosts, users, tables) stay in the log: anyone can call this.
+            let error_id = uuid::Uuid::new_v4();
+            tracing::warn!(%error_id, %reason, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "not_ready",
+                    "reason": "storage not ready",
+                    "error_id": error_id,
+                })),
+            )
+                .into_response()
+        }
     }
 }
 

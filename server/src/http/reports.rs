@@ -282,7 +282,9 @@ async fn prepare(app: &AppState, q: &ReportQuery) -> Result<(), ApiError> {
     });
     match tokio::time::timeout(PREPARE_BUDGET, task).await {
         Ok(Ok(result)) => Ok(result.map(|_| ())?),
-        Ok(Err(join)) => Err(ApiError::unavailable(format!("preparing the report failed: {join}"))),
+        Ok(Err(join)) => Err(ApiError::storage_unavailable(&format_args!(
+            "preparing the report failed: {join}"
+        ))),
         Err(_) => Err(ApiError::unavailable(
             "the data of this period is being prepared for reporting (first report over it); retry shortly",
         )),

@@ -80,27 +80,17 @@ pub fn parse_batch(json: &[u8]) -> Result<Batch, DecodeError> {
     }
 }
 
-/// The slow parse that names the offending field.
+/// The slow parse that names the offending field. Events are read without buffering (see
+/// `backlight_shared::event`), so the path reaches the field itself (`events[2].at_ms`) and an
+/// unknown field stops this parse, like the first, at its name.
 fn parse_batch_explained(json: &[u8]) -> Result<Batch, DecodeError> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let batch: Batch = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let is_syntax = e.inner().is_syntax() || e.inner().is_eof();
-        let mut path = e.path().to_string();
-        let mut reason = e.inner().to_string();
-        // An event's body is flattened and tagged, which makes serde buffer it and lose the
-        // path below `events[i]`. On this (error) path only, parse that one event again by its
-        // kind so the answer names the field itself.
-        if !is_syntax {
-            if let Some((inner_path, inner_reason)) =
-                event_index(&path).and_then(|i| explain_event(json, i))
-            {
-                path = format!("{path}.{inner_path}");
-                reason = inner_reason;
-            }
-        }
+        let path = e.path().to_string();
         DecodeError::Json {
             field: (path != "." && !is_syntax).then(|| path.clone()),
-            message: format!("invalid batch JSON at {path}: {reason}"),
+            message: format!("invalid batch JSON at {path}: {}", e.inner()),
         }
     })?;
     deserializer.end().map_err(|e| DecodeError::Json {
@@ -108,45 +98,6 @@ fn parse_batch_explained(json: &[u8]) -> Result<Batch, DecodeError> {
         message: format!("trailing data after the batch JSON: {e}"),
     })?;
     Ok(batch)
-}
-
-/// `Some(i)` when `path` is exactly `events[i]`.
-fn event_index(path: &str) -> Option<usize> {
-    path.strip_prefix("events[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// Re-parses event `index` of `json` by its `kind` and returns the path (within the event) and
-/// reason of the first bad field.
-fn explain_event(json: &[u8], index: usize) -> Option<(String, String)> {
-    use backlight_shared::event::{ActivitySpan, AgentHealth, ConsentChange, WorkItemEvent};
-
-    fn first_error<T: serde::de::DeserializeOwned>(
-        fields: serde_json::Value,
-    ) -> Option<(String, String)> {
-        serde_path_to_error::deserialize::<_, T>(fields)
-            .err()
-            .map(|e| (e.path().to_string(), e.inner().to_string()))
-    }
-
-    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
-    let mut event = value.get("events")?.get(index)?.as_object()?.clone();
-    let kind = event.remove("kind")?;
-    event.remove("seq");
-    event.remove("id");
-    let fields = serde_json::Value::Object(event);
-    match kind.as_str()? {
-        "activity_span" => first_error::<ActivitySpan>(fields),
-        "work_item" => first_error::<WorkItemEvent>(fields),
-        "consent" => first_error::<ConsentChange>(fields),
-        "health" => first_error::<AgentHealth>(fields),
-        other => Some((
-            "kind".to_string(),
-            format!("unknown event kind {other:?} (expected activity_span, work_item, consent or health)"),
-        )),
-    }
 }
 
 /// The whole decode step: encoding header, decompression, JSON.
@@ -215,5 +166,48 @@ mod tests {
             parse_batch(b"not json"),
             Err(DecodeError::Json { .. })
         ));
+    }
+
+    #[test]
+    fn unknown_and_misplaced_fields_are_named() {
+        let event = |extra: &str| {
+            format!(
+                r#"{{"protocol":1,"device_id":"6f1d2c3e-0000-4000-8000-000000000001","events":[
+                {{"seq":1,"id":"6f1d2c3e-0000-4000-8000-000000000002","kind":"work_item","item_id":"A",
+                 "action":"started","at_ms":1,"source":"app"{extra}}}]}}"#
+            )
+        };
+        for (extra, wanted) in [
+            (r#","pad":[0,0,0]"#, "unknown field `pad`"),
+            (
+                r#","app":"desk""#,
+                "unknown field `app` for kind `work_item`",
+            ),
+        ] {
+            match parse_batch(event(extra).as_bytes()) {
+                Err(DecodeError::Json { field, message }) => {
+                    assert_eq!(field.as_deref(), Some("events[0]"), "{message}");
+                    assert!(message.contains(wanted), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn too_many_events_are_refused_while_parsing() {
+        let one = r#"{"seq":1,"id":"6f1d2c3e-0000-4000-8000-000000000002","kind":"consent","granted":true,"policy_version":1,"scope":"","at_ms":1}"#;
+        let n = limits::MAX_EVENTS_PER_BATCH + 1;
+        let body = format!(
+            r#"{{"protocol":1,"device_id":"6f1d2c3e-0000-4000-8000-000000000001","events":[{}]}}"#,
+            vec![one; n].join(",")
+        );
+        match parse_batch(body.as_bytes()) {
+            Err(DecodeError::Json { field, message }) => {
+                assert_eq!(field.as_deref(), Some("events"), "{message}");
+                assert!(message.contains("more than the limit"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

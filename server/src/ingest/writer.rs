@@ -13,14 +13,20 @@
 //! so requests waiting for room hold no rows; once its rows are encoded the reservation is
 //! trued up to their real size. A request that cannot get its share within
 //! `admission_timeout` is turned away with 503 (the agent keeps its data and retries later).
+//! No tenant may hold more than `tenant_share` of the budget ([`Budget`]): past it, its
+//! requests are turned away with 429 while the other tenants keep the rest.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::budget::{Budget, BudgetError, Held};
 use crate::storage::events::{self, EncodedRows};
+
+/// The share of the group commit's budget one tenant may hold, by default.
+pub const DEFAULT_TENANT_SHARE: f64 = 0.75;
 
 /// Tuning of the group commit.
 #[derive(Debug, Clone)]
@@ -37,6 +43,8 @@ pub struct WriterConfig {
     pub max_concurrent_inserts: usize,
     /// How long a request may wait for room in the budget before it is turned away.
     pub admission_timeout: Duration,
+    /// The fraction of `max_bytes_in_flight` one tenant may hold.
+    pub tenant_share: f64,
 }
 
 impl Default for WriterConfig {
@@ -49,6 +57,7 @@ impl Default for WriterConfig {
             max_bytes_in_flight: 48 * 1024 * 1024,
             max_concurrent_inserts: 2,
             admission_timeout: Duration::from_secs(2),
+            tenant_share: DEFAULT_TENANT_SHARE,
         }
     }
 }
@@ -58,6 +67,9 @@ impl Default for WriterConfig {
 pub enum WriteError {
     #[error("the server is at its ingest capacity; retry later")]
     Overloaded,
+    /// The tenant holds its share of the budget; the other tenants' requests go on.
+    #[error("this tenant's batches fill its share of the server's ingest capacity; retry shortly")]
+    OverShare,
     #[error("ClickHouse did not accept the rows: {0}")]
     Unavailable(String),
     #[error("the server is shutting down")]
@@ -67,20 +79,22 @@ pub enum WriteError {
 struct Pending {
     rows: EncodedRows,
     done: oneshot::Sender<Result<(), WriteError>>,
-    _budget: OwnedSemaphorePermit,
+    _budget: Held,
 }
 
-/// Room in the group commit's budget, held by one request from before it reads its body until
-/// its rows are in ClickHouse (or it gives up). Dropping it gives the room back.
+/// Room in the group commit's budget, held by one request of one tenant from before it
+/// decodes its body until its rows are in ClickHouse (or it gives up). Dropping it gives the
+/// room back.
 #[derive(Debug)]
 pub struct Reservation {
-    permit: OwnedSemaphorePermit,
+    held: Held,
+    tenant: String,
 }
 
 impl Reservation {
     /// Bytes reserved.
     pub fn bytes(&self) -> usize {
-        self.permit.num_permits()
+        self.held.bytes()
     }
 }
 
@@ -88,8 +102,7 @@ impl Reservation {
 #[derive(Clone)]
 pub struct IngestWriter {
     queue: mpsc::Sender<Pending>,
-    budget: Arc<Semaphore>,
-    budget_bytes: usize,
+    budget: Budget,
     admission_timeout: Duration,
 }
 
@@ -98,42 +111,50 @@ impl IngestWriter {
     /// already holds.
     pub fn spawn(client: Client, config: WriterConfig) -> IngestWriter {
         let (queue, rx) = mpsc::channel(4_096);
-        let budget_bytes = config.max_bytes_in_flight.clamp(1, u32::MAX as usize);
-        let budget = Arc::new(Semaphore::new(budget_bytes));
+        let budget = Budget::new(
+            "group commit budget",
+            config.max_bytes_in_flight,
+            config.tenant_share,
+        );
         let admission_timeout = config.admission_timeout;
         tokio::spawn(collect(client, config, rx));
         IngestWriter {
             queue,
             budget,
-            budget_bytes,
             admission_timeout,
         }
     }
 
-    /// Reserves room for about `bytes` of encoded rows, waiting at most `admission_timeout`
-    /// ([`WriteError::Overloaded`] then). Capped at the whole budget, so even the largest batch
-    /// gets in eventually.
-    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, WriteError> {
+    /// The budget of encoded bytes in flight (for its figures).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Reserves room for about `bytes` of `tenant`'s encoded rows, waiting at most
+    /// `admission_timeout` ([`WriteError::Overloaded`] then; [`WriteError::OverShare`] at once
+    /// when the tenant holds its share). Capped at the tenant's share, so even the largest
+    /// batch gets in eventually.
+    pub async fn reserve(&self, tenant: &str, bytes: usize) -> Result<Reservation, WriteError> {
         Ok(Reservation {
-            permit: self.acquire(bytes).await?,
+            held: self.acquire(tenant, bytes).await?,
+            tenant: tenant.to_string(),
         })
     }
 
-    async fn acquire(&self, bytes: usize) -> Result<OwnedSemaphorePermit, WriteError> {
-        let wanted =
-            u32::try_from(bytes.clamp(1, self.budget_bytes)).map_err(|_| WriteError::Overloaded)?;
-        tokio::time::timeout(
-            self.admission_timeout,
-            self.budget.clone().acquire_many_owned(wanted),
-        )
-        .await
-        .map_err(|_| WriteError::Overloaded)?
-        .map_err(|_| WriteError::Closed)
+    async fn acquire(&self, tenant: &str, bytes: usize) -> Result<Held, WriteError> {
+        self.budget
+            .acquire(tenant, bytes, self.admission_timeout)
+            .await
+            .map_err(|e| match e {
+                BudgetError::OverShare(_) => WriteError::OverShare,
+                BudgetError::Full(_) => WriteError::Overloaded,
+                BudgetError::Closed => WriteError::Closed,
+            })
     }
 
-    /// Writes `rows`, returning once ClickHouse has accepted them.
-    pub async fn write(&self, rows: EncodedRows) -> Result<(), WriteError> {
-        let reservation = self.reserve(rows.as_bytes().len()).await?;
+    /// Writes `tenant`'s `rows`, returning once ClickHouse has accepted them.
+    pub async fn write(&self, tenant: &str, rows: EncodedRows) -> Result<(), WriteError> {
+        let reservation = self.reserve(tenant, rows.as_bytes().len()).await?;
         self.write_reserved(reservation, rows).await
     }
 
@@ -145,20 +166,20 @@ impl IngestWriter {
         mut reservation: Reservation,
         rows: EncodedRows,
     ) -> Result<(), WriteError> {
-        let needed = rows.as_bytes().len().clamp(1, self.budget_bytes);
+        let needed = rows.as_bytes().len().clamp(1, self.budget.tenant_max());
         let held = reservation.bytes();
         if needed < held {
-            drop(reservation.permit.split(held - needed));
+            reservation.held.shrink_to(needed);
         } else if needed > held {
-            let more = self.acquire(needed - held).await?;
-            reservation.permit.merge(more);
+            let more = self.acquire(&reservation.tenant, needed - held).await?;
+            reservation.held.merge(more);
         }
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Pending {
                 rows,
                 done,
-                _budget: reservation.permit,
+                _budget: reservation.held,
             })
             .await
             .map_err(|_| WriteError::Closed)?;
@@ -240,23 +261,29 @@ mod tests {
     #[tokio::test]
     async fn reservations_share_the_budget_and_give_it_back() {
         let writer = writer(1_000);
-        let first = writer.reserve(600).await.unwrap();
+        let first = writer.reserve("a", 600).await.unwrap();
         assert_eq!(first.bytes(), 600);
         assert!(matches!(
-            writer.reserve(600).await,
+            writer.reserve("b", 600).await,
             Err(WriteError::Overloaded)
         ));
-        let second = writer.reserve(400).await.unwrap();
+        let second = writer.reserve("b", 250).await.unwrap();
         drop(first);
         drop(second);
-        // More than the whole budget takes all of it rather than never getting in.
-        let all = writer.reserve(5_000).await.unwrap();
-        assert_eq!(all.bytes(), 1_000);
+        // More than a tenant's share takes all of it rather than never getting in, and the
+        // other tenants keep the rest.
+        let all = writer.reserve("a", 5_000).await.unwrap();
+        assert_eq!(all.bytes(), 750);
         assert!(matches!(
-            writer.reserve(1).await,
+            writer.reserve("a", 1).await,
+            Err(WriteError::OverShare)
+        ));
+        let other = writer.reserve("b", 250).await.unwrap();
+        assert!(matches!(
+            writer.reserve("c", 1).await,
             Err(WriteError::Overloaded)
         ));
-        drop(all);
-        assert_eq!(writer.reserve(0).await.unwrap().bytes(), 1);
+        drop((all, other));
+        assert_eq!(writer.reserve("a", 0).await.unwrap().bytes(), 1);
     }
 }

@@ -365,6 +365,53 @@ pub async fn insert_encoded(
     .await
 }
 
+/// The highest `seq` stored for `device` of `tenant` (0 when none), from `device_seq`
+/// (migration 0013), which a view keeps in step with every INSERT into `events`.
+pub async fn stored_max_seq(
+    client: &Client,
+    tenant: &str,
+    device: Uuid,
+) -> Result<u64, ClickHouseError> {
+    let sql = "SELECT max(max_seq) FROM device_seq WHERE tenant_id = ? AND device_id = ?";
+    with_timeout(
+        client
+            .query(sql)
+            .bind(tenant)
+            .bind(device.to_string())
+            .fetch_one::<u64>(),
+    )
+    .await
+}
+
+/// Which of `seqs` are stored for `device` of `tenant` (at most a batch's worth; the numbers
+/// are written into the query, as `?` binds one value at a time).
+pub async fn stored_seqs(
+    client: &Client,
+    tenant: &str,
+    device: Uuid,
+    seqs: &[u64],
+) -> Result<Vec<u64>, ClickHouseError> {
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = seqs
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "SELECT DISTINCT seq FROM events WHERE tenant_id = ? AND device_id = ? AND seq IN ({list})"
+    );
+    with_timeout(
+        client
+            .query(&sql)
+            .bind(tenant)
+            .bind(device.to_string())
+            .fetch_all::<u64>(),
+    )
+    .await
+}
+
 /// How far a device's events have arrived, for spotting data lost before it reached us.
 #[derive(clickhouse::Row, Deserialize, Serialize, Debug, Clone, PartialEq)]
 pub struct DeviceProgress {

@@ -221,6 +221,45 @@ pub async fn search_registrations(
     .await
 }
 
+/// Items of `tenants` whose SLA state changes by the clock alone in `(after_ms, until_ms]`: they
+/// become at risk (20 % of the SLA window left, [`crate::items::sla`]) or breached (past due)
+/// then, without any event. The webhook owner evaluates them ([`crate::webhooks`]). Every
+/// registration version counts (a candidate too many is harmless: it is evaluated in full).
+pub async fn sla_clock_changes(
+    client: &Client,
+    tenants: &[String],
+    after_ms: u64,
+    until_ms: u64,
+) -> Result<Vec<(String, String)>, ClickHouseError> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Candidate {
+        tenant_id: String,
+        item_id: String,
+    }
+    if until_ms <= after_ms || tenants.is_empty() {
+        return Ok(Vec::new());
+    }
+    // At risk from due - window/5 + 1 at the latest; breached from due + 1 (window: registered
+    // to due, empty when registered after the due time).
+    let sql = "SELECT DISTINCT tenant_id, item_id FROM items
+               WHERE tenant_id IN (SELECT arrayJoin(?)) AND sla_due_ms > 0 AND (
+                   (sla_due_ms - intDiv(sla_due_ms - least(registered_ms, sla_due_ms), 5) + 1 > ?
+                    AND sla_due_ms - intDiv(sla_due_ms - least(registered_ms, sla_due_ms), 5) + 1 <= ?)
+                   OR (sla_due_ms + 1 > ? AND sla_due_ms + 1 <= ?))";
+    let rows: Vec<Candidate> = with_timeout(
+        client
+            .query(sql)
+            .bind(tenants)
+            .bind(after_ms)
+            .bind(until_ms)
+            .bind(after_ms)
+            .bind(until_ms)
+            .fetch_all(),
+    )
+    .await?;
+    Ok(rows.into_iter().map(|c| (c.tenant_id, c.item_id)).collect())
+}
+
 /// Writes registrations in one INSERT.
 pub async fn insert_registrations(
     client: &Client,
@@ -301,9 +340,9 @@ pub async fn handle_time_samples(
                    HAVING last_action = 'completed' AND completed_ms >= ?
                    ORDER BY completed_ms DESC
                    LIMIT ?
-               ) ANY LEFT JOIN (
+               ) AS completed ANY LEFT JOIN (
                    SELECT item_id, argMax(queue, updated_ms) AS queue FROM items WHERE tenant_id = ? GROUP BY item_id
-               ) USING item_id";
+               ) AS registered USING item_id";
     let rows: Vec<Sample> = with_timeout(
         client
             .query(sql)

@@ -87,6 +87,16 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../deploy/clickhouse/migrations/0011_item_lookup.sql"),
     },
     Migration {
+        version: 12,
+        name: "live_and_webhooks",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0012_live_and_webhooks.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "device_seq",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0013_device_seq.sql"),
+    },
+    Migration {
         version: 16,
         name: "health_session",
         sql: include_str!("../../../deploy/clickhouse/migrations/0016_health_session.sql"),
@@ -277,7 +287,13 @@ mod tests {
     /// whose readers remove duplicates by identity.
     #[test]
     fn every_statement_is_harmless_to_repeat() {
-        const DEDUPED_COPIES: [&str; 3] = ["item_events_v2", "item_registrations", "item_lookup"];
+        // `device_seq` is read with max(), so a repeated backfill changes nothing.
+        const DEDUPED_COPIES: [&str; 4] = [
+            "item_events_v2",
+            "item_registrations",
+            "item_lookup",
+            "device_seq",
+        ];
         for m in MIGRATIONS {
             for s in statements(m.sql) {
                 let backfill = DEDUPED_COPIES

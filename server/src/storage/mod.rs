@@ -9,6 +9,7 @@
 //! learns from ClickHouse.
 
 pub mod audit;
+pub mod changes;
 pub mod events;
 pub mod item_reader;
 pub mod items;
@@ -17,7 +18,10 @@ pub mod migrations;
 pub mod policies;
 pub mod registry;
 pub mod reports;
+pub mod retention;
+pub mod servers;
 pub mod tenant_cache;
+pub mod webhooks;
 
 use clickhouse::Client;
 use serde::Deserialize;
@@ -59,7 +63,8 @@ impl Store {
         &self.registry
     }
 
-    /// Whether ClickHouse answers and the schema is at the version this build needs.
+    /// Whether ClickHouse answers and the schema is at the version this build needs. The
+    /// error carries ClickHouse's own words: for the log, not for an unauthenticated client.
     pub async fn readiness(&self) -> Result<(), String> {
         #[derive(clickhouse::Row, Deserialize)]
         struct One {

@@ -434,6 +434,32 @@ impl Registry {
             .await
     }
 
+    /// Which of `key_ids` are revoked now (one query, however many keys): how servers end the
+    /// open streams of a key revoked through any server.
+    pub async fn revoked_api_keys(
+        &self,
+        key_ids: &[String],
+    ) -> Result<Vec<String>, ClickHouseError> {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct Revoked {
+            key_id: String,
+        }
+        if key_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Revoked> = with_timeout(
+            self.client
+                .query(
+                    "SELECT key_id FROM api_keys WHERE key_id IN (SELECT arrayJoin(?))
+                     GROUP BY key_id HAVING argMax(revoked, updated_ms) = 1",
+                )
+                .bind(key_ids)
+                .fetch_all(),
+        )
+        .await?;
+        Ok(rows.into_iter().map(|r| r.key_id).collect())
+    }
+
     /// Assigns a device to a team (and optionally a person). The device must be the tenant's.
     pub async fn assign_device(
         &self,

@@ -319,10 +319,10 @@ pub async fn refresh(
     let (lo, hi) = (utc_day(from_ms), utc_day(to_ms - 1));
     let sql = "SELECT device_id, toUInt16(day) AS day_number, rows FROM
                  (SELECT device_id, day, sum(rows) AS rows FROM report_day_rows
-                  WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day)
+                  WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day) AS counted
                ANY LEFT JOIN
                  (SELECT device_id, day, argMax(source_rows, version) AS built FROM report_rollup_state_v2
-                  WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day)
+                  WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day) AS rollup_state
                USING (device_id, day)
                WHERE built != rows
                ORDER BY device_id, day";
@@ -441,7 +441,7 @@ pub async fn time_figures(
             .push(" AND bucket_ms < ")
             .u64(q.to_ms);
         sql.push(
-            " AND item_id != '' AND active_ms > 0) ANY LEFT JOIN (SELECT item_id, queue FROM ",
+             " AND item_id != '' AND active_ms > 0) AS spans ANY LEFT JOIN (SELECT item_id, queue FROM ",
         )
         .push(ITEMS_LATEST)
         .push(" WHERE tenant_id = ")
@@ -449,8 +449,7 @@ pub async fn time_figures(
         if let Some(queue) = &q.queue {
             sql.push(" AND queue = ").str(queue);
         }
-        sql.push(")");
-        sql.push(" USING item_id");
+        sql.push(") AS registered USING item_id");
         if let Some(queue) = &q.queue {
             sql.push(" WHERE queue = ").str(queue);
         }
@@ -572,12 +571,12 @@ pub async fn item_figures(
             .str(queue)
             .push(")");
     }
-    sql.push(" GROUP BY item_id HAVING length(ds) > 0) ANY LEFT JOIN (SELECT item_id, queue, sla_due_ms AS due FROM ")
+    sql.push(" GROUP BY item_id HAVING length(ds) > 0) AS handled ANY LEFT JOIN (SELECT item_id, queue, sla_due_ms AS due FROM ")
         .push(ITEMS_LATEST)
         .push(" WHERE tenant_id = ")
         .str(&q.tenant);
     of_team(&mut sql);
-    sql.push(") USING item_id");
+    sql.push(") AS registered USING item_id");
     if let Some(queue) = &q.queue {
         sql.push(" WHERE queue = ").str(queue);
     }

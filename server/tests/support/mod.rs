@@ -63,8 +63,34 @@ pub struct Parts {
 pub async fn start_clickhouse(
     database: &str,
 ) -> (tempfile::TempDir, ClickHouseProcess, ClickHouseConfig) {
+    start_clickhouse_with(database, false).await
+}
+
+/// [`start_clickhouse`] with `log_queries` on, so `system.query_log` holds every statement
+/// sent to it (the SQL compatibility test replays them on the current ClickHouse).
+pub async fn start_clickhouse_logging_queries(
+    database: &str,
+) -> (tempfile::TempDir, ClickHouseProcess, ClickHouseConfig) {
+    start_clickhouse_with(database, true).await
+}
+
+async fn start_clickhouse_with(
+    database: &str,
+    log_queries: bool,
+) -> (tempfile::TempDir, ClickHouseProcess, ClickHouseConfig) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let clickhouse = ClickHouseProcess::start(&dir.path().join("clickhouse"), None)
+    let clickhouse_dir = dir.path().join("clickhouse");
+    if log_queries {
+        // ClickHouse merges `users.d/*.xml` into the users.xml the embedded start writes.
+        let users_d = clickhouse_dir.join("users.d");
+        std::fs::create_dir_all(&users_d).expect("creating users.d");
+        std::fs::write(
+            users_d.join("log_queries.xml"),
+            "<yandex><profiles><default><log_queries>1</log_queries></default></profiles></yandex>\n",
+        )
+        .expect("writing users.d/log_queries.xml");
+    }
+    let clickhouse = ClickHouseProcess::start(&clickhouse_dir, None)
         .await
         .unwrap_or_else(|e| panic!("cannot start ClickHouse for the test: {e}"));
     let config = ClickHouseConfig {
@@ -79,7 +105,13 @@ pub async fn start_clickhouse(
 /// Starts ClickHouse (fails loudly when the binary is missing), opens the store and builds the
 /// app state with credential caching off, so revocations and new keys apply at once.
 pub async fn start_parts() -> Parts {
-    let (dir, clickhouse, config) = start_clickhouse("backlight_test").await;
+    start_parts_on(start_clickhouse("backlight_test").await).await
+}
+
+/// [`start_parts`] on a ClickHouse the caller started.
+pub async fn start_parts_on(
+    (dir, clickhouse, config): (tempfile::TempDir, ClickHouseProcess, ClickHouseConfig),
+) -> Parts {
     let store = Store::open(&config).await.expect("open store");
     let writer = IngestWriter::spawn(
         store.client().clone(),

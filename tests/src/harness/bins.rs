@@ -6,9 +6,21 @@
 
 use std::path::PathBuf;
 
-/// The server binary.
+/// The server binary: `BACKLIGHT_E2E_SERVER_BIN` when set (to run the same tests against
+/// another build, e.g. the one before a fix), else the one built next to the tests.
 pub fn server() -> PathBuf {
-    find("backlight-server")
+    match std::env::var_os("BACKLIGHT_E2E_SERVER_BIN") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "BACKLIGHT_E2E_SERVER_BIN={} is not a file",
+                path.display()
+            );
+            path
+        }
+        None => find("backlight-server"),
+    }
 }
 
 /// The agent binary.

@@ -5,8 +5,10 @@ pub mod bins;
 pub mod clickhouse;
 pub mod ingest;
 pub mod process;
+pub mod receiver;
 pub mod server;
 pub mod spine;
+pub mod sse;
 pub mod wait;
 pub mod xvfb;
 

@@ -29,12 +29,12 @@ impl Child {
         Child::spawn_with_env(name, program, args, &[], log)
     }
 
-    /// [`Child::spawn`] with extra environment variables (e.g. Wine's `WINEPREFIX`).
+    /// [`Child::spawn`] with extra environment variables.
     pub fn spawn_with_env<I, S>(
         name: &str,
         program: &Path,
         args: I,
-        env: &[(&str, &OsStr)],
+        env: &[(String, String)],
         log: &Path,
     ) -> Child
     where
@@ -71,7 +71,7 @@ impl Child {
                 "BACKLIGHT_LOG",
                 std::env::var("BACKLIGHT_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true);
         die_with_parent(&mut command);
         let child = command

@@ -28,6 +28,9 @@ pub struct ServerOptions {
     pub insert_max_delay: String,
     /// Anything else to pass.
     pub extra_args: Vec<String>,
+    /// Environment variables to set, e.g. `BACKLIGHT_MAX_CONNECTIONS` (a build that does not
+    /// know a setting ignores it, where it would refuse an unknown flag).
+    pub env: Vec<(String, String)>,
     /// Serve HTTPS with this certificate and key; the harness's client then trusts exactly
     /// that certificate.
     pub tls: Option<TlsFiles>,
@@ -56,6 +59,7 @@ impl Default for ServerOptions {
             auth_cache_ttl: "0s".into(),
             insert_max_delay: "100ms".into(),
             extra_args: Vec::new(),
+            env: Vec::new(),
             tls: None,
         }
     }
@@ -114,6 +118,24 @@ impl Server {
         self.port
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.pid())
+    }
+
+    /// The server's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let pid = self.pid().expect("the server is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+    }
+
     /// The database this server uses.
     pub fn db(&self) -> Db {
         self.db.clone()
@@ -163,10 +185,11 @@ impl Server {
         // a server that exits at start is retried a few times before the test fails.
         for attempt in 1..=5 {
             let args = self.serve_args();
-            self.child = Some(Child::spawn(
+            self.child = Some(Child::spawn_with_env(
                 "backlight-server",
                 &bins::server(),
                 &args,
+                &self.options.env,
                 &self.log_path(),
             ));
             match self.wait_ready().await {

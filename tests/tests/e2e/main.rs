@@ -10,8 +10,11 @@ mod dedup;
 mod enrollment;
 mod gaps;
 mod happy_path;
+mod hostile;
 mod https;
+mod live;
 mod outages;
+mod webhooks;
 
 use backlight_e2e::*;
 

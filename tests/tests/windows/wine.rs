@@ -281,7 +281,11 @@ impl Wine {
     pub fn spawn(&self, name: &str, exe: &Path, args: &[&str], log: &Path) -> Child {
         let mut all = vec![exe.to_str().expect("a UTF-8 path")];
         all.extend_from_slice(args);
-        let env: Vec<(&str, &OsStr)> = self.env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+        let env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().expect("a UTF-8 value").to_owned()))
+            .collect();
         Child::spawn_with_env(name, Path::new("wine"), &all, &env, log)
     }
 
