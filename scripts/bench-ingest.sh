@@ -20,7 +20,7 @@
 #
 # Knobs (environment): AGENTS=1000 BATCH_EVENTS=200 DURATION=60s WARMUP=10s RUNS=3
 #   RATE= (events/s offered; empty = closed loop, measures capacity)
-#   INSERT_MAX_DELAY= AUTH_CACHE_TTL= (passed to backlight-server when set)
+#   INSERT_MIN_INTERVAL= AUTH_CACHE_TTL= (passed to backlight-server when set)
 #   BASELINE_REPEAT=3 (0 skips the ceiling) BASELINE_FORMAT=rowbinary|tsv
 #   BASELINE_ROWS= (default: the events run 1 acknowledged)
 #   PROFILE_STAGES=1 SKIP_BUILD=0 KEEP=0 (keep the work directory) RESULTS= (write the JSON there)
@@ -35,7 +35,7 @@ DURATION="${DURATION:-60s}"
 WARMUP="${WARMUP:-10s}"
 RUNS="${RUNS:-3}"
 RATE="${RATE:-}"
-INSERT_MAX_DELAY="${INSERT_MAX_DELAY:-}"
+INSERT_MIN_INTERVAL="${INSERT_MIN_INTERVAL:-}"
 AUTH_CACHE_TTL="${AUTH_CACHE_TTL:-}"
 BASELINE_REPEAT="${BASELINE_REPEAT:-3}"
 BASELINE_FORMAT="${BASELINE_FORMAT:-rowbinary}"
@@ -127,7 +127,7 @@ for attempt in 1 2 3; do
   PORT="$(free_port)"
   URL="http://127.0.0.1:$PORT"
   server_args=(--data-dir "$DATA" --listen "127.0.0.1:$PORT")
-  if [ -n "$INSERT_MAX_DELAY" ]; then server_args+=(--insert-max-delay "$INSERT_MAX_DELAY"); fi
+  if [ -n "$INSERT_MIN_INTERVAL" ]; then server_args+=(--insert-min-interval "$INSERT_MIN_INTERVAL"); fi
   if [ -n "$AUTH_CACHE_TTL" ]; then server_args+=(--auth-cache-ttl "$AUTH_CACHE_TTL"); fi
   "$SERVER_BIN" "${server_args[@]}" >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!

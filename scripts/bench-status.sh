@@ -19,6 +19,8 @@
 #
 # Knobs (environment): ITEMS=100000 RATE=1000 DURATION=60s WARMUP=10s RUNS=3
 #   INGEST_RATE=20000 INGEST_AGENTS=200 INGEST_BATCH_EVENTS=100 PROBE_RATE=5
+#   QUERY_LOG=1 (ClickHouse logs queries, and the generator reports its CPU per lookup from
+#   system.query_log; 0 turns both off)
 #   SKIP_BUILD=0 KEEP=0 (keep the work directory) RESULTS= (write the summary JSON there)
 #   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
 #   SERVER_BIN= (another build's backlight-server, for an A/B against this generator; the
@@ -35,6 +37,7 @@ INGEST_RATE="${INGEST_RATE:-20000}"
 INGEST_AGENTS="${INGEST_AGENTS:-200}"
 INGEST_BATCH_EVENTS="${INGEST_BATCH_EVENTS:-100}"
 PROBE_RATE="${PROBE_RATE:-5}"
+QUERY_LOG="${QUERY_LOG:-1}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 KEEP="${KEEP:-0}"
 RESULTS="${RESULTS:-}"
@@ -116,6 +119,12 @@ SERVER_BIN="${SERVER_BIN:-$TARGET_DIR/$BUILD_PROFILE/backlight-server}"
 LOOKUPGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-lookupgen"
 
 mkdir -p "$DATA"
+if [ "$QUERY_LOG" = 1 ]; then
+  # ClickHouse merges users.d/*.xml into the users.xml the server writes for it.
+  mkdir -p "$DATA/clickhouse/users.d"
+  echo '<yandex><profiles><default><log_queries>1</log_queries></default></profiles></yandex>' \
+    >"$DATA/clickhouse/users.d/log_queries.xml"
+fi
 echo "==> starting backlight-server ($BUILD_PROFILE); ClickHouse: embedded, under $DATA/clickhouse"
 for attempt in 1 2 3; do
   PORT="$(free_port)"
@@ -155,6 +164,7 @@ common=(--server "$URL" --items "$ITEMS" --rate "$RATE" --duration "$DURATION" -
   --server-pid "$SERVER_PID" --clickhouse-url "$CH_URL" --probe-rate "$PROBE_RATE"
   --ingest-rate "$INGEST_RATE" --ingest-agents "$INGEST_AGENTS" --ingest-batch-events "$INGEST_BATCH_EVENTS")
 if [ -n "$CH_PID" ]; then common+=(--clickhouse-pid "$CH_PID"); fi
+if [ "$QUERY_LOG" = 1 ]; then common+=(--query-log); fi
 
 : >"$WORK/without.jsonl"
 : >"$WORK/with.jsonl"
@@ -191,6 +201,8 @@ SUMMARY="$(jq -n -c --slurpfile without "$WORK/without.jsonl" --slurpfile with "
     p99_ms_runs: (runs | map(.latency_ms.p99)),
     errors: (runs | map(.errors | to_entries) | add // [] | group_by(.key) | map({key: .[0].key, value: (map(.value) | add)}) | from_entries),
     server_mean_ms: (runs | map(.server_mean_ms) | median),
+    clickhouse_cpu_ms_per_lookup: (runs | map(.clickhouse_query_cpu.lookup_total_cpu_ms_per_lookup) | median),
+    clickhouse_read_cpu_ms_per_lookup: (runs | map(.clickhouse_query_cpu.item_read.cpu_ms_per_lookup) | median),
     clickhouse_item_lookup_p99_ms: (runs | map(.clickhouse_probe.item_lookup_ms.p99) | median),
     generator_lag_p99_ms: (runs | map(.generator_lag_ms.p99) | median),
     ingest_events_per_s: (runs | map(.ingest_events_per_s) | median),
@@ -212,6 +224,7 @@ echo
 echo "== Status lookup benchmark summary (median of $RUNS runs each)"
 jq -r '
   def r: if . == null then "?" else (. * 10 | round / 10 | tostring) end;
+  def r2: if . == null then "?" else (. * 100 | round / 100 | tostring) end;
   def line(s): "\(s.lookups_per_s | r)/s  p50 \(s.p50_ms | r)  p90 \(s.p90_ms | r)  p99 \(s.p99_ms | r)  p99.9 \(s.p99_9_ms | r)  max \(s.max_ms | r) ms  errors \(if (s.errors | length) == 0 then "none" else (s.errors | tostring) end)  server RSS \(s.server_peak_rss_mb | r) MB";
   "machine         \(.machine.nproc) cores (\(.machine.cpu)), \(.machine.ram) RAM, \(.machine.kernel); ClickHouse \(.machine.clickhouse), embedded; generator, server and ClickHouse share the cores",
   "load            \(.items) registered items, \(.rate_offered) lookups/s offered, open loop, latency from the scheduled time",
@@ -219,6 +232,7 @@ jq -r '
   "with ingest     " + line(.with_ingest) + "  ingest \(.with_ingest.ingest_events_per_s | r) events/s",
   "p99 per run     without \(.without_ingest.p99_ms_runs | tostring)  with \(.with_ingest.p99_ms_runs | tostring)",
   "server time     mean \(.without_ingest.server_mean_ms | r) ms without, \(.with_ingest.server_mean_ms | r) ms with ingest; ClickHouse item_lookup read p99 \(.without_ingest.clickhouse_item_lookup_p99_ms | r) / \(.with_ingest.clickhouse_item_lookup_p99_ms | r) ms",
+  "ClickHouse CPU  per lookup (system.query_log): \(.without_ingest.clickhouse_cpu_ms_per_lookup | r2) ms without ingest (item reads \(.without_ingest.clickhouse_read_cpu_ms_per_lookup | r2)), \(.with_ingest.clickhouse_cpu_ms_per_lookup | r2) ms with (item reads \(.with_ingest.clickhouse_read_cpu_ms_per_lookup | r2))",
   "cpu (cores)     without: server \(.without_ingest.cpu_cores.server | r) clickhouse \(.without_ingest.cpu_cores.clickhouse | r) generator \(.without_ingest.cpu_cores.generator | r); with: server \(.with_ingest.cpu_cores.server | r) clickhouse \(.with_ingest.cpu_cores.clickhouse | r) generator \(.with_ingest.cpu_cores.generator | r)",
   "ratio           with / without ingest: p50 x\(.p50_ratio), p99 x\(.p99_ratio)",
   "target          p99 <= 20 ms at \(.rate_offered) lookups/s with ingest: \(if .target_met then "MET" else "NOT MET" end)"

@@ -32,7 +32,8 @@
 //! - [`consent`]: the gate, asking (terminal, local page), grant/revoke/pause, and the
 //!   transparency view behind `show`.
 //! - [`items`], [`local_api`]: explicit work-item reports from the command line and from
-//!   applications on this desktop (loopback HTTP with a per-user token).
+//!   applications on this desktop (loopback HTTP with a per-user token); [`wake`]: how the
+//!   `item` command wakes the running agent's uploader.
 //! - [`health`]: the agent's periodic report on itself.
 //! - [`provisioning`]: enrollment settings an administrator deployed to the machine (the MSI).
 //! - [`autostart`]: `install`/`uninstall` (the Windows Run key) and the silent launcher.
@@ -75,6 +76,7 @@ pub mod spans;
 pub mod spool;
 pub mod status;
 pub mod upload;
+pub mod wake;
 
 /// This agent's version, reported at enrollment and in every health event.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,9 +2,9 @@
 //! SIGINT/SIGTERM (on Windows: Ctrl-C, the end of the session or `taskkill`), or, with
 //! `--exit-when-drained`, until the source is exhausted and the spool is empty.
 //!
-//! Tasks share one spool: the source pump, the health reporter, the uploader, the policy poller
-//! and the local item API; with the desktop source also the consent control loop (gate, asking)
-//! and the local consent page. On shutdown each stops at its next await point; a spool commit
+//! Tasks share one spool: the source pump, the health reporter, the uploader, the policy poller,
+//! the wake listener (`crate::wake`) and the local item API; with the desktop source also the
+//! consent control loop (gate, asking) and the local consent page. On shutdown each stops at its next await point; a spool commit
 //! already started always finishes (the spool's owner thread does not abandon a transaction
 //! because a caller stopped waiting), the desktop source's open span is flushed, and events not
 //! yet acknowledged simply wait for the next run.
@@ -171,6 +171,21 @@ async fn run_with(
             policy::poll(fetcher, spool, policy_tx, interval, shutdown).await?;
             Ok(TaskEnd::Stopped)
         });
+    }
+    // Before the first item can be missed: `item` commands wake the uploader through this.
+    match crate::wake::WakeListener::bind(dir).await {
+        Ok(listener) => {
+            let spool = spool.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                listener.serve(spool, shutdown).await;
+                Ok(TaskEnd::Stopped)
+            });
+        }
+        // Not fatal: `item` reports then wait for the uploader's next look at the spool.
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for wakes from `backlight-agent item`")
+        }
     }
     if let Some(addr) = options.local_api {
         match crate::local_api::start(

@@ -108,9 +108,12 @@ pub struct ServeArgs {
     /// Item lookups reuse a tenant's settings and device assignments for at most this (≤ 5 s).
     #[arg(long, env = "BACKLIGHT_AUTH_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub auth_cache_ttl: Duration,
-    /// Longest an accepted batch waits to be grouped with others into one ClickHouse INSERT.
-    #[arg(long, env = "BACKLIGHT_INSERT_MAX_DELAY", default_value = "500ms", value_parser = parse_duration)]
-    pub insert_max_delay: Duration,
+    /// Shortest time between the starts of two ClickHouse INSERTs of ingested events: bounds
+    /// new parts per second (batches arriving meanwhile share the next INSERT). Not a wait: a
+    /// batch is written at once when no INSERT is in flight and the last one started longer
+    /// ago than this.
+    #[arg(long, env = "BACKLIGHT_INSERT_MIN_INTERVAL", default_value = "20ms", value_parser = parse_duration)]
+    pub insert_min_interval: Duration,
     /// Open status streams (`GET /v1/items/{id}/events`) one API key may hold on this server;
     /// more are refused with 429.
     #[arg(long, env = "BACKLIGHT_MAX_STREAMS_PER_KEY", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]

@@ -49,7 +49,7 @@ async fn serve_with(
     let writer = IngestWriter::spawn(
         store.client().clone(),
         WriterConfig {
-            max_delay: args.insert_max_delay,
+            min_insert_interval: args.insert_min_interval,
             max_bytes_in_flight: usize::try_from(limits.ingest_commit_budget).unwrap_or(usize::MAX),
             tenant_share: limits.ingest_tenant_share,
             ..WriterConfig::default()

@@ -124,7 +124,7 @@ async fn a_full_group_commit_turns_batches_away_with_retry_after() {
     let writer = IngestWriter::spawn(
         parts.store.client().clone(),
         WriterConfig {
-            max_delay: Duration::from_millis(10),
+            min_insert_interval: Duration::ZERO,
             max_bytes_in_flight: 1024 * 1024,
             admission_timeout: Duration::from_millis(200),
             // One tenant may take all of it here (another one does, below).

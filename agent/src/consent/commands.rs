@@ -1,6 +1,7 @@
 //! The short-lived commands that change what the running agent may do: `consent
 //! show|grant|revoke`, `pause`, `item`. Each opens the spool read-write next to a running
-//! `run` (SQLite WAL lets both write); the running agent notices within a second.
+//! `run` (SQLite WAL lets both write); the running agent notices within a second, and `item`
+//! wakes it at once (`crate::wake`) so the report is uploaded without waiting.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -14,6 +15,7 @@ use crate::data_dir;
 use crate::items::{self, ItemError, Verb};
 use crate::policy::{self, ActivePolicy};
 use crate::spool::{Note, Spool, SpoolConfig, SpoolError};
+use crate::wake::{self, Woken};
 
 /// A short-lived command failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,8 +140,17 @@ pub async fn item(
     let result = items::record(&spool, item_id, verb.0, step, ItemSource::Manual, version).await;
     spool.close().await;
     let seq = result?;
+    // Committed: from here on a failed wake only delays the upload.
+    let upload = match wake::wake(dir) {
+        Ok(Woken::Sent) => "the running agent uploads it now",
+        Ok(Woken::NoAgent) => "uploaded when the agent runs",
+        Err(error) => {
+            tracing::warn!(%error, "cannot wake the running agent; it uploads the report at its next look");
+            "the running agent uploads it within a minute"
+        }
+    };
     Ok(format!(
-        "recorded: {item_id} {} (seq {seq})\n",
+        "recorded: {item_id} {} (seq {seq}); {upload}\n",
         verb.0.as_str()
     ))
 }

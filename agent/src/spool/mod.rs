@@ -40,10 +40,17 @@
 //!    the same transaction that records the consent event.
 //! 9. **Other writers are noticed.** The short-lived commands (`consent`, `pause`, `item`) open
 //!    their own connection and write while `run` is running; the owner thread notices through
-//!    `PRAGMA data_version`, recounts its depth and wakes the uploader.
+//!    `PRAGMA data_version` (at its next command, or at once when the command wakes it, see
+//!    [`Spool::notice_other_writers`] and `crate::wake`), recounts its depth and wakes the
+//!    uploader.
 //! 10. **The desktop's own memory is bounded too:** `recent` (the transparency log behind
 //!     `backlight-agent show`) keeps [`RECENT_KEEP_MS`] and at most [`MAX_RECENT`] events;
 //!     `seen_items` keeps the [`MAX_SEEN_ITEMS`] most recently seen work items.
+//! 11. **Urgent events can be read ahead of the queue without changing it.** Work-item events
+//!     ([`is_urgent`]) are marked when committed, so [`Spool::oldest_urgent`] finds the waiting
+//!     ones among any backlog. Reading them first changes only the order of uploads: each
+//!     event keeps the `seq` it was committed with, and leaves the spool only as invariant 3
+//!     says, so the server's exactly-once identity `(device, seq)` is untouched.
 //!
 //! The schema is versioned with `PRAGMA user_version`; a spool written by a newer agent is
 //! refused rather than misread.
@@ -195,11 +202,21 @@ pub struct Appended {
     pub discarded: u64,
 }
 
+/// Whether an event travels at once instead of waiting for its batch: a work item changes
+/// what a contact-center agent tells a caller, so it must reach the server within a second
+/// (and first, after an outage). Activity spans, health and consent events are the bulk and
+/// wait for their batch.
+pub fn is_urgent(body: &EventBody) -> bool {
+    matches!(body, EventBody::WorkItem(_))
+}
+
 /// A snapshot of the spool's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SpoolStats {
     /// Events waiting for upload.
     pub depth: u64,
+    /// Of those, urgent ones ([`is_urgent`]).
+    pub urgent: u64,
     /// When the oldest waiting event was recorded.
     pub oldest_created_ms: Option<UnixMillis>,
     /// The highest `seq` ever assigned (0 when none).
@@ -277,6 +294,19 @@ impl Spool {
     /// decoded are moved to `rejected` rather than blocking the queue forever.
     pub async fn oldest(&self, max: usize) -> Result<Vec<Event>, SpoolError> {
         self.call(|reply| Command::Oldest { max, reply }).await
+    }
+
+    /// Up to `max` of the oldest waiting urgent events ([`is_urgent`]), in `seq` order.
+    pub async fn oldest_urgent(&self, max: usize) -> Result<Vec<Event>, SpoolError> {
+        self.call(|reply| Command::OldestUrgent { max, reply })
+            .await
+    }
+
+    /// Looks for events committed by another process (the `item` command) now, instead of at
+    /// the next command, and wakes the uploader if there are new ones.
+    pub async fn notice_other_writers(&self) -> Result<(), SpoolError> {
+        self.call(|reply| Command::NoticeOtherWriters { reply })
+            .await
     }
 
     /// The spool's counters.

@@ -9,11 +9,17 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use super::SpoolError;
 
 /// The schema this agent writes. Bump it with a migration step in [`migrate`].
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
-/// How long a connection waits for another one's lock before failing. Only `status` competes
-/// with the owner thread, and its reads are short.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a writing connection (the agent's owner thread, or a short-lived `item`, `consent`
+/// or `pause` command) waits for another one's write lock before failing. Transactions are
+/// short, but each commit waits for an fsync, and on a disk busy with other work one has been
+/// seen to take 9 s: the running agent then waited 5 s for an `item` command's commit, gave up
+/// with "database is locked" and stopped. Waiting is always better than failing here.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long `status` (read-only; WAL lets it read while others write) waits for a lock.
+const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keys of the `meta` table.
 pub(super) mod key {
@@ -72,12 +78,21 @@ const SCHEMA_V2: &str = "
     CREATE INDEX seen_items_by_time ON seen_items(last_seen_ms);
 ";
 
+/// Version 3: events that travel at once (work items, see [`super::is_urgent`]) are marked, and
+/// a partial index lists just them, so the uploader finds the waiting ones among a week's
+/// backlog of activity spans without scanning it.
+const SCHEMA_V3: &str = "
+    ALTER TABLE events ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0;
+    UPDATE events SET urgent = 1 WHERE json_extract(body, '$.kind') = 'work_item';
+    CREATE INDEX events_urgent ON events(seq) WHERE urgent = 1;
+";
+
 /// Opens the spool for the owner thread: creates it if needed, sets durability pragmas and
 /// migrates the schema.
 pub(super) fn open_read_write(path: &Path) -> Result<Connection, SpoolError> {
     let mut connection = Connection::open(path)?;
     restrict_to_owner(path);
-    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.busy_timeout(WRITER_BUSY_TIMEOUT)?;
     // WAL lets `status` read while we write, and a commit is one sequential append.
     let mode: String = retry_while_busy(|| {
         connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
@@ -132,7 +147,7 @@ pub(super) fn open_read_only(path: &Path) -> Result<Connection, SpoolError> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.busy_timeout(READER_BUSY_TIMEOUT)?;
     check_version(&connection, path)?;
     Ok(connection)
 }
@@ -157,7 +172,7 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), SpoolError> {
     // the version again inside it: two processes opening a new spool at once (`run` and
     // `consent grant`, say) then take turns instead of both creating the tables. A crash leaves
     // the schema at a known version.
-    for (step, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+    for (step, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
         let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if check_version(&tx, path)? < step {
             tx.execute_batch(sql)?;

@@ -536,3 +536,62 @@ fn a_version_1_spool_is_migrated() {
         spool.close().await;
     });
 }
+
+#[tokio::test]
+async fn work_items_are_counted_and_read_ahead_of_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(&db(&dir), 100);
+    spool
+        .append(
+            vec![span(1), item(2), span(3), span(4), item(5)],
+            SourceProgress::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spool.stats().await.unwrap().urgent, 2);
+    let urgent: Vec<u64> = spool
+        .oldest_urgent(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(urgent, [2, 5]);
+    assert_eq!(spool.oldest_urgent(1).await.unwrap().len(), 1);
+    spool.acknowledge(urgent, NOW).await.unwrap();
+    let stats = spool.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.urgent), (3, 0));
+    assert_eq!(seqs(&spool).await, [1, 3, 4], "the rest keeps its order");
+    spool.close().await;
+}
+
+#[test]
+fn work_items_waiting_in_an_older_spool_become_urgent_when_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(super::schema::SCHEMA_V1_FOR_TESTS).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        for body in [span(1), item(2)] {
+            c.execute(
+                "INSERT INTO events(id, body, created_ms) VALUES (?1, ?2, 1)",
+                [
+                    uuid::Uuid::new_v4().to_string(),
+                    serde_json::to_string(&body).unwrap(),
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let spool = open(&path, 100);
+        let stats = spool.stats().await.unwrap();
+        assert_eq!((stats.depth, stats.urgent), (2, 1));
+        assert_eq!(spool.oldest_urgent(10).await.unwrap()[0].seq, 2);
+        spool.close().await;
+    });
+}

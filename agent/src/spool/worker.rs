@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::schema::{self, from_sql_int, key, to_sql_int};
 use super::{
-    Appended, ConsentGuard, ConsentRecorded, Control, Note, SourceProgress, SpoolConfig,
+    is_urgent, Appended, ConsentGuard, ConsentRecorded, Control, Note, SourceProgress, SpoolConfig,
     SpoolError, SpoolStats, MAX_RECENT, MAX_REJECTED_KEPT, MAX_SEEN_ITEMS, RECENT_KEEP_MS,
 };
 
@@ -18,6 +18,13 @@ use super::{
 const CAPTURED_KINDS: &str = "('activity_span', 'work_item')";
 
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
+
+/// Which waiting events a read returns.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    All,
+    Urgent,
+}
 
 /// What callers ask the owner thread to do. Each command runs in its own transaction.
 pub(super) enum Command {
@@ -30,6 +37,14 @@ pub(super) enum Command {
     Oldest {
         max: usize,
         reply: Reply<Vec<Event>>,
+    },
+    OldestUrgent {
+        max: usize,
+        reply: Reply<Vec<Event>>,
+    },
+    /// Nothing beyond what precedes every command: noticing other writers.
+    NoticeOtherWriters {
+        reply: Reply<()>,
     },
     Stats {
         reply: Reply<SpoolStats>,
@@ -144,7 +159,14 @@ impl Worker {
                     let _ = reply.send(self.append(bodies, progress, guard));
                 }
                 Command::Oldest { max, reply } => {
-                    let _ = reply.send(self.oldest(max));
+                    let _ = reply.send(self.oldest(max, Lane::All));
+                }
+                Command::OldestUrgent { max, reply } => {
+                    let _ = reply.send(self.oldest(max, Lane::Urgent));
+                }
+                Command::NoticeOtherWriters { reply } => {
+                    // Done before the dispatch; its error was logged there.
+                    let _ = reply.send(Ok(()));
                 }
                 Command::Stats { reply } => {
                     let _ = reply.send(self.stats());
@@ -337,13 +359,17 @@ impl Worker {
         Ok(items)
     }
 
-    fn oldest(&mut self, max: usize) -> Result<Vec<Event>, SpoolError> {
+    fn oldest(&mut self, max: usize, lane: Lane) -> Result<Vec<Event>, SpoolError> {
         let mut events = Vec::with_capacity(max.min(1024));
         let mut unreadable = Vec::new();
         {
-            let mut select = self
-                .connection
-                .prepare_cached("SELECT seq, id, body FROM events ORDER BY seq LIMIT ?1")?;
+            let mut select = self.connection.prepare_cached(match lane {
+                Lane::All => "SELECT seq, id, body FROM events ORDER BY seq LIMIT ?1",
+                // `urgent = 1` exactly as in the partial index's WHERE, so SQLite uses it.
+                Lane::Urgent => {
+                    "SELECT seq, id, body FROM events WHERE urgent = 1 ORDER BY seq LIMIT ?1"
+                }
+            })?;
             let mut rows = select.query([to_sql_int(max as u64)])?;
             while let Some(row) = rows.next()? {
                 let seq = from_sql_int(row.get(0)?);
@@ -370,8 +396,14 @@ impl Worker {
                 [],
                 |row| row.get(0),
             ))?;
+        let urgent: i64 = self.connection.query_row(
+            "SELECT COUNT(*) FROM events WHERE urgent = 1",
+            [],
+            |row| row.get(0),
+        )?;
         Ok(SpoolStats {
             depth: self.depth,
+            urgent: from_sql_int(urgent),
             oldest_created_ms: oldest_created_ms.flatten().map(from_sql_int),
             last_seq: schema::last_seq(&self.connection)?,
             events_dropped: schema::meta_u64(&self.connection, key::EVENTS_DROPPED)?,
@@ -446,8 +478,13 @@ fn insert_event(
     now: UnixMillis,
 ) -> Result<u64, SpoolError> {
     let json = serde_json::to_string(body)?;
-    tx.prepare_cached("INSERT INTO events(id, body, created_ms) VALUES (?1, ?2, ?3)")?
-        .execute(params![Uuid::new_v4().to_string(), json, to_sql_int(now)])?;
+    tx.prepare_cached("INSERT INTO events(id, body, created_ms, urgent) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            Uuid::new_v4().to_string(),
+            json,
+            to_sql_int(now),
+            is_urgent(body)
+        ])?;
     let seq = tx.last_insert_rowid();
     tx.prepare_cached("INSERT INTO recent(seq, kind, body, recorded_ms) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![seq, body.kind().as_str(), json, to_sql_int(now)])?;

@@ -6,6 +6,14 @@
 //! - **Oldest first**, in batches of at most `batch_max_events` (and within the protocol's
 //!   [`backlight_shared::batch::limits`]), sent when at least `batch_max_events` are
 //!   waiting or the oldest has waited `batch_max_age`, or at once when draining before exit.
+//! - **Work items at once, and first.** An urgent event ([`crate::spool::is_urgent`]: a
+//!   work-item change) makes the batch due now: when everything waiting fits in one batch it
+//!   all goes, oldest first, so the server still receives a device's events without gaps.
+//!   When more is waiting (a backlog after an outage), the urgent events go alone, ahead of
+//!   the backlog, and the backlog follows oldest first. Only the order of uploads changes:
+//!   every event keeps its `seq` and is deleted only after its own acknowledgement, so the
+//!   server's exactly-once identity holds (its gap count shows the not-yet-sent backlog until
+//!   the backlog arrives).
 //! - **Acknowledge, then delete.** Exactly the sent seqs are deleted, after a `200` carrying an
 //!   [`IngestResponse`](backlight_shared::api::IngestResponse) whose `max_seq` matches the
 //!   batch. A resend after a lost answer is harmless: the server counts an identity once.
@@ -41,7 +49,7 @@ pub use response::{parse_retry_after, Verdict};
 use crate::credentials::Credentials;
 use crate::health::ClockOffset;
 use crate::http::{endpoint, error_chain, InvalidServerUrl};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{is_urgent, Spool, SpoolError};
 
 /// `last_error` while the server refuses the device credential.
 pub const UNAUTHORIZED_MESSAGE: &str = "server refused the device credential (revoked?)";
@@ -195,7 +203,7 @@ impl Uploader {
             return Ok(Step::Empty);
         }
         let full = stats.depth >= self.config.batch_max_events as u64;
-        if !flush && !full {
+        if !flush && !full && stats.urgent == 0 {
             if let Some(created) = stats.oldest_created_ms {
                 let waited = Duration::from_millis(now_ms().saturating_sub(created));
                 if waited < self.config.batch_max_age {
@@ -203,7 +211,12 @@ impl Uploader {
                 }
             }
         }
-        let events = self.spool.oldest(self.batch_limit).await?;
+        let mut events = self.spool.oldest(self.batch_limit).await?;
+        let urgent_in_batch = events.iter().filter(|e| is_urgent(&e.body)).count() as u64;
+        if urgent_in_batch < stats.urgent {
+            // Urgent events wait behind a backlog: they go first, on their own.
+            events = self.spool.oldest_urgent(self.batch_limit).await?;
+        }
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             // Only unreadable rows were at the head; they have been set aside.
             return Ok(Step::NotDue(Duration::ZERO));

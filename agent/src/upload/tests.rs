@@ -14,7 +14,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use backlight_shared::api::{ErrorBody, IngestResponse, INGEST_PATH};
 use backlight_shared::batch::Batch;
-use backlight_shared::event::{EventBody, ItemAction, ItemSource, WorkItemEvent};
+use backlight_shared::event::{
+    ActivitySpan, ActivityState, EventBody, ItemAction, ItemSource, WorkItemEvent,
+};
 use backlight_shared::{now_ms, PROTOCOL_VERSION};
 use uuid::Uuid;
 
@@ -207,20 +209,38 @@ impl Fixture {
         }
     }
 
+    /// Records `count` activity spans: the bulk, which waits for its batch.
     async fn record(&self, count: u64) {
         let bodies = (0..count)
             .map(|n| {
-                EventBody::WorkItem(WorkItemEvent {
-                    item_id: format!("CLM-{n}"),
-                    action: ItemAction::Started,
+                EventBody::ActivitySpan(ActivitySpan {
+                    app: format!("app-{n}"),
+                    title: None,
+                    start_ms: now_ms(),
+                    end_ms: now_ms(),
+                    state: ActivityState::Active,
+                    item_id: None,
                     step: None,
-                    at_ms: now_ms(),
-                    source: ItemSource::App,
                 })
             })
             .collect();
         self.spool
             .append(bodies, SourceProgress::default())
+            .await
+            .unwrap();
+    }
+
+    /// Records one work-item event: urgent.
+    async fn record_item(&self, item: &str) {
+        let body = EventBody::WorkItem(WorkItemEvent {
+            item_id: item.into(),
+            action: ItemAction::Completed,
+            step: None,
+            at_ms: now_ms(),
+            source: ItemSource::Manual,
+        });
+        self.spool
+            .append(vec![body], SourceProgress::default())
             .await
             .unwrap();
     }
@@ -586,4 +606,105 @@ async fn run_stops_on_shutdown_while_backing_off() {
         .unwrap();
     assert_eq!(finished.unwrap(), Finished::Stopped);
     assert_eq!(f.spool.stats().await.unwrap().depth, 1);
+}
+
+#[tokio::test]
+async fn a_work_item_is_due_at_once_and_takes_the_waiting_spans_along() {
+    let mut f = Fixture::new(10).await;
+    f.record(3).await;
+    assert!(matches!(
+        f.uploader.step(false).await.unwrap(),
+        Step::NotDue(_)
+    ));
+    f.record_item("CLM-7").await;
+    assert_eq!(
+        f.uploader.step(false).await.unwrap(),
+        Step::Delivered { events: 4 }
+    );
+    assert_eq!(f.server.batches(), [vec![1, 2, 3, 4]], "in order, no gap");
+    assert_eq!(f.uploader.step(false).await.unwrap(), Step::Empty);
+}
+
+#[tokio::test]
+async fn after_an_outage_work_items_go_ahead_of_the_backlog() {
+    let mut f = Fixture::new(10).await;
+    f.record(25).await;
+    f.record_item("CLM-26").await;
+    f.record(5).await;
+    f.record_item("CLM-32").await;
+    f.server
+        .script([Answer::status(StatusCode::SERVICE_UNAVAILABLE)]);
+    assert!(matches!(
+        f.uploader.step(false).await.unwrap(),
+        Step::Retry { .. }
+    ));
+    // The server is back: the two items first, then the backlog oldest first.
+    loop {
+        match f.uploader.step(false).await.unwrap() {
+            Step::Delivered { .. } => {}
+            Step::Empty => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let batches = f.server.batches();
+    assert_eq!(batches[0], [26, 32], "the failed try");
+    assert_eq!(batches[1], [26, 32]);
+    assert_eq!(batches[2], (1..=10).collect::<Vec<_>>());
+    assert_eq!(batches[3], (11..=20).collect::<Vec<_>>());
+    assert_eq!(batches[4], [21, 22, 23, 24, 25, 27, 28, 29, 30, 31]);
+    assert_eq!(batches.len(), 5);
+    assert_eq!(f.depth().await, 0);
+}
+
+#[tokio::test]
+async fn a_work_item_inside_the_oldest_batch_keeps_the_order() {
+    let mut f = Fixture::new(10).await;
+    f.record(2).await;
+    f.record_item("CLM-3").await;
+    f.record(12).await;
+    assert_eq!(
+        f.uploader.step(false).await.unwrap(),
+        Step::Delivered { events: 10 }
+    );
+    assert_eq!(f.server.batches(), [(1..=10).collect::<Vec<_>>()]);
+    // The rest is spans only: they wait for their batch again.
+    assert!(matches!(
+        f.uploader.step(false).await.unwrap(),
+        Step::NotDue(_)
+    ));
+}
+
+#[tokio::test]
+async fn run_uploads_a_work_item_without_waiting_for_the_span_batch() {
+    let f = Fixture::new(100).await;
+    f.record(3).await;
+    let (_shutdown_tx, shutdown) = watch::channel(false);
+    let (_drain_tx, drain) = watch::channel(false);
+    let spool = f.spool.clone();
+    let server = Arc::clone(&f.server);
+    tokio::spawn(f.uploader.run(shutdown, drain));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(server.batches().is_empty(), "spans wait for their batch");
+    let recorded = Instant::now();
+    spool
+        .append(
+            vec![EventBody::WorkItem(WorkItemEvent {
+                item_id: "CLM-1".into(),
+                action: ItemAction::Started,
+                step: None,
+                at_ms: now_ms(),
+                source: ItemSource::Rule,
+            })],
+            SourceProgress::default(),
+        )
+        .await
+        .unwrap();
+    while server.batches().is_empty() {
+        assert!(
+            recorded.elapsed() < Duration::from_secs(10),
+            "the work item was not uploaded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(server.batches(), [vec![1, 2, 3, 4]]);
 }

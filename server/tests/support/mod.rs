@@ -116,7 +116,7 @@ pub async fn start_parts_on(
     let writer = IngestWriter::spawn(
         store.client().clone(),
         WriterConfig {
-            max_delay: Duration::from_millis(10),
+            min_insert_interval: Duration::ZERO,
             ..WriterConfig::default()
         },
     );

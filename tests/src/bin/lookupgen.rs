@@ -18,7 +18,13 @@
 //!    events name the registered items (so lookups read items that are being written);
 //! 4. optionally (`--clickhouse-url`) probes ClickHouse directly during the window with the
 //!    lookup's own primary-key reads, to tell ClickHouse query time from the rest of the
-//!    server's time.
+//!    server's time;
+//! 5. optionally (`--query-log`, with a ClickHouse that has `log_queries=1`) reads ClickHouse's
+//!    own CPU accounting of the server's queries in the window from `system.query_log`
+//!    (`UserTimeMicroseconds + SystemTimeMicroseconds` of each query, all its threads) and
+//!    reports it per lookup answered: the item reads, the audit INSERTs and the other reads
+//!    (per-tenant caches), apart from the ingest INSERTs. Background merges are not queries
+//!    and are not in it.
 //!
 //! Prints the achieved lookup rate, latency percentiles (p50/p90/p99/p99.9/max), errors by
 //! status, how late the generator itself sent, the server's peak RSS (sampled from `/proc`),
@@ -147,6 +153,10 @@ struct Args {
     /// Direct ClickHouse probes per second (each runs the lookup's two primary-key reads).
     #[arg(long, default_value_t = 5.0)]
     probe_rate: f64,
+    /// Read ClickHouse's CPU per query from `system.query_log` for the window (needs
+    /// `--clickhouse-url` and a ClickHouse logging queries, e.g. `log_queries=1` in its profile).
+    #[arg(long)]
+    query_log: bool,
     /// A label copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -356,10 +366,12 @@ async fn run(args: &Args) -> Result<()> {
             tokio::time::sleep_until(clock.window_start.into()).await;
             let cpu0 = CpuSample::take(server_pid, ch_pid);
             let m0 = server_metrics(&client, &server).await;
+            let from_ms = now_ms();
             tokio::time::sleep_until(clock.end.into()).await;
+            let to_ms = now_ms();
             let cpu1 = CpuSample::take(server_pid, ch_pid);
             let m1 = server_metrics(&client, &server).await;
-            (cpu0.delta(&cpu1), m0.zip(m1))
+            (cpu0.delta(&cpu1), m0.zip(m1), (from_ms, to_ms))
         })
     };
 
@@ -444,7 +456,7 @@ async fn run(args: &Args) -> Result<()> {
         // Reap finished tasks so the set stays small.
         while lookups.try_join_next().is_some() {}
     }
-    let (cpu, metrics) = window_probe.await.unwrap_or_default();
+    let (cpu, metrics, window_ms) = window_probe.await.unwrap_or_default();
 
     // What is still open finishes or times out (the client timeout bounds it).
     let drain_deadline =
@@ -462,6 +474,16 @@ async fn run(args: &Args) -> Result<()> {
     };
     stop.store(true, Ordering::Relaxed);
     let rss = sampler.await.unwrap_or_default();
+    let query_cpu = match &clickhouse {
+        Some(ch) if args.query_log => match query_log_cpu(ch, window_ms).await {
+            Ok(cpu) => Some(cpu),
+            Err(e) => {
+                eprintln!("cannot read system.query_log: {e:#}");
+                None
+            }
+        },
+        _ => None,
+    };
 
     let results = std::mem::take(&mut *results.lock().expect("not poisoned"));
     print_report(
@@ -478,6 +500,7 @@ async fn run(args: &Args) -> Result<()> {
             eta_scan_ms,
             setup_secs,
             first_lookup,
+            query_cpu,
         },
     );
     Ok(())
@@ -1047,6 +1070,53 @@ async fn time_eta_scan(ch: &ClickHouseHttp, tenant: &str) -> Result<f64> {
     ch.timed(sql).await
 }
 
+/// ClickHouse's own CPU accounting of the server's queries in the window, by kind.
+#[derive(Debug, Default, Clone)]
+struct QueryCpu {
+    /// kind → (queries, CPU µs): `item_read`, `audit_insert`, `ingest_insert`, `other`.
+    kinds: BTreeMap<String, (u64, u64)>,
+}
+
+impl QueryCpu {
+    fn get(&self, kind: &str) -> (u64, u64) {
+        self.kinds.get(kind).copied().unwrap_or_default()
+    }
+}
+
+/// Sums `UserTimeMicroseconds + SystemTimeMicroseconds` of the finished queries the server
+/// (the `clickhouse` crate's user agent) started in `[from_ms, to_ms)`.
+async fn query_log_cpu(ch: &ClickHouseHttp, (from_ms, to_ms): (u64, u64)) -> Result<QueryCpu> {
+    ch.text("SYSTEM FLUSH LOGS").await?;
+    let sql = format!(
+        "SELECT multiIf(query LIKE 'INSERT INTO events%', 'ingest_insert',
+                        query LIKE 'INSERT INTO audit_log%', 'audit_insert',
+                        query LIKE '%FROM item_lookup%', 'item_read', 'other') AS kind,
+                count(),
+                sum(arraySum(arrayMap((n, v) -> (n = 'UserTimeMicroseconds' OR n = 'SystemTimeMicroseconds') * v,
+                                      ProfileEvents.Names, ProfileEvents.Values)))
+         FROM system.query_log
+         WHERE type = 2 AND http_user_agent LIKE '%clickhouse-rs/%'
+           AND event_date >= toDate(toDateTime({from_s})) AND query_start_time >= toDateTime({from_s})
+           AND query_start_time < toDateTime({to_s})
+         GROUP BY kind FORMAT TSV",
+        from_s = from_ms / 1000,
+        to_s = to_ms / 1000,
+    );
+    let text = ch.text(sql).await?;
+    let mut cpu = QueryCpu::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if let [kind, n, us] = f[..] {
+            cpu.kinds
+                .insert(kind.to_string(), (n.parse()?, us.parse()?));
+        }
+    }
+    if cpu.kinds.is_empty() {
+        bail!("no query of the server in the window: is log_queries on?");
+    }
+    Ok(cpu)
+}
+
 #[derive(Default, Debug)]
 struct Probes {
     /// The lookup's own read of `item_lookup` for one item, straight to ClickHouse.
@@ -1279,6 +1349,7 @@ struct Report<'a> {
     setup_secs: Option<f64>,
     /// Milliseconds and status of the lookup made before the clock started.
     first_lookup: (f64, String),
+    query_cpu: Option<QueryCpu>,
 }
 
 fn percentile_sorted<T: Copy + Into<f64>>(sorted: &[T], q: f64) -> Option<f64> {
@@ -1334,6 +1405,22 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
     let batches = r.metrics.and_then(|(a, b)| {
         let n = b.batches - a.batches;
         (n > 0.0).then(|| (n / r.window_s, (b.batched_lookups - a.batched_lookups) / n))
+    });
+    // Whole seconds of query start times: the window the query log covers.
+    let query_cpu = r.query_cpu.as_ref().map(|q| {
+        let per_lookup = |us: u64| (us as f64 / 1000.0 / ok.max(1) as f64 * 1000.0).round() / 1000.0;
+        let (reads, read_us) = q.get("item_read");
+        let (audits, audit_us) = q.get("audit_insert");
+        let (others, other_us) = q.get("other");
+        let (inserts, insert_us) = q.get("ingest_insert");
+        json!({
+            "item_read": {"queries": reads, "cpu_ms_per_lookup": per_lookup(read_us),
+                          "cpu_ms_per_query": (read_us as f64 / 1000.0 / reads.max(1) as f64 * 1000.0).round() / 1000.0},
+            "audit_insert": {"queries": audits, "cpu_ms_per_lookup": per_lookup(audit_us)},
+            "other": {"queries": others, "cpu_ms_per_lookup": per_lookup(other_us)},
+            "lookup_total_cpu_ms_per_lookup": per_lookup(read_us + audit_us + other_us),
+            "ingest_insert": {"queries": inserts, "cpu_cores": insert_us as f64 / 1e6 / r.window_s},
+        })
     });
     let probes = r.probes.map(|p| {
         json!({
@@ -1428,6 +1515,19 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
             f(&p["item_lookup_parts"], "max"),
         );
     }
+    if let Some(q) = &query_cpu {
+        println!(
+            "clickhouse cpu  per lookup (system.query_log, user+system): {} ms in all = item reads {} ms ({} queries, {} ms each) + audit {} ms + other {} ms; ingest INSERTs {:.2} cores ({} queries)",
+            q["lookup_total_cpu_ms_per_lookup"],
+            q["item_read"]["cpu_ms_per_lookup"],
+            q["item_read"]["queries"],
+            q["item_read"]["cpu_ms_per_query"],
+            q["audit_insert"]["cpu_ms_per_lookup"],
+            q["other"]["cpu_ms_per_lookup"],
+            q["ingest_insert"]["cpu_cores"].as_f64().unwrap_or(0.0),
+            q["ingest_insert"]["queries"],
+        );
+    }
     println!(
         "first lookup    {} after {:.0} ms (before the clock; computes the tenant's ETA statistics when cold)",
         r.first_lookup.1, r.first_lookup.0
@@ -1486,6 +1586,7 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
         "read_batches_per_s": batches.map(|b| b.0),
         "lookups_per_batch": batches.map(|b| b.1),
         "clickhouse_probe": probes,
+        "clickhouse_query_cpu": query_cpu,
         "eta_scan_ms": r.eta_scan_ms,
         "first_lookup": {"ms": r.first_lookup.0, "status": r.first_lookup.1},
         "ingest_events_per_s": args.with_ingest.then_some(ingest_window.round()),

@@ -24,8 +24,9 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServerOptions {
     /// `--auth-cache-ttl`; `0s` so revocations are immediate.
     pub auth_cache_ttl: String,
-    /// `--insert-max-delay`; the product default is 100ms.
-    pub insert_max_delay: String,
+    /// `--insert-min-interval` (shortest time between two INSERT starts); the product default
+    /// is 20ms.
+    pub insert_min_interval: String,
     /// Anything else to pass.
     pub extra_args: Vec<String>,
     /// Environment variables to set, e.g. `BACKLIGHT_MAX_CONNECTIONS` (a build that does not
@@ -57,7 +58,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             auth_cache_ttl: "0s".into(),
-            insert_max_delay: "100ms".into(),
+            insert_min_interval: "20ms".into(),
             extra_args: Vec::new(),
             env: Vec::new(),
             tls: None,
@@ -217,8 +218,8 @@ impl Server {
             self.db.name().to_string(),
             "--auth-cache-ttl".into(),
             self.options.auth_cache_ttl.clone(),
-            "--insert-max-delay".into(),
-            self.options.insert_max_delay.clone(),
+            "--insert-min-interval".into(),
+            self.options.insert_min_interval.clone(),
         ];
         if let Some(tls) = &self.options.tls {
             args.push("--tls-cert".into());

@@ -12,7 +12,7 @@ async fn agent_sigkilled_during_uploads_loses_nothing() {
         "sigkill",
         ServerOptions {
             // Short group-commit windows: many acknowledgements, many places to be killed between.
-            insert_max_delay: "10ms".into(),
+            insert_min_interval: "10ms".into(),
             ..ServerOptions::default()
         },
     )

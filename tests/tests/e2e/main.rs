@@ -14,6 +14,7 @@ mod hostile;
 mod https;
 mod live;
 mod outages;
+mod realtime;
 mod webhooks;
 
 use backlight_e2e::*;

@@ -16,13 +16,13 @@ const UPLOAD: [&str; 5] = [
 
 #[tokio::test]
 async fn clickhouse_outage_loses_nothing() {
-    // 240 batches of 50 that each wait >= 150 ms for their INSERT: uploading takes over half a
-    // minute, so ClickHouse stops (which may take seconds itself) while the agent still uploads,
-    // however fast the machine.
+    // 240 batches of 50, INSERTs at least 150 ms apart: uploading takes over half a minute, so
+    // ClickHouse stops (which may take seconds itself) while the agent still uploads, however
+    // fast the machine.
     let mut spine = Spine::start_with(
         "ch-outage",
         ServerOptions {
-            insert_max_delay: "150ms".into(),
+            insert_min_interval: "150ms".into(),
             ..ServerOptions::default()
         },
     )
@@ -126,7 +126,7 @@ async fn server_restart_mid_stream_loses_nothing() {
     let mut spine = Spine::start_with(
         "server-restart",
         ServerOptions {
-            insert_max_delay: "20ms".into(),
+            insert_min_interval: "20ms".into(),
             ..ServerOptions::default()
         },
     )
