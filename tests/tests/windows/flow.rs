@@ -1,9 +1,10 @@
 //! The Windows desktop from first start to withdrawn consent, asserting what the X11 desktop
 //! test asserts: nothing before consent; spans with the executable as the app; rule-derived
 //! work items; idle from `GetLastInputInfo`; a private title and dropped titles in no column
-//! anywhere; pause, `item` and revoke from the terminal; every event uploaded exactly once. Also what only
-//! Windows has: the product name from the version resource, a running screensaver as a locked
-//! desktop, the session (local) reported as a device property, and a clean stop on `WM_CLOSE`.
+//! anywhere; the consent page opened in the default browser; pause, `item` and revoke from the
+//! terminal; every event uploaded exactly once. Also what only Windows has: the product name
+//! from the version resource, a running screensaver as a locked desktop, the session (local)
+//! reported as a device property, and a clean stop on `WM_CLOSE`.
 
 use std::time::Duration;
 
@@ -146,7 +147,8 @@ pub async fn desktop(wine: &mut Wine, spine: &Spine) {
         .as_str()
         .expect("enrolled")
         .to_string();
-    let mut run = agent.spawn_run(wine);
+    let opened = wine.record_browser().await;
+    let mut run = agent.spawn_run_opening_browser(wine);
 
     // ---- consent gate: nothing is captured until the employee agrees.
     wait_until(
@@ -159,6 +161,25 @@ pub async fn desktop(wine: &mut Wine, spine: &Spine) {
         },
     )
     .await;
+    // The first start opened the consent page in the default browser: the page that asks for
+    // it, with the organisation's notice.
+    let url = wait_for(secs(60), "the default browser to be opened", async || {
+        let urls = std::fs::read_to_string(&opened).unwrap_or_default();
+        urls.lines()
+            .find(|u| u.starts_with("http://127.0.0.1:") && u.contains("token="))
+            .map(str::to_string)
+            .ok_or(urls)
+    })
+    .await;
+    let page = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("the consent page at {url}: {e}"));
+    assert!(page.status().is_success(), "{url}: {}", page.status());
+    let page = page.text().await.expect("the consent page's body");
+    assert!(
+        page.contains("Claims work is recorded.") && page.contains("I agree"),
+        "{page}"
+    );
     wine.focus(&claim);
     wine.touch(&claim);
     wait_until(secs(30), "health reports at the server", async || {

@@ -99,22 +99,30 @@ impl WinAgent {
 
     /// `run` for the desktop, with the test's short intervals, in the background.
     pub fn spawn_run(&self, wine: &Wine) -> Child {
+        self.spawn_run_with(wine, &["--no-browser"])
+    }
+
+    /// [`WinAgent::spawn_run`] that opens the consent page in the default browser, as an
+    /// employee's first start does.
+    pub fn spawn_run_opening_browser(&self, wine: &Wine) -> Child {
+        self.spawn_run_with(wine, &[])
+    }
+
+    fn spawn_run_with(&self, wine: &Wine, extra: &[&str]) -> Child {
         let dir = self.win_dir();
-        let args = self.args(
-            &dir,
-            &[
-                "run",
-                "--no-browser",
-                "--local-api",
-                "off",
-                "--batch-max-age",
-                "200ms",
-                "--policy-interval",
-                "1s",
-                "--health-interval",
-                "2s",
-            ],
-        );
+        let mut run = vec![
+            "run",
+            "--local-api",
+            "off",
+            "--batch-max-age",
+            "200ms",
+            "--policy-interval",
+            "1s",
+            "--health-interval",
+            "2s",
+        ];
+        run.extend_from_slice(extra);
+        let args = self.args(&dir, &run);
         wine.spawn("backlight-agent.exe", &self.exe, &args, &self.log)
     }
 

@@ -329,6 +329,45 @@ impl Wine {
         })
     }
 
+    /// Makes a small Linux script the prefix's web browser (Wine's `winebrowser`, which the
+    /// `http` association runs, tries the programs under `HKCU\Software\Wine\WineBrowser`
+    /// `Browsers`): every URL the default browser is asked to open is appended to the file
+    /// returned, one per line.
+    pub async fn record_browser(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let opened = self.scratch("browser-opened.txt");
+        let script = self.scratch("record-browser.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$@\" >> '{}'\n",
+                opened.display()
+            ),
+        )
+        .expect("writing the browser script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("making the browser script executable");
+        let script = script.to_str().expect("a UTF-8 path");
+        let output = self
+            .system(
+                "reg",
+                &[
+                    "add",
+                    r"HKCU\Software\Wine\WineBrowser",
+                    "/v",
+                    "Browsers",
+                    "/t",
+                    "REG_SZ",
+                    "/d",
+                    script,
+                    "/f",
+                ],
+            )
+            .await;
+        assert!(output.status.success(), "reg add WineBrowser: {output:?}");
+        opened
+    }
+
     /// Opens the test window program as `exe_name` (a copy, so each app has its own
     /// executable name) titled `title`.
     pub fn open(&mut self, exe_name: &str, title: &str) -> Window {
