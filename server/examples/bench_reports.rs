@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         tenant: "acme".into(),
         from_ms: from,
         to_ms: to,
-        tz: "Europe/Berlin".into(),
+        tz: "Europe/Berlin".parse().expect("a zone name"),
         group_by: backlight_server::reports::GroupBy::Team,
         devices: None,
         queue: None,

@@ -26,6 +26,7 @@ use crate::clickhouse::ClickHouseError;
 use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::secrets;
+use crate::storage::audit::AuditEntry;
 use crate::storage::registry::{ApiKeyRow, DeviceRow, Registry};
 use crate::tenancy::{Role, TenantId};
 
@@ -315,5 +316,26 @@ impl FromRequestParts<AppState> for ApiCaller {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         Ok(state.api_keys.authenticate(authorization).await?)
+    }
+}
+
+// Here rather than in `storage::audit`, so storage does not depend on the HTTP layer's caller.
+impl AuditEntry {
+    /// An entry for what `caller` did.
+    pub fn by(
+        caller: &ApiCaller,
+        action: &str,
+        target: impl Into<String>,
+        outcome: &str,
+    ) -> AuditEntry {
+        AuditEntry {
+            tenant_id: caller.tenant.to_string(),
+            key_id: caller.key_id.clone(),
+            key_name: caller.key_name.clone(),
+            role: caller.role.as_str().to_string(),
+            action: action.to_string(),
+            target: target.into(),
+            outcome: outcome.to_string(),
+        }
     }
 }

@@ -384,7 +384,7 @@ fn the_report_schema_matches_the_report_the_handler_serializes() {
         group_by: "team".into(),
         from_ms: 0,
         to_ms: 1,
-        tz: "UTC".into(),
+        tz: "UTC".parse().expect("a zone name"),
         team: Some("t".into()),
         queue: Some("q".into()),
         rows: vec![row.clone()],

@@ -1,5 +1,6 @@
 //! The HTTP API. [`router`] builds the whole app from an [`AppState`], so tests drive it
-//! in-process and the binary serves the very same router.
+//! in-process and the binary serves the very same router. Handlers parse, authorize and
+//! render; the work is done by [`crate::service`] (reports) or, still, by the handler.
 //!
 //! | route | who | what |
 //! |---|---|---|
@@ -8,6 +9,11 @@
 //! | `GET /v1/agent/policy` | enrolled device | the tenant's policy (ETag) |
 //! | `GET`/`PUT /v1/admin/policy` | admin API key | read / replace the policy |
 //! | `/v1/admin/webhooks…` | admin API key | outbound webhooks ([`webhooks`]) |
+//! | `GET`/`POST /v1/items`, `GET /v1/items/{id}`, `…/timeline` | API key (role-dependent view) | item status, search, registration ([`items`]) |
+//! | `GET /v1/items/{id}/events` | API key | live status stream, SSE ([`item_stream`]) |
+//! | `GET /v1/reports/performance` | wfm / admin API key | performance report, JSON or CSV ([`reports`]) |
+//! | `GET /`, `/lookup`, `/dashboard`, `/static/…` | browser | the pages ([`pages`]) |
+//! | `GET /openapi.json` | anyone | the API description ([`openapi`]) |
 //! | `GET /healthz` | orchestrator | process is up |
 //! | `GET /readyz` | load balancer | ClickHouse reachable, schema current |
 //! | `GET /metrics` | Prometheus | counters, histograms, per-device gaps |
