@@ -56,5 +56,10 @@ cargo build --profile wine-test -p backlight-agent --target x86_64-pc-windows-gn
 echo "==> running the tests"
 cargo test --workspace --locked "$@"
 
+# A short smoke of each fuzz target from the committed seeds (installs nightly and cargo-fuzz
+# when missing): what it costs is in docs/fuzzing.md; longer runs are `scripts/fuzz.sh SECONDS`.
+echo "==> fuzzing smoke: 12 s per target"
+FUZZ_SMOKE=1 bash scripts/fuzz.sh 12
+
 echo "==> running the browser tests"
 bash scripts/browser-test.sh

@@ -145,6 +145,11 @@ pub struct EnrollArgs {
     /// Replace an existing enrollment (events already spooled are uploaded as the new device).
     #[arg(long)]
     pub force: bool,
+    /// Allow a plain http:// server that is not on this computer: the device credential and
+    /// the recorded work then cross the network unencrypted. For labs only; remembered in
+    /// credentials.json.
+    #[arg(long)]
+    pub insecure_http: bool,
 }
 
 impl EnrollArgs {
@@ -153,6 +158,7 @@ impl EnrollArgs {
             server_url: self.server.clone(),
             enrollment_key: self.key.clone(),
             force: self.force,
+            insecure_http: self.insecure_http,
         }
     }
 }

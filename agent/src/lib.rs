@@ -37,7 +37,8 @@
 //! - [`health`]: the agent's periodic report on itself.
 //! - [`provisioning`]: enrollment settings an administrator deployed to the machine (the MSI).
 //! - [`autostart`]: `install`/`uninstall` (the Windows Run key) and the silent launcher.
-//! - [`credentials`], [`data_dir`], [`http`], [`duration`]: small helpers with one job each.
+//! - [`credentials`], [`data_dir`], [`http`], [`duration`], [`private_file`], [`terminal`]: small
+//!   helpers with one job each.
 //! - [`platform`]: Windows-only pieces outside capture (owner-only DACLs, the registry, stop
 //!   requests from the session, the default browser).
 //!
@@ -68,6 +69,7 @@ pub mod local_api;
 pub mod platform;
 pub mod policy;
 pub mod privacy;
+pub mod private_file;
 pub mod provisioning;
 pub mod rules;
 pub mod run;
@@ -75,6 +77,7 @@ pub mod source;
 pub mod spans;
 pub mod spool;
 pub mod status;
+pub mod terminal;
 pub mod upload;
 pub mod wake;
 

@@ -74,6 +74,9 @@ impl MachineEnrollment {
             server_url: self.server_url.clone(),
             enrollment_key: self.enrollment_key.clone(),
             force: false,
+            // A deployed server is reached over https (or on this computer): no roll-out
+            // setting allows plain http to another machine.
+            insecure_http: false,
         }
     }
 }

@@ -432,6 +432,9 @@ async fn upload(
         batch_max_age.unwrap_or(Duration::from_millis(p.policy.upload_interval_ms))
     };
     let mut follow_policy = batch_max_age.is_none();
+    if credentials.insecure_http {
+        tracing::warn!(server = %credentials.server_url, "enrolled with --insecure-http: the credential and the recorded work may cross the network unencrypted");
+    }
     loop {
         let age = age_of(&policy.borrow_and_update());
         let uploader = Uploader::new(

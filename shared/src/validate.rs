@@ -220,6 +220,20 @@ enum Empty {
     Refused,
 }
 
+/// `text` as the checks below accept it: control characters replaced by spaces, cut to at most
+/// `max` bytes at a character boundary. What the agent sends of a title or a captured id.
+pub fn clean(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn text(field: &str, value: &str, max_len: usize, empty: Empty) -> Result<(), ValidationError> {
     if value.len() > max_len {
         return Err(ValidationError::new(

@@ -245,6 +245,7 @@ fn ask_for_consent(
 /// Asks on the terminal; `None` when stdin closes without an answer.
 pub fn prompt_terminal(version: u32, notice: &str) -> Option<bool> {
     let mut out = std::io::stdout().lock();
+    let notice = crate::terminal::printable(notice);
     let _ = writeln!(
         out,
         "\n── Backlight: your organisation's notice (policy version {version}) ──\n\n{notice}\n"

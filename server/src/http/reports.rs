@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use super::access_limits::Work;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::ApiCaller;
@@ -120,7 +121,9 @@ async fn performance(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Wfm, Role::Admin])?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Report)?;
     let params = parse_params(&raw)?;
+    let _run = app.report_runs.enter().await?;
     let settings = app.store.registry().settings(&caller.tenant).await?;
     if params.group_by == GroupBy::Person && settings.show_person_names == 0 {
         return Err(ApiError::forbidden(

@@ -428,6 +428,46 @@ pub struct DeviceProgress {
     pub last_received_ms: u64,
 }
 
+/// Sequence gaps over all devices, summed: what `/metrics` shows by default.
+#[derive(clickhouse::Row, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Default)]
+pub struct ProgressTotals {
+    /// Devices that sent at least one event.
+    pub devices: u64,
+    /// Devices with at least one sequence number missing.
+    pub devices_with_gaps: u64,
+    /// Sequence numbers missing over all devices.
+    pub missing: u64,
+}
+
+/// The sums of [`device_progress`] over every device, and the `limit` devices with the most
+/// missing events (only when `limit > 0`): one scan of `events` each.
+pub async fn progress_summary(
+    client: &Client,
+    limit: u64,
+) -> Result<(ProgressTotals, Vec<DeviceProgress>), ClickHouseError> {
+    let totals = with_timeout(
+        client
+            .query(
+                "SELECT count() AS devices, countIf(gap > 0) AS devices_with_gaps,
+                        sum(gap) AS missing
+                 FROM (SELECT max(seq) - uniqExact(seq) AS gap
+                       FROM events GROUP BY tenant_id, device_id)",
+            )
+            .fetch_one::<ProgressTotals>(),
+    )
+    .await?;
+    let worst = if limit == 0 || totals.devices_with_gaps == 0 {
+        Vec::new()
+    } else {
+        let sql = "SELECT tenant_id, device_id, max(seq) AS max_seq, uniqExact(seq) AS received,
+                          max_seq - received AS missing, max(received_ms) AS last_received_ms
+                   FROM events GROUP BY tenant_id, device_id HAVING missing > 0
+                   ORDER BY missing DESC, tenant_id, device_id LIMIT ?";
+        with_timeout(client.query(sql).bind(limit).fetch_all()).await?
+    };
+    Ok((totals, worst))
+}
+
 /// Sequence progress of every device (of one tenant when `tenant` is given).
 pub async fn device_progress(
     client: &Client,

@@ -97,6 +97,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../deploy/clickhouse/migrations/0013_device_seq.sql"),
     },
     Migration {
+        version: 14,
+        name: "policy_history_and_key_limits",
+        sql: include_str!(
+            "../../../deploy/clickhouse/migrations/0014_policy_history_and_key_limits.sql"
+        ),
+    },
+    Migration {
         version: 16,
         name: "health_session",
         sql: include_str!("../../../deploy/clickhouse/migrations/0016_health_session.sql"),
@@ -288,10 +295,11 @@ mod tests {
     #[test]
     fn every_statement_is_harmless_to_repeat() {
         // `device_seq` is read with max(), so a repeated backfill changes nothing.
-        const DEDUPED_COPIES: [&str; 4] = [
+        const DEDUPED_COPIES: [&str; 5] = [
             "item_events_v2",
             "item_registrations",
             "item_lookup",
+            "policy_history",
             "device_seq",
         ];
         for m in MIGRATIONS {

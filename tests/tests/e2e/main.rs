@@ -11,6 +11,7 @@ mod enrollment;
 mod gaps;
 mod happy_path;
 mod hostile;
+mod hostile_access;
 mod https;
 mod live;
 mod outages;
