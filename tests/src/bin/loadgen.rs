@@ -374,6 +374,7 @@ impl Generator {
             events_rejected: 0,
             clock_offset_ms: self.rng.random_range(-250..250),
             at_ms: self.tick(0),
+            session: None,
         })
     }
 
