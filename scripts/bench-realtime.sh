@@ -140,7 +140,10 @@ for attempt in 1 2 3; do
   echo "server exited:"; tail -20 "$WORK/server.log"; exit 1
 done
 CH_URL="$(cat "$DATA/clickhouse/endpoint")"
-CH_VERSION="$(curl -fsS --data-binary 'SELECT version()' "$CH_URL/")"
+# The embedded ClickHouse's password (0600 in its directory); the generator reads it here.
+BACKLIGHT_CLICKHOUSE_PASSWORD="$(cat "$DATA/clickhouse/password" 2>/dev/null || true)"
+export BACKLIGHT_CLICKHOUSE_PASSWORD
+CH_VERSION="$(curl -fsS -H "X-ClickHouse-User: default" -H "X-ClickHouse-Key: $BACKLIGHT_CLICKHOUSE_PASSWORD" --data-binary 'SELECT version()' "$CH_URL/")"
 echo "    listening on $URL; server pid $SERVER_PID; ClickHouse $CH_VERSION"
 
 echo "==> tenant 'bench', an enrollment key and a cc_agent API key"

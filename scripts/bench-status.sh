@@ -118,6 +118,12 @@ fi
 SERVER_BIN="${SERVER_BIN:-$TARGET_DIR/$BUILD_PROFILE/backlight-server}"
 LOOKUPGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-lookupgen"
 
+# The load generator enrolls hundreds of simulated desktops within seconds: lift the enrollment
+# rate limits (docs/security.md) so the run measures capacity, not the limit. It reads the
+# server's /metrics with the same token (an older SERVER_BIN ignores both variables).
+export BACKLIGHT_ENROLL_RATE=100000 BACKLIGHT_ENROLL_KEY_RATE=100000
+BACKLIGHT_METRICS_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export BACKLIGHT_METRICS_TOKEN
 mkdir -p "$DATA"
 if [ "$QUERY_LOG" = 1 ]; then
   # ClickHouse merges users.d/*.xml into the users.xml the server writes for it.
@@ -148,8 +154,12 @@ for attempt in 1 2 3; do
   echo "server exited:"; tail -20 "$WORK/server.log"; exit 1
 done
 CH_URL="$(cat "$DATA/clickhouse/endpoint")"
+# The embedded ClickHouse's password (0600 in its directory); the load generator reads it here.
+BACKLIGHT_CLICKHOUSE_PASSWORD="$(cat "$DATA/clickhouse/password" 2>/dev/null || true)"
+export BACKLIGHT_CLICKHOUSE_PASSWORD
+CH_AUTH=(-H "X-ClickHouse-User: default" -H "X-ClickHouse-Key: $BACKLIGHT_CLICKHOUSE_PASSWORD")
 CH_PID="$(pgrep -P "$SERVER_PID" | head -1 || true)"
-CH_VERSION="$(curl -fsS --data-binary 'SELECT version()' "$CH_URL/")"
+CH_VERSION="$(curl -fsS "${CH_AUTH[@]}" --data-binary 'SELECT version()' "$CH_URL/")"
 echo "    listening on $URL; server pid $SERVER_PID; ClickHouse $CH_VERSION pid ${CH_PID:-?}"
 
 echo "==> creating tenant 'bench', an enrollment key and API keys (admin, cc_agent)"

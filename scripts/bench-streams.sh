@@ -135,10 +135,18 @@ for build in "${builds[@]}"; do
   URL_A="$STARTED_URL"; PID_A="$STARTED_PID"
   CH_URL="$(cat "$data/clickhouse/endpoint")"
   CH_PID="$(pgrep -P "$PID_A" | head -1 || true)"
+  # The embedded ClickHouse's password, when this build sets one (0600 in its directory):
+  # server B and the generator read it from the environment.
+  BACKLIGHT_CLICKHOUSE_PASSWORD="$(cat "$data/clickhouse/password" 2>/dev/null || true)"
+  if [ -n "$BACKLIGHT_CLICKHOUSE_PASSWORD" ]; then
+    export BACKLIGHT_CLICKHOUSE_PASSWORD BACKLIGHT_CLICKHOUSE_USER=default
+  else
+    unset BACKLIGHT_CLICKHOUSE_PASSWORD BACKLIGHT_CLICKHOUSE_USER
+  fi
   # shellcheck disable=SC2046
   start_server "$bin" "$WORK/$name-b.log" --data-dir "$WORK/$name-data-b" --clickhouse-url "$CH_URL" $(extra_args "$name")
   URL_B="$STARTED_URL"
-  echo "    A $URL_A (pid $PID_A), B $URL_B, ClickHouse $CH_URL (pid ${CH_PID:-?}) $(curl -fsS --data-binary 'SELECT version()' "$CH_URL/")"
+  echo "    A $URL_A (pid $PID_A), B $URL_B, ClickHouse $CH_URL (pid ${CH_PID:-?}) $(curl -fsS -H "X-ClickHouse-User: default" -H "X-ClickHouse-Key: ${BACKLIGHT_CLICKHOUSE_PASSWORD:-}" --data-binary 'SELECT version()' "$CH_URL/")"
 
   admin() { timeout 60 "$bin" --data-dir "$data" admin "$@" 2>/dev/null; }
   admin tenant create bench >/dev/null

@@ -24,6 +24,7 @@ Usage: clickhouse-compat.py --clickhouse-url http://127.0.0.1:8123 --database ba
 """
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -42,6 +43,11 @@ def http_query(url, sql, database=None):
     if database:
         params["database"] = database
     request = urllib.request.Request(url.rstrip("/") + "/?" + urllib.parse.urlencode(params), method="POST")
+    # The embedded ClickHouse has a password; the test passes it as the server takes it.
+    password = os.environ.get("BACKLIGHT_CLICKHOUSE_PASSWORD")
+    if password:
+        request.add_header("X-ClickHouse-User", os.environ.get("BACKLIGHT_CLICKHOUSE_USER", "default"))
+        request.add_header("X-ClickHouse-Key", password)
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.read().decode()
 

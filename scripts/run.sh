@@ -69,7 +69,7 @@ Backlight is running.
   Embedded ClickHouse  $CH_URL   (database: backlight)
   Devices           $SERVER admin device list --tenant demo
   Agent status      $AGENT --data-dir $AGENT_DIR status
-  Events arriving   curl -s '$CH_URL/?database=backlight' --data-binary 'SELECT kind, count() FROM events FINAL GROUP BY kind'
+  Events arriving   curl -s -H 'X-ClickHouse-User: default' -H "X-ClickHouse-Key: \$(cat $DATA/clickhouse/password)" '$CH_URL/?database=backlight' --data-binary 'SELECT kind, count() FROM events FINAL GROUP BY kind'
 
 Press Ctrl-C to stop.
 EOT

@@ -2,7 +2,8 @@
 //!
 //! The file is written atomically (temporary file, fsync, rename, fsync of the directory) so a
 //! crash during enrollment leaves either the old enrollment or the new one, never half a file,
-//! and it is created with mode 0600 because the credential lets anyone upload as this device.
+//! and it is created with mode 0600 (on Windows: a protected DACL for the current user only,
+//! set before the secret is written) because the credential lets anyone upload as this device.
 
 use std::fmt;
 use std::fs;
@@ -29,6 +30,21 @@ pub struct Credentials {
     pub tenant_id: String,
     /// Sent as `Authorization: Bearer …` on every upload. Never logged.
     pub device_credential: String,
+    /// Plain `http://` to a server that is not on this computer was chosen at enrollment
+    /// (`enroll --insecure-http`, labs only). Absent, and so false, in every other file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
+}
+
+impl Credentials {
+    /// Whether plain HTTP may be used to reach the server.
+    pub fn plain_http(&self) -> crate::http::PlainHttp {
+        if self.insecure_http {
+            crate::http::PlainHttp::Anywhere
+        } else {
+            crate::http::PlainHttp::LoopbackOnly
+        }
+    }
 }
 
 // The credential must never reach a log line, even at debug level.
@@ -39,6 +55,7 @@ impl fmt::Debug for Credentials {
             .field("device_id", &self.device_id)
             .field("tenant_id", &self.tenant_id)
             .field("device_credential", &"<redacted>")
+            .field("insecure_http", &self.insecure_http)
             .finish()
     }
 }
@@ -54,6 +71,8 @@ pub enum CredentialsError {
         "{path} is larger than {MAX_FILE_BYTES} bytes; it is not a Backlight credentials file"
     )]
     TooLarge { path: PathBuf },
+    #[error("{source}")]
+    NotPrivate { path: PathBuf, source: io::Error },
     #[error("{path} is damaged ({source}); enroll again with --force")]
     Malformed {
         path: PathBuf,
@@ -74,6 +93,10 @@ pub fn load(dir: &Path) -> Result<Option<Credentials>, CredentialsError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(CredentialsError::Read { path, source }),
     };
+    crate::private_file::check(&path, &file).map_err(|source| CredentialsError::NotPrivate {
+        path: path.clone(),
+        source,
+    })?;
     let mut text = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut text)
@@ -114,6 +137,11 @@ pub fn store(dir: &Path, credentials: &Credentials) -> Result<(), CredentialsErr
         options.mode(0o600);
     }
     let mut file = options.open(&temporary).map_err(write_error)?;
+    #[cfg(windows)]
+    {
+        use crate::platform::windows::acl::{restrict_to_current_user, Target};
+        restrict_to_current_user(&temporary, Target::File).map_err(write_error)?;
+    }
     file.write_all(&json).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     drop(file);
@@ -136,6 +164,7 @@ mod tests {
             device_id: Uuid::new_v4(),
             tenant_id: "acme".into(),
             device_credential: format!("bld_1a_{}", "b".repeat(64)),
+            insecure_http: false,
         }
     }
 
@@ -155,10 +184,32 @@ mod tests {
         assert!(!format!("{creds:?}").contains("bbbb"));
     }
 
+    /// Issue 10: a credentials file others can read may have leaked; one others can write may
+    /// point the agent at another server. Neither is trusted.
+    #[cfg(unix)]
+    #[test]
+    fn file_open_to_other_users_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path(), &sample()).unwrap();
+        for mode in [0o644, 0o620, 0o606] {
+            fs::set_permissions(path(dir.path()), fs::Permissions::from_mode(mode)).unwrap();
+            let error = load(dir.path()).unwrap_err().to_string();
+            assert!(error.contains("chmod 600"), "{mode:o}: {error}");
+        }
+        fs::set_permissions(path(dir.path()), fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load(dir.path()).unwrap().is_some());
+    }
+
     #[test]
     fn damaged_file_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(path(dir.path()), b"{ not json").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path(dir.path()), fs::Permissions::from_mode(0o600)).unwrap();
+        }
         assert!(matches!(
             load(dir.path()),
             Err(CredentialsError::Malformed { .. })

@@ -1,6 +1,7 @@
 //! Enrollment: exchanges an enrollment key for this device's credential and stores it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use backlight_shared::api::{EnrollRequest, EnrollResponse, ENROLL_PATH};
 use backlight_shared::credential::{SecretKind, Token, TokenError};
@@ -10,7 +11,13 @@ use uuid::Uuid;
 use crate::credentials::{self, Credentials, CredentialsError};
 use crate::data_dir;
 use crate::http::{self, error_message, read_body_capped, InvalidServerUrl, MAX_RESPONSE_BYTES};
+use crate::upload::parse_retry_after;
 use crate::AGENT_VERSION;
+
+/// How long enrollment keeps retrying while the server answers 429 or 503 with `Retry-After`.
+const MAX_BUSY_WAIT: Duration = Duration::from_secs(300);
+/// Longest single wait between those retries.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 
 /// What `backlight-agent enroll` was asked to do.
 #[derive(Debug, Clone)]
@@ -19,6 +26,8 @@ pub struct EnrollOptions {
     pub enrollment_key: String,
     /// Replace an existing enrollment.
     pub force: bool,
+    /// Allow plain `http://` to a server that is not on this computer (labs only).
+    pub insecure_http: bool,
 }
 
 /// Enrollment failed.
@@ -49,7 +58,12 @@ pub enum EnrollError {
 
 /// Enrolls this device with the server and stores the credential in `data_dir`.
 pub async fn enroll(data_dir: &Path, options: &EnrollOptions) -> Result<Credentials, EnrollError> {
-    let url = http::endpoint(&options.server_url, ENROLL_PATH)?;
+    let plain_http = if options.insecure_http {
+        http::PlainHttp::Anywhere
+    } else {
+        http::PlainHttp::LoopbackOnly
+    };
+    let url = http::endpoint_with(&options.server_url, ENROLL_PATH, plain_http)?;
     let key = Token::parse_kind(&options.enrollment_key, SecretKind::Enrollment)
         .map_err(EnrollError::InvalidKey)?;
     if !options.force {
@@ -64,8 +78,8 @@ pub async fn enroll(data_dir: &Path, options: &EnrollOptions) -> Result<Credenti
         path: data_dir.to_path_buf(),
         source,
     })?;
-    if url.scheme() == "http" {
-        tracing::warn!(%url, "enrolling over plain HTTP: the credential travels unencrypted");
+    if options.insecure_http && url.scheme() == "http" {
+        tracing::warn!(%url, "enrolling over plain HTTP (--insecure-http): the credential travels unencrypted");
     }
 
     let request = EnrollRequest {
@@ -77,16 +91,42 @@ pub async fn enroll(data_dir: &Path, options: &EnrollOptions) -> Result<Credenti
         os: std::env::consts::OS.to_string(),
     };
     let client = http::client().map_err(EnrollError::Client)?;
-    let mut response = client
-        .post(url)
-        .json(&request)
-        .send()
-        .await
-        .map_err(EnrollError::Request)?;
-    let status = response.status();
-    let body = read_body_capped(&mut response, MAX_RESPONSE_BYTES)
-        .await
-        .map_err(EnrollError::Request)?;
+    let started = std::time::Instant::now();
+    let (status, body) = loop {
+        let mut response = client
+            .post(url.clone())
+            .json(&request)
+            .send()
+            .await
+            .map_err(EnrollError::Request)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let body = read_body_capped(&mut response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(EnrollError::Request)?;
+        // The server is busy (a rollout enrolling many desktops at once hits its rate limit):
+        // wait as long as it says, for a while, instead of failing the installation.
+        let busy = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        match retry_after {
+            Some(wait) if busy && started.elapsed() + wait <= MAX_BUSY_WAIT => {
+                let wait = wait.clamp(Duration::from_secs(1), MAX_RETRY_WAIT);
+                tracing::warn!(
+                    %status,
+                    wait_s = wait.as_secs(),
+                    "the server is busy; enrolling again in a moment"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            _ => break (status, body),
+        }
+    };
     if status != StatusCode::OK {
         return Err(EnrollError::Refused {
             status,
@@ -99,6 +139,7 @@ pub async fn enroll(data_dir: &Path, options: &EnrollOptions) -> Result<Credenti
         device_id: answer.device_id,
         tenant_id: answer.tenant_id,
         device_credential: answer.device_credential,
+        insecure_http: options.insecure_http,
     };
     credentials::store(data_dir, &stored)?;
     Ok(stored)

@@ -43,9 +43,40 @@ pub fn client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// The URL of `path` (e.g. `/v1/ingest`) on the server at `base`. A base with a path prefix
-/// (`https://host/backlight/`) keeps it.
+/// Whether plain `http://` may be used for a server that is not on this computer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PlainHttp {
+    /// `http://` only to a loopback address (`127.0.0.1`, `::1`, `localhost`): the device
+    /// credential and the record of someone's work never cross a network unencrypted.
+    #[default]
+    LoopbackOnly,
+    /// `http://` to any host: for a lab without TLS, chosen explicitly (`enroll --insecure-http`).
+    Anywhere,
+}
+
+fn is_this_computer(url: &Url) -> bool {
+    url.host_str().is_some_and(|host| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
+/// The URL of `path` (e.g. `/v1/ingest`) on the server at `base`, over HTTPS unless the server
+/// is on this computer. A base with a path prefix (`https://host/backlight/`) keeps it.
 pub fn endpoint(base: &str, path: &str) -> Result<Url, InvalidServerUrl> {
+    endpoint_with(base, path, PlainHttp::LoopbackOnly)
+}
+
+/// [`endpoint`], with plain HTTP allowed as `plain_http` says.
+pub fn endpoint_with(
+    base: &str,
+    path: &str,
+    plain_http: PlainHttp,
+) -> Result<Url, InvalidServerUrl> {
     let invalid = |reason: String| InvalidServerUrl {
         url: base.to_string(),
         reason,
@@ -53,6 +84,17 @@ pub fn endpoint(base: &str, path: &str) -> Result<Url, InvalidServerUrl> {
     let parsed = Url::parse(base.trim()).map_err(|e| invalid(e.to_string()))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid("the scheme must be http or https".into()));
+    }
+    if parsed.scheme() == "http"
+        && plain_http == PlainHttp::LoopbackOnly
+        && !is_this_computer(&parsed)
+    {
+        return Err(invalid(
+            "plain http:// is allowed only for a server on this computer: the device credential \
+             and the recorded work would cross the network unencrypted. Use https:// (or, in a \
+             lab, enroll with --insecure-http)"
+                .into(),
+        ));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(invalid("a server URL has no query or fragment".into()));
@@ -99,7 +141,7 @@ pub fn error_body(body: &[u8]) -> Option<ErrorBody> {
 /// status (a proxy or load balancer answered, not our server).
 pub fn error_message(status: StatusCode, body: &[u8]) -> String {
     match error_body(body) {
-        Some(error) => error.message,
+        Some(error) => crate::terminal::printable(&error.message).into_owned(),
         None => format!("HTTP {status} without a Backlight error body"),
     }
 }
@@ -123,6 +165,23 @@ mod tests {
         assert!(endpoint("ftp://h.example", "/v1/ingest").is_err());
         assert!(endpoint("not a url", "/v1/ingest").is_err());
         assert!(endpoint("https://h.example/?x=1", "/v1/ingest").is_err());
+    }
+
+    /// Issue 10: the device credential must not cross a network in clear text. Plain HTTP is
+    /// for a server on this computer only.
+    #[test]
+    fn plain_http_only_to_this_computer() {
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080/",
+            "http://[::1]:1",
+        ] {
+            assert!(endpoint(local, "/v1/ingest").is_ok(), "{local}");
+        }
+        let refused = endpoint("http://backlight.example", "/v1/ingest").unwrap_err();
+        assert!(refused.to_string().contains("https"), "{refused}");
+        assert!(endpoint("http://10.1.2.3:8080", "/v1/ingest").is_err());
+        assert!(endpoint("https://backlight.example", "/v1/ingest").is_ok());
     }
 
     #[test]

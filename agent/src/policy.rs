@@ -5,8 +5,10 @@
 //!   restart), or [`Policy::default`] before the first fetch ever succeeded.
 //! - [`poll`] asks `GET /v1/agent/policy` at start and then every interval, with
 //!   `If-None-Match`, so an unchanged policy costs a `304`.
-//! - A new policy is applied only if it parses and passes [`Policy::validate`]; otherwise it is
-//!   refused (logged once per server ETag, and `status` shows why) and the previous one stays.
+//! - A new policy is applied only if it parses and passes [`Policy::validate`], and only if the
+//!   employee's consent still covers it ([`consent_still_covers`]: a wider policy needs a new
+//!   version, which asks again); otherwise it is refused (logged once per server ETag, and
+//!   `status` shows why) and the previous one stays.
 //! - Applied policies reach the desktop source through a [`watch`] channel: sampling interval,
 //!   privacy, rules and the consent version change on the fly.
 
@@ -14,13 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backlight_shared::policy::{Policy, POLICY_PATH};
+use backlight_shared::policy_change;
 use reqwest::header::{ETAG, IF_NONE_MATCH};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::credentials::Credentials;
-use crate::http::{endpoint, error_chain, error_message, read_body_capped, InvalidServerUrl};
+use crate::http::{endpoint_with, error_chain, error_message, read_body_capped, InvalidServerUrl};
 use crate::spool::{Note, Spool, SpoolError};
 
 /// Largest policy body read. The protocol's limits (200 rules, 600 patterns of up to 1,000
@@ -130,7 +133,11 @@ impl Fetcher {
     ) -> Result<Fetcher, InvalidServerUrl> {
         Ok(Fetcher {
             http,
-            url: endpoint(&credentials.server_url, POLICY_PATH)?,
+            url: endpoint_with(
+                &credentials.server_url,
+                POLICY_PATH,
+                credentials.plain_http(),
+            )?,
             credential: credentials.device_credential.clone(),
             etag: current.etag.clone(),
         })
@@ -187,13 +194,62 @@ impl Fetcher {
     }
 }
 
-/// Applies one fetch result: caches and publishes a new policy, records a refusal. Network
-/// trouble changes nothing (the agent keeps its policy while offline).
+/// Whether `next` may replace `in_force` without the employee being asked again: its version
+/// never goes down, and under the same version it neither changes the notice nor records more
+/// ([`policy_change::widenings`]). A higher version always may: the consent gate then asks.
+/// The server enforces the same when a policy is saved; this keeps a bypassed server or a
+/// database edited by hand from widening capture under an old consent.
+///
+/// The built-in default (before any fetch) is a placeholder whose notice text depends on the
+/// agent's release; the server's first policy may reword it under version 1, but not widen it.
+pub fn consent_still_covers(in_force: &ActivePolicy, next: &Policy) -> Result<(), String> {
+    let placeholder = in_force.origin == Origin::Default;
+    let in_force = &in_force.policy;
+    if next.version < in_force.version {
+        return Err(format!(
+            "its version {} is lower than the version {} in force",
+            next.version, in_force.version
+        ));
+    }
+    if next.version > in_force.version {
+        return Ok(());
+    }
+    if next.notice != in_force.notice && !placeholder {
+        return Err(format!(
+            "it changes the notice of version {} without a new version",
+            next.version
+        ));
+    }
+    let widened = policy_change::widenings(in_force, next);
+    if !widened.is_empty() {
+        return Err(format!(
+            "it records more than version {} in force ({}) without a new version, so you \
+             would not be asked again",
+            in_force.version,
+            widened.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+/// Applies one fetch result: caches and publishes a new policy, records a refusal (also of a
+/// policy [`consent_still_covers`] rejects). Network trouble changes nothing (the agent keeps
+/// its policy while offline).
 pub async fn apply(
     result: Result<Fetched, FetchError>,
     spool: &Spool,
     policy: &watch::Sender<Arc<ActivePolicy>>,
 ) -> Result<(), SpoolError> {
+    let result = match result {
+        Ok(Fetched::New(new)) => {
+            let in_force = Arc::clone(&policy.borrow());
+            match consent_still_covers(&in_force, &new.policy) {
+                Ok(()) => Ok(Fetched::New(new)),
+                Err(reason) => Err(FetchError::Refused(reason)),
+            }
+        }
+        other => other,
+    };
     match result {
         Ok(Fetched::Unchanged) => {}
         Ok(Fetched::New(new)) => {
@@ -249,5 +305,59 @@ pub async fn poll(
             _ = shutdown.changed() => return Ok(()),
         };
         apply(result, &spool, &policy).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::SpoolConfig;
+
+    fn policy(version: u32, private_titles: &[&str]) -> ActivePolicy {
+        ActivePolicy {
+            policy: Policy {
+                version,
+                private_titles: private_titles.iter().map(|p| p.to_string()).collect(),
+                ..Policy::default()
+            },
+            etag: Some(format!("\"{version}-{}\"", private_titles.len())),
+            origin: Origin::Server,
+        }
+    }
+
+    /// Issue 10: a server (or a database edited by hand) could widen what is recorded under the
+    /// version the employee consented to, and the agent applied it without asking again.
+    #[tokio::test]
+    async fn a_wider_policy_without_a_new_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool"), SpoolConfig::default()).unwrap();
+        let (tx, rx) = watch::channel(Arc::new(policy(2, &["(?i)bank"])));
+
+        let wider = policy(2, &[]);
+        apply(Ok(Fetched::New(Box::new(wider))), &spool, &tx)
+            .await
+            .unwrap();
+        assert_eq!(rx.borrow().policy.private_titles, vec!["(?i)bank"]);
+        let reason = spool.note(Note::PolicyError).await.unwrap().unwrap();
+        assert!(reason.contains("private_titles"), "{reason}");
+
+        let older = policy(1, &["(?i)bank"]);
+        apply(Ok(Fetched::New(Box::new(older))), &spool, &tx)
+            .await
+            .unwrap();
+        assert_eq!(rx.borrow().policy.version, 2, "a version never goes down");
+
+        // Narrower under the same version, or wider under a new one (asks again): applied.
+        let narrower = policy(2, &["(?i)bank", "(?i)health"]);
+        apply(Ok(Fetched::New(Box::new(narrower))), &spool, &tx)
+            .await
+            .unwrap();
+        assert_eq!(rx.borrow().policy.private_titles.len(), 2);
+        assert_eq!(spool.note(Note::PolicyError).await.unwrap(), None);
+        apply(Ok(Fetched::New(Box::new(policy(3, &[])))), &spool, &tx)
+            .await
+            .unwrap();
+        assert_eq!(rx.borrow().policy.version, 3);
+        spool.close().await;
     }
 }

@@ -17,7 +17,7 @@
 
 use backlight_shared::batch::limits;
 use backlight_shared::policy::{compile, Policy, TitlePolicy};
-use backlight_shared::validate::ValidationError;
+use backlight_shared::validate::{clean, ValidationError};
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
@@ -110,20 +110,6 @@ pub fn hash_title(salt: &str, title: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// `text` with control characters replaced by spaces, cut to at most `max` bytes at a
-/// character boundary.
-pub fn clean(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max));
-    for c in text.chars() {
-        let c = if c.is_control() { ' ' } else { c };
-        if out.len() + c.len_utf8() > max {
-            break;
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +118,7 @@ mod tests {
         Focus {
             app: app.into(),
             process: None,
+            product: None,
             title: title.into(),
             window: 1,
         }

@@ -27,11 +27,9 @@ use std::collections::{HashSet, VecDeque};
 use backlight_shared::batch::limits;
 use backlight_shared::event::{ItemAction, ItemSource, WorkItemEvent};
 use backlight_shared::policy::{compile, ItemRule, Policy};
-use backlight_shared::validate::ValidationError;
+use backlight_shared::validate::{clean, ValidationError};
 use backlight_shared::UnixMillis;
 use regex::Regex;
-
-use crate::privacy::clean;
 
 /// Most windows watched for closing (rules with `complete_on_close`).
 pub const MAX_WATCHED_WINDOWS: usize = 64;

@@ -2,7 +2,7 @@
 //! binary against a small fake server on a free loopback port.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,13 +25,32 @@ const REVOKED_KEY: &str = "ble_2_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 const DEVICE_CREDENTIAL: &str =
     "bld_3_cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
+/// A key the fake answers `429 Retry-After: 1` the first time (a server over its rate limit).
+const BUSY_KEY: &str = "ble_4_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
 #[derive(Default)]
 struct Fake {
     events: Mutex<Vec<Event>>,
     enrollments: Mutex<Vec<EnrollRequest>>,
+    busy_answered: Mutex<bool>,
 }
 
 async fn enroll(State(fake): State<Arc<Fake>>, Json(request): Json<EnrollRequest>) -> Response {
+    if request.enrollment_key == BUSY_KEY
+        && !std::mem::replace(&mut *fake.busy_answered.lock().unwrap(), true)
+    {
+        let body = ErrorBody {
+            error: "rate_limited".into(),
+            message: "too many enrollment attempts on this server".into(),
+            field: None,
+        };
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            Json(body),
+        )
+            .into_response();
+    }
     if request.enrollment_key == REVOKED_KEY {
         let body = ErrorBody {
             error: "forbidden".into(),
@@ -243,6 +262,43 @@ fn enroll_prints_the_servers_refusal() {
 }
 
 #[test]
+fn enroll_waits_out_a_busy_server() {
+    let (url, fake) = start_server();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = output(dir.path(), &["enroll", "--server", &url, "--key", BUSY_KEY]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it did not wait"
+    );
+    assert_eq!(fake.enrollments.lock().unwrap().len(), 1);
+    assert!(stderr(&out).contains("busy"), "{}", stderr(&out));
+}
+
+#[test]
+fn enroll_refuses_plain_http_to_another_computer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        dir.path(),
+        &[
+            "enroll",
+            "--server",
+            "http://backlight.example:8080",
+            "--key",
+            KEY,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("plain http:// is allowed only for a server on this computer"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("credentials.json").exists());
+}
+
+#[test]
 fn run_requires_enrollment() {
     let dir = tempfile::tempdir().unwrap();
     let out = output(dir.path(), &["run", "--exit-when-drained"]);
@@ -253,6 +309,8 @@ fn run_requires_enrollment() {
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_run_cleanly_and_status_works_meanwhile() {
+    use std::process::Stdio;
+
     let (url, fake) = start_server();
     let dir = tempfile::tempdir().unwrap();
     assert!(

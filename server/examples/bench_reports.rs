@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use backlight_server::clickhouse::embedded::ClickHouseProcess;
+use backlight_server::clickhouse::embedded::{self, ClickHouseProcess};
 use backlight_server::clickhouse::ClickHouseConfig;
 use backlight_server::http::{router, AppState};
 use backlight_server::ingest::writer::{IngestWriter, WriterConfig};
@@ -37,17 +37,26 @@ async fn main() -> anyhow::Result<()> {
     let per_device = spans / DEVICES;
     let per_day = per_device / 30;
     let dir = tempfile::tempdir()?;
-    // BENCH_CLICKHOUSE_URL: use a running ClickHouse (kept afterwards, for looking into it).
+    // BENCH_CLICKHOUSE_URL (with BENCH_CLICKHOUSE_USER and BENCH_CLICKHOUSE_PASSWORD when it
+    // needs them): use a running ClickHouse (kept afterwards, for looking into it).
     let external = std::env::var("BENCH_CLICKHOUSE_URL").ok();
     let clickhouse = match external {
         Some(_) => None,
         None => Some(ClickHouseProcess::start(dir.path(), None).await?),
     };
-    let config = ClickHouseConfig {
-        url: external.unwrap_or_else(|| clickhouse.as_ref().map(|c| c.url()).unwrap_or_default()),
-        database: "bench".into(),
-        user: None,
-        password: None,
+    let config = match &clickhouse {
+        Some(process) => ClickHouseConfig {
+            url: process.url(),
+            database: "bench".into(),
+            user: Some(embedded::USER.into()),
+            password: Some(process.password().into()),
+        },
+        None => ClickHouseConfig {
+            url: external.clone().unwrap_or_default(),
+            database: "bench".into(),
+            user: std::env::var("BENCH_CLICKHOUSE_USER").ok(),
+            password: std::env::var("BENCH_CLICKHOUSE_PASSWORD").ok(),
+        },
     };
     let store = Store::open(&config).await?;
     let client = store.client().clone();
@@ -110,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         tenant: "acme".into(),
         from_ms: from,
         to_ms: to,
-        tz: "Europe/Berlin".into(),
+        tz: "Europe/Berlin".parse().expect("a zone name"),
         group_by: backlight_server::reports::GroupBy::Team,
         devices: None,
         queue: None,

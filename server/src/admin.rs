@@ -11,9 +11,12 @@ use crate::cli::{
     TenantCommand, WebhookArgs, WebhookCommand,
 };
 use crate::launch;
-use crate::storage::events::{self, DeviceProgress};
+use crate::storage::audit::{AuditEntry, AuditLog};
+use crate::storage::events::{self, DeviceProgress, DeviceSession};
 use crate::storage::policies::{self, PolicyError};
+use crate::storage::registry::NewEnrollmentKey;
 use crate::storage::Store;
+use crate::tenancy::TenantId;
 
 pub async fn run(
     storage: StorageArgs,
@@ -42,6 +45,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             registry
                 .create_tenant(&id, name.as_deref().unwrap_or(id.as_str()))
                 .await?;
+            audit(store, &id, "tenant_create", id.as_str()).await?;
             println!("created tenant {id}");
         }
         AdminCommand::Tenant(TenantCommand::List) => {
@@ -60,6 +64,12 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             show_person_names,
             time_zone,
         }) => {
+            let target = format!(
+                "show_person_names={} time_zone={}",
+                show_person_names.map_or("unchanged".to_string(), |v| v.to_string()),
+                time_zone.as_deref().unwrap_or("unchanged")
+            );
+            audit(store, &id, "tenant_settings", &target).await?;
             let settings = registry
                 .update_settings(&id, show_person_names, time_zone.as_deref())
                 .await?;
@@ -72,12 +82,30 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Create {
             tenant,
             expires_in,
+            max_uses,
             note,
         }) => {
-            let expires_ms = expires_in.map(|d| now_ms() + d.as_millis() as u64);
+            let expires_ms = now_ms().saturating_add(expires_in.as_millis() as u64);
             let token = registry
-                .create_enrollment_key(&tenant, expires_ms, &note)
+                .create_enrollment_key_with(
+                    &tenant,
+                    NewEnrollmentKey {
+                        expires_ms: Some(expires_ms),
+                        max_uses,
+                        note: &note,
+                    },
+                )
                 .await?;
+            let target = format!(
+                "{} expires {} max_uses {}",
+                token.id,
+                format_ms(expires_ms),
+                max_uses.map_or("unlimited".to_string(), |n| n.to_string())
+            );
+            if let Err(e) = audit(store, &tenant, "enrollment_key_create", &target).await {
+                registry.revoke_enrollment_key(&tenant, &token.id).await?;
+                return Err(e.context("the new key was revoked again"));
+            }
             eprintln!(
                 "enrollment key {} for tenant {tenant} (shown once; store it safely):",
                 token.id
@@ -86,38 +114,51 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::List { tenant }) => {
             println!(
-                "{:<18} {:<8} {:<24} {:<24} NOTE",
-                "KEY ID", "STATE", "CREATED", "EXPIRES"
+                "{:<18} {:<8} {:<24} {:<24} {:<11} NOTE",
+                "KEY ID", "STATE", "CREATED", "EXPIRES", "USES"
             );
             for k in registry.enrollment_keys(&tenant).await? {
-                let state = k.unusable_reason(now_ms()).map_or("active", |_| {
-                    if k.revoked != 0 {
-                        "revoked"
-                    } else {
-                        "expired"
-                    }
-                });
+                let used = registry.enrollment_key_uses(&k.key_id).await?;
+                let limit = registry.enrollment_key_limit(&k.key_id).await?;
+                let uses = match limit {
+                    Some(max) => format!("{used}/{max}"),
+                    None => used.to_string(),
+                };
+                let state = match k.unusable_reason(now_ms()) {
+                    Some(_) if k.revoked != 0 => "revoked",
+                    Some(_) => "expired",
+                    None if limit.is_some_and(|max| used >= u64::from(max)) => "used-up",
+                    None => "active",
+                };
                 let expires = if k.expires_ms == 0 {
                     "never".to_string()
                 } else {
                     format_ms(k.expires_ms)
                 };
                 println!(
-                    "{:<18} {:<8} {:<24} {:<24} {}",
+                    "{:<18} {:<8} {:<24} {:<24} {:<11} {}",
                     k.key_id,
                     state,
                     format_ms(k.created_ms),
                     expires,
+                    uses,
                     k.note
                 );
             }
         }
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Revoke { tenant, key_id }) => {
+            audit(store, &tenant, "enrollment_key_revoke", &key_id).await?;
             registry.revoke_enrollment_key(&tenant, &key_id).await?;
             println!("revoked enrollment key {key_id}");
         }
         AdminCommand::ApiKey(ApiKeyCommand::Create { tenant, role, name }) => {
             let token = registry.create_api_key(&tenant, role, &name).await?;
+            let target = format!("{} role={role} name={name:?}", token.id);
+            if let Err(e) = audit(store, &tenant, "api_key_create", &target).await {
+                // A key nobody can trace back is not handed out.
+                registry.revoke_api_key(&tenant, &token.id).await?;
+                return Err(e.context("the new key was revoked again"));
+            }
             eprintln!(
                 "API key {} ({role}) for tenant {tenant} (shown once; store it safely):",
                 token.id
@@ -142,6 +183,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::ApiKey(ApiKeyCommand::Revoke { tenant, key_id }) => {
+            audit(store, &tenant, "api_key_revoke", &key_id).await?;
             registry.revoke_api_key(&tenant, &key_id).await?;
             println!("revoked API key {key_id}");
         }
@@ -153,15 +195,26 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                     .into_iter()
                     .map(|p| (p.device_id, p))
                     .collect();
+            let sessions: HashMap<_, DeviceSession> =
+                events::device_sessions(store.client(), tenant.as_str())
+                    .await?
+                    .into_iter()
+                    .map(|s| (s.device_id, s))
+                    .collect();
             if json {
                 let rows: Vec<_> = devices
                     .iter()
                     .map(|d| {
                         let p = progress.get(&d.device_id);
+                        let session = sessions.get(&d.device_id);
                         serde_json::json!({
                             "device_id": d.device_id,
                             "hostname": d.hostname,
                             "os": d.os,
+                            "session": session.map(|s| s.session.as_str()),
+                            "session_client": session
+                                .map(|s| s.session_client.as_str())
+                                .filter(|c| !c.is_empty()),
                             "agent_version": d.agent_version,
                             "enrolled_ms": d.enrolled_ms,
                             "revoked": d.revoked != 0,
@@ -175,16 +228,22 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<36} {:<20} {:<8} {:>10} {:>10} {:>8} LAST SEEN",
-                    "DEVICE", "HOSTNAME", "STATE", "MAX SEQ", "RECEIVED", "MISSING"
+                    "{:<36} {:<20} {:<8} {:<20} {:>10} {:>10} {:>8} LAST SEEN",
+                    "DEVICE", "HOSTNAME", "STATE", "SESSION", "MAX SEQ", "RECEIVED", "MISSING"
                 );
                 for d in devices {
                     let p = progress.get(&d.device_id);
+                    let session = match sessions.get(&d.device_id) {
+                        None => "-".to_string(),
+                        Some(s) if s.session_client.is_empty() => s.session.clone(),
+                        Some(s) => format!("{} ({})", s.session, s.session_client),
+                    };
                     println!(
-                        "{:<36} {:<20} {:<8} {:>10} {:>10} {:>8} {}",
+                        "{:<36} {:<20} {:<8} {:<20} {:>10} {:>10} {:>8} {}",
                         d.device_id,
                         d.hostname,
                         if d.revoked != 0 { "revoked" } else { "active" },
+                        session,
                         p.map_or(0, |p| p.max_seq),
                         p.map_or(0, |p| p.received),
                         p.map_or(0, |p| p.missing),
@@ -199,6 +258,11 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             team,
             person,
         }) => {
+            let target = format!(
+                "{device_id} team={team:?} person set={}",
+                !person.is_empty()
+            );
+            audit(store, &tenant, "device_assign", &target).await?;
             registry
                 .assign_device(&tenant, device_id, &team, &person)
                 .await?;
@@ -222,16 +286,35 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             };
             let policy = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a valid policy", file.display()))?;
-            match policies::save(store.client(), &tenant, &policy, "admin-cli").await {
-                Ok(stored) => println!(
-                    "saved policy version {} for tenant {tenant} ({})",
-                    stored.policy.version, stored.etag
-                ),
+            let change = match policies::prepare(store.client(), &tenant, policy).await {
+                Ok(change) => change,
                 Err(PolicyError::Invalid(e)) => anyhow::bail!("policy refused: {e}"),
                 Err(PolicyError::ClickHouse(e)) => return Err(e.into()),
+            };
+            let summary = change.summary();
+            audit(store, &tenant, "policy_save", &summary).await?;
+            let stored = policies::save(store.client(), &change, &cli_actor())
+                .await
+                .map_err(|e| anyhow::anyhow!("saving the policy failed: {e}"))?;
+            println!(
+                "saved policy version {} for tenant {tenant} ({}): {summary}",
+                stored.policy.version, stored.etag
+            );
+        }
+        AdminCommand::Policy(PolicyCommand::History { tenant }) => {
+            println!("{:<24} {:>7} {:<40} CHANGES", "SAVED", "VERSION", "BY");
+            for h in policies::history(store.client(), &tenant).await? {
+                println!(
+                    "{:<24} {:>7} {:<40} {}",
+                    format_ms(h.saved_ms),
+                    h.version,
+                    h.saved_by,
+                    h.changes
+                );
             }
         }
         AdminCommand::Device(DeviceCommand::Revoke { tenant, device_id }) => {
+            audit(store, &tenant, "device_revoke", &device_id.to_string()).await?;
             registry.revoke_device(&tenant, device_id).await?;
             println!("revoked device {device_id}; its uploads are refused from now on");
         }
@@ -346,6 +429,37 @@ async fn webhook(store: &Store, args: &WebhookArgs, command: WebhookCommand) -> 
         }
     }
     Ok(())
+}
+
+/// Who runs this command, for the audit log: the operating-system user (the command line has
+/// no API key; whoever can reach ClickHouse with the data directory or its password can run it).
+fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn cli_actor() -> String {
+    format!("admin-cli:{}", os_user())
+}
+
+/// Records an administrative change in the tenant's audit log before it is made; a change that
+/// cannot be audited is not made.
+async fn audit(store: &Store, tenant: &TenantId, action: &str, target: &str) -> anyhow::Result<()> {
+    let log = AuditLog::new(store.client().clone());
+    log.record(AuditEntry {
+        tenant_id: tenant.to_string(),
+        key_id: "admin-cli".to_string(),
+        key_name: os_user(),
+        role: "admin-cli".to_string(),
+        action: action.to_string(),
+        target: target.to_string(),
+        outcome: "ok".to_string(),
+    })?;
+    log.flush()
+        .await
+        .context("writing the audit log (the change was not made)")
 }
 
 /// Milliseconds since the epoch as an RFC 3339 UTC timestamp (second precision).

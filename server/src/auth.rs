@@ -26,7 +26,8 @@ use crate::clickhouse::ClickHouseError;
 use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::secrets;
-use crate::storage::registry::{ApiKeyRow, DeviceRow, Registry};
+use crate::storage::audit::AuditEntry;
+use crate::storage::registry::{ApiKeyRow, DeviceAuthRow, Registry};
 use crate::tenancy::{Role, TenantId};
 
 /// Most cached API keys or unknown device ids; beyond it that cache is cleared (simple, bounded).
@@ -113,7 +114,15 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// Devices kept in one server's directory by default (see [`DeviceAuthenticator`]).
+pub const DEFAULT_DEVICE_DIRECTORY_SIZE: usize = 100_000;
+
 /// Authenticates devices for ingest.
+///
+/// The directory holds what authentication needs of at most `capacity` devices (about 150
+/// bytes each); when it is full the least recently used eighth is dropped, and a device not in
+/// it is looked up on its own (and then kept). Refreshes stream the changed rows, so neither
+/// a large fleet nor a mass re-enrollment makes a server hold more than `capacity` devices.
 #[derive(Clone)]
 pub struct DeviceAuthenticator {
     registry: Registry,
@@ -123,15 +132,95 @@ pub struct DeviceAuthenticator {
     refreshing: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// What authentication needs of a device.
+#[derive(Debug, Clone)]
+struct KnownDevice {
+    /// Shared by all devices of a tenant.
+    tenant_id: Arc<str>,
+    secret_hash: Box<str>,
+    revoked: bool,
+    /// For choosing what to drop when the directory is full.
+    last_used: Instant,
+}
+
 /// What this server knows of the devices, and how fresh that is.
-#[derive(Default)]
 struct DeviceDirectory {
-    devices: HashMap<Uuid, DeviceRow>,
+    capacity: usize,
+    devices: HashMap<Uuid, KnownDevice>,
+    /// One copy of each tenant id, for [`KnownDevice::tenant_id`].
+    tenants: HashMap<String, Arc<str>>,
     /// Device ids recently looked up and not found, with when.
     unknown: HashMap<Uuid, Instant>,
     refreshed_at: Option<Instant>,
     /// The newest `updated_ms` seen; the next refresh asks for rows changed since then.
     high_water_ms: u64,
+}
+
+impl DeviceDirectory {
+    fn new(capacity: usize) -> DeviceDirectory {
+        DeviceDirectory {
+            capacity: capacity.max(1),
+            devices: HashMap::new(),
+            tenants: HashMap::new(),
+            unknown: HashMap::new(),
+            refreshed_at: None,
+            high_water_ms: 0,
+        }
+    }
+
+    fn known(&mut self, row: &DeviceAuthRow) -> KnownDevice {
+        if self.tenants.len() >= MAX_CACHED {
+            self.tenants.clear();
+        }
+        let tenant_id = self
+            .tenants
+            .entry(row.tenant_id.clone())
+            .or_insert_with(|| Arc::from(row.tenant_id.as_str()))
+            .clone();
+        KnownDevice {
+            tenant_id,
+            secret_hash: row.secret_hash.clone().into_boxed_str(),
+            revoked: row.revoked != 0,
+            last_used: Instant::now(),
+        }
+    }
+
+    /// Applies a row read from ClickHouse: a device already here is updated (a revocation
+    /// must reach it); a new one is added while there is room, or when `make_room`.
+    fn apply(&mut self, row: &DeviceAuthRow, make_room: bool) {
+        self.high_water_ms = self.high_water_ms.max(row.updated_ms);
+        self.unknown.remove(&row.device_id);
+        if let Some(present) = self.devices.get(&row.device_id) {
+            let last_used = present.last_used;
+            let mut device = self.known(row);
+            device.last_used = last_used;
+            self.devices.insert(row.device_id, device);
+            return;
+        }
+        if self.devices.len() >= self.capacity {
+            if !make_room {
+                return;
+            }
+            self.evict();
+        }
+        let device = self.known(row);
+        self.devices.insert(row.device_id, device);
+    }
+
+    /// Drops the least recently used eighth of the devices.
+    fn evict(&mut self) {
+        let drop = (self.devices.len() / 8).max(1);
+        let mut ages: Vec<(Instant, Uuid)> = self
+            .devices
+            .iter()
+            .map(|(id, d)| (d.last_used, *id))
+            .collect();
+        ages.select_nth_unstable(drop - 1);
+        for (_, id) in &ages[..drop] {
+            self.devices.remove(id);
+        }
+        metrics::counter!("backlight_device_directory_evictions_total").increment(drop as u64);
+    }
 }
 
 /// How far back each refresh looks before the newest change it has seen. Versions are stamped
@@ -140,13 +229,28 @@ struct DeviceDirectory {
 const REFRESH_OVERLAP_MS: u64 = 10 * 60 * 1000;
 
 impl DeviceAuthenticator {
+    /// A directory of at most [`DEFAULT_DEVICE_DIRECTORY_SIZE`] devices.
     pub fn new(registry: Registry, ttl: Duration) -> DeviceAuthenticator {
+        DeviceAuthenticator::with_capacity(registry, ttl, DEFAULT_DEVICE_DIRECTORY_SIZE)
+    }
+
+    /// A directory of at most `capacity` devices.
+    pub fn with_capacity(
+        registry: Registry,
+        ttl: Duration,
+        capacity: usize,
+    ) -> DeviceAuthenticator {
         DeviceAuthenticator {
             registry,
             ttl,
-            directory: Arc::default(),
+            directory: Arc::new(Mutex::new(DeviceDirectory::new(capacity))),
             refreshing: Arc::default(),
         }
+    }
+
+    /// Devices in the directory now (for tests and metrics).
+    pub fn directory_len(&self) -> usize {
+        self.directory().devices.len()
     }
 
     /// Checks an `Authorization` header value.
@@ -161,12 +265,12 @@ impl DeviceAuthenticator {
             .await?
             .filter(|d| secrets::verify(&token, &d.secret_hash))
             .ok_or(AuthError::Unknown)?;
-        if device.revoked != 0 {
+        if device.revoked {
             return Err(AuthError::Revoked);
         }
         Ok(AuthenticatedDevice {
             device_id,
-            tenant_id: device.tenant_id,
+            tenant_id: device.tenant_id.to_string(),
         })
     }
 
@@ -181,13 +285,14 @@ impl DeviceAuthenticator {
             .is_some_and(|at| at.elapsed() < self.ttl)
     }
 
-    async fn device(&self, device_id: Uuid) -> Result<Option<DeviceRow>, ClickHouseError> {
+    async fn device(&self, device_id: Uuid) -> Result<Option<KnownDevice>, ClickHouseError> {
         if !self.is_fresh() {
             self.refresh().await?;
         }
         {
-            let directory = self.directory();
-            if let Some(device) = directory.devices.get(&device_id) {
+            let mut directory = self.directory();
+            if let Some(device) = directory.devices.get_mut(&device_id) {
+                device.last_used = Instant::now();
                 return Ok(Some(device.clone()));
             }
             let known_unknown = directory
@@ -198,21 +303,22 @@ impl DeviceAuthenticator {
                 return Ok(None);
             }
         }
-        // Not in the directory: perhaps enrolled since the last refresh.
-        let found = self.registry.device(device_id).await?;
+        // Not in the directory: enrolled since the last refresh, or dropped when it was full.
+        let found = self.registry.device_auth(device_id).await?;
         let mut directory = self.directory();
         match &found {
-            Some(device) => {
-                directory.devices.insert(device_id, device.clone());
+            Some(row) => {
+                directory.apply(row, true);
+                Ok(directory.devices.get(&device_id).cloned())
             }
             None => {
                 if directory.unknown.len() >= MAX_CACHED {
                     directory.unknown.clear();
                 }
                 directory.unknown.insert(device_id, Instant::now());
+                Ok(None)
             }
         }
-        Ok(found)
     }
 
     async fn refresh(&self) -> Result<(), ClickHouseError> {
@@ -224,14 +330,13 @@ impl DeviceAuthenticator {
             .directory()
             .high_water_ms
             .saturating_sub(REFRESH_OVERLAP_MS);
-        let changed = self.registry.devices_changed_since(since).await?;
+        // Streamed: a large change set never sits in memory whole.
+        self.registry
+            .devices_changed_since(since, |row| self.directory().apply(&row, false))
+            .await?;
         let mut directory = self.directory();
-        for device in changed {
-            directory.high_water_ms = directory.high_water_ms.max(device.updated_ms);
-            directory.unknown.remove(&device.device_id);
-            directory.devices.insert(device.device_id, device);
-        }
         directory.refreshed_at = Some(Instant::now());
+        metrics::gauge!("backlight_device_directory_size").set(directory.devices.len() as f64);
         Ok(())
     }
 }
@@ -315,5 +420,90 @@ impl FromRequestParts<AppState> for ApiCaller {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         Ok(state.api_keys.authenticate(authorization).await?)
+    }
+}
+
+// Here rather than in `storage::audit`, so storage does not depend on the HTTP layer's caller.
+impl AuditEntry {
+    /// An entry for what `caller` did.
+    pub fn by(
+        caller: &ApiCaller,
+        action: &str,
+        target: impl Into<String>,
+        outcome: &str,
+    ) -> AuditEntry {
+        AuditEntry {
+            tenant_id: caller.tenant.to_string(),
+            key_id: caller.key_id.clone(),
+            key_name: caller.key_name.clone(),
+            role: caller.role.as_str().to_string(),
+            action: action.to_string(),
+            target: target.into(),
+            outcome: outcome.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: u128, revoked: u8) -> DeviceAuthRow {
+        DeviceAuthRow {
+            device_id: Uuid::from_u128(n),
+            tenant_id: format!("t{}", n % 3),
+            secret_hash: "ab".repeat(32),
+            revoked,
+            updated_ms: 1_000 + n as u64,
+        }
+    }
+
+    /// Issue 10: every device of every tenant stayed in each server's directory forever.
+    #[test]
+    fn the_directory_never_holds_more_than_its_capacity() {
+        let mut directory = DeviceDirectory::new(8);
+        for n in 0..100 {
+            directory.apply(&row(n, 0), false);
+        }
+        assert_eq!(
+            directory.devices.len(),
+            8,
+            "a refresh fills it up to capacity only"
+        );
+        assert_eq!(directory.high_water_ms, 1_099, "but sees every change");
+        for n in 100..200 {
+            directory.apply(&row(n, 0), true);
+            assert!(directory.devices.len() <= 8);
+        }
+        assert!(directory.devices.contains_key(&Uuid::from_u128(199)));
+        assert_eq!(directory.tenants.len(), 3, "one copy per tenant id");
+    }
+
+    #[test]
+    fn a_revocation_reaches_a_device_in_the_directory_even_when_full() {
+        let mut directory = DeviceDirectory::new(2);
+        directory.apply(&row(1, 0), false);
+        directory.apply(&row(2, 0), false);
+        directory.apply(&row(1, 1), false);
+        assert!(directory.devices[&Uuid::from_u128(1)].revoked);
+    }
+
+    #[test]
+    fn the_least_recently_used_devices_go_first() {
+        let mut directory = DeviceDirectory::new(8);
+        for n in 0..8 {
+            directory.apply(&row(n, 0), false);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        for n in 1..8 {
+            directory
+                .devices
+                .get_mut(&Uuid::from_u128(n))
+                .unwrap()
+                .last_used = Instant::now();
+        }
+        directory.apply(&row(50, 0), true);
+        assert!(!directory.devices.contains_key(&Uuid::from_u128(0)));
+        assert!(directory.devices.contains_key(&Uuid::from_u128(50)));
     }
 }

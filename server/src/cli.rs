@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
+use crate::http::access_limits::AccessLimits;
 use crate::tenancy::{Role, TenantId};
 
 #[derive(Parser, Debug)]
@@ -128,8 +129,60 @@ pub struct ServeArgs {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "BACKLIGHT_LOG_JSON")]
     pub log_json: bool,
+    /// Requests per second one API key may send to this server (bursts up to twice that);
+    /// beyond it, 429 with Retry-After.
+    #[arg(long, env = "BACKLIGHT_API_KEY_RATE", default_value_t = AccessLimits::DEFAULT.api_key_rate, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_key_rate: u32,
+    /// Units of query work one API key may have running on this server at once (a lookup
+    /// costs 1, a search 8, a report 32); beyond it, 429 with Retry-After.
+    #[arg(long, env = "BACKLIGHT_API_KEY_MAX_IN_FLIGHT", default_value_t = AccessLimits::DEFAULT.api_key_max_in_flight, value_parser = clap::value_parser!(u32).range(32..))]
+    pub api_key_max_in_flight: u32,
+    /// Enrollment attempts per second this server accepts, all keys together (bursts up to
+    /// twice that).
+    #[arg(long, env = "BACKLIGHT_ENROLL_RATE", default_value_t = AccessLimits::DEFAULT.enroll_rate, value_parser = clap::value_parser!(u32).range(1..))]
+    pub enroll_rate: u32,
+    /// The bearer token Prometheus must send for /metrics (at least 16 characters; prefer the
+    /// environment variable). Without it /metrics is off.
+    #[arg(long, env = "BACKLIGHT_METRICS_TOKEN", hide_env_values = true, value_parser = parse_metrics_token)]
+    pub metrics_token: Option<String>,
+    /// Also show sequence gaps per device in /metrics (labels name tenants and devices; the
+    /// 1,000 devices with the most gaps). Off: only sums over all devices.
+    #[arg(long, env = "BACKLIGHT_METRICS_PER_DEVICE")]
+    pub metrics_per_device: bool,
+    /// How often sequence gaps for /metrics are computed at most (each time a scan of the
+    /// events table, in the background).
+    #[arg(long, env = "BACKLIGHT_METRICS_PROGRESS_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub metrics_progress_interval: Duration,
+    /// Devices whose credentials this server keeps in memory (about 150 bytes each); others
+    /// are looked up in ClickHouse when they call, and the least recently seen are dropped.
+    #[arg(long, env = "BACKLIGHT_DEVICE_DIRECTORY_SIZE", default_value_t = crate::auth::DEFAULT_DEVICE_DIRECTORY_SIZE, value_parser = parse_directory_size)]
+    pub device_directory_size: usize,
+    /// Enrollments per second one enrollment key may make on this server.
+    #[arg(long, env = "BACKLIGHT_ENROLL_KEY_RATE", default_value_t = AccessLimits::DEFAULT.enroll_key_rate, value_parser = clap::value_parser!(u32).range(1..))]
+    pub enroll_key_rate: u32,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+impl ServeArgs {
+    /// Who may read /metrics and what it shows.
+    pub fn metrics(&self) -> crate::telemetry::MetricsConfig {
+        crate::telemetry::MetricsConfig {
+            token: self.metrics_token.as_deref().map(std::sync::Arc::from),
+            per_device: self.metrics_per_device,
+            progress_interval: self.metrics_progress_interval,
+        }
+    }
+
+    /// The per-caller limits these arguments set.
+    pub fn access_limits(&self) -> AccessLimits {
+        AccessLimits {
+            api_key_rate: self.api_key_rate,
+            api_key_max_in_flight: self.api_key_max_in_flight,
+            enroll_rate: self.enroll_rate,
+            enroll_key_rate: self.enroll_key_rate,
+        }
+    }
 }
 
 /// What one client may take: connections, time, and its share of ingest. Every limit is
@@ -251,11 +304,17 @@ pub enum PolicyCommand {
         #[arg(long)]
         tenant: TenantId,
     },
-    /// Validate and save a policy from a JSON file (`-` for stdin); agents apply it without a restart.
+    /// Validate and save a policy from a JSON file (`-` for stdin); agents apply it without a
+    /// restart. A changed notice or a policy that records more needs a higher version.
     Set {
         #[arg(long)]
         tenant: TenantId,
         file: PathBuf,
+    },
+    /// Every policy the tenant saved: when, by whom, what changed (newest first).
+    History {
+        #[arg(long)]
+        tenant: TenantId,
     },
 }
 
@@ -289,9 +348,13 @@ pub enum EnrollmentKeyCommand {
     Create {
         #[arg(long)]
         tenant: TenantId,
-        /// Expire the key after this long (e.g. 7d); never by default.
-        #[arg(long, value_parser = parse_duration)]
-        expires_in: Option<Duration>,
+        /// Expire the key after this long (e.g. 30d; at most 365d).
+        #[arg(long, default_value = "7d", value_parser = parse_key_expiry)]
+        expires_in: Duration,
+        /// The most devices the key may enroll (e.g. the desktops of one rollout); no limit
+        /// by default.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_uses: Option<u32>,
         /// A note for admins, e.g. "claims team rollout".
         #[arg(long, default_value = "")]
         note: String,
@@ -362,6 +425,38 @@ pub enum DeviceCommand {
         #[arg(long, default_value = "")]
         person: String,
     },
+}
+
+/// An enrollment key's lifetime: a duration of at most
+/// [`crate::storage::registry::MAX_ENROLLMENT_KEY_TTL`].
+fn parse_key_expiry(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > crate::storage::registry::MAX_ENROLLMENT_KEY_TTL {
+        return Err(
+            "an enrollment key lives at most 365d; create a new one when it expires".into(),
+        );
+    }
+    Ok(d)
+}
+
+fn parse_metrics_token(s: &str) -> Result<String, String> {
+    let min = crate::telemetry::MIN_METRICS_TOKEN_LEN;
+    if s.len() < min || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "the metrics token must be at least {min} characters without spaces \
+             (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_directory_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1_000..=10_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?}: give a number of devices from 1000 to 10000000"
+        )),
+    }
 }
 
 /// Parses byte sizes such as `65536`, `16KiB`, `4MiB`, `1GiB` (also `KB`, `MB`, `GB` as

@@ -1,6 +1,9 @@
 //! Finding the ClickHouse to use: the one named by `--clickhouse-url`, or a local one under the
 //! data directory that the server starts and supervises itself (the embedded default).
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
+
 use anyhow::Context;
 
 use crate::cli::StorageArgs;
@@ -41,8 +44,33 @@ fn config(storage: &StorageArgs, url: String) -> ClickHouseConfig {
     }
 }
 
-fn embedded_dir(storage: &StorageArgs) -> std::path::PathBuf {
-    storage.data_dir.join("clickhouse")
+/// The embedded ClickHouse at `url`, as its own user with the password from its directory.
+fn embedded_config(storage: &StorageArgs, url: String, password: &str) -> ClickHouseConfig {
+    ClickHouseConfig {
+        user: Some(embedded::USER.to_string()),
+        password: Some(password.to_string()),
+        ..config(storage, url)
+    }
+}
+
+/// The embedded ClickHouse's directory under the data directory, both created owner-only
+/// (0700): they hold a record of people's work and the ClickHouse password. A data directory
+/// that already exists keeps its permissions, with a warning when others may enter it.
+fn embedded_dir(storage: &StorageArgs) -> anyhow::Result<PathBuf> {
+    let data = &storage.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .with_context(|| format!("creating the data directory {}", data.display()))?;
+    let mode = std::fs::metadata(data)
+        .with_context(|| format!("reading {}", data.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %data.display(), mode = format!("{:o}", mode & 0o777), "the data directory is open to other users; `chmod 700` it");
+    }
+    Ok(data.join("clickhouse"))
 }
 
 /// For `serve`: the given URL, or a supervised embedded ClickHouse.
@@ -52,14 +80,13 @@ pub async fn for_serve(
     if let Some(url) = &storage.clickhouse_url {
         return Ok((config(storage, url.clone()), ClickHouseHandle::External));
     }
-    let dir = embedded_dir(storage);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = embedded_dir(storage)?;
     let supervisor = Supervisor::start(&dir)
         .await
         .with_context(|| format!("starting the embedded ClickHouse under {}", dir.display()))?;
     tracing::info!(url = %supervisor.url(), dir = %dir.display(), "embedded ClickHouse running");
     Ok((
-        config(storage, supervisor.url()),
+        embedded_config(storage, supervisor.url(), supervisor.password()),
         ClickHouseHandle::Supervised(supervisor),
     ))
 }
@@ -72,16 +99,25 @@ pub async fn for_admin(
     if let Some(url) = &storage.clickhouse_url {
         return Ok((config(storage, url.clone()), ClickHouseHandle::External));
     }
-    let dir = embedded_dir(storage);
+    let dir = embedded_dir(storage)?;
     if let Some(url) = embedded::discover_running(&dir).await {
-        return Ok((config(storage, url), ClickHouseHandle::External));
+        let password = embedded::read_password(&dir).with_context(|| {
+            format!(
+                "the embedded ClickHouse of {} is running, but its password cannot be read \
+                 (run admin as the user the server runs as)",
+                storage.data_dir.display()
+            )
+        })?;
+        return Ok((
+            embedded_config(storage, url, &password),
+            ClickHouseHandle::External,
+        ));
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let process = ClickHouseProcess::start(&dir, None)
         .await
         .with_context(|| format!("starting the embedded ClickHouse under {}", dir.display()))?;
     Ok((
-        config(storage, process.url()),
+        embedded_config(storage, process.url(), process.password()),
         ClickHouseHandle::Temporary(process),
     ))
 }

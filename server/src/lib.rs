@@ -9,7 +9,8 @@
 //! - [`clickhouse`]: client configuration, the embedded ClickHouse process.
 //! - [`storage`]: all SQL — migrations, registry, events.
 //! - [`ingest`]: decoding batches and group-committing them into ClickHouse.
-//! - [`http`]: the axum router and handlers.
+//! - [`http`]: the axum router and handlers: parse, authorize, render.
+//! - [`service`]: the work between a handler and storage, per domain (reports so far).
 //! - [`live`]: change notification for open status streams.
 //! - [`webhooks`]: outbound webhooks (evaluation, signing, delivery, retries).
 //! - [`auth`], [`secrets`], [`tenancy`]: who may do what.
@@ -30,6 +31,7 @@ pub mod live;
 pub mod reports;
 pub mod secrets;
 pub mod serve;
+pub mod service;
 pub mod storage;
 pub mod telemetry;
 pub mod tenancy;

@@ -60,7 +60,15 @@ async fn serve_with(
         .with_live_config(LiveConfig {
             max_streams_per_key: args.max_streams_per_key as usize,
             ..LiveConfig::default()
-        });
+        })
+        .with_access_limits(&args.access_limits())
+        .with_device_directory(args.device_directory_size, args.auth_cache_ttl)
+        .with_metrics(args.metrics());
+    if args.metrics_token.is_none() {
+        tracing::info!(
+            "/metrics is off: set --metrics-token (BACKLIGHT_METRICS_TOKEN) to scrape it"
+        );
+    }
     state.webhook_targets = TargetPolicy::allowing(webhooks.webhook_allow_hosts.iter().cloned());
     crate::storage::retention::spawn(state.store.client().clone());
     let webhook_engine = WebhookEngine::spawn(

@@ -147,6 +147,14 @@
             if (mine !== generation) return;
             continue;
           }
+          // 429: this key has too many reports running on the server (issue 10's fair share).
+          if (err.status === 429 && attempt < 5) {
+            const wait = err.retryAfter || 1;
+            status.textContent = `Other reports with this key are still running. Trying again in ${wait} s…`;
+            await Backlight.sleep(wait * 1000);
+            if (mine !== generation) return;
+            continue;
+          }
           throw err;
         }
       }

@@ -61,6 +61,9 @@
       ask('That access key was not accepted (it may have been revoked). Please enter it again or ask your administrator.');
     } else if (err.status === 403) {
       say('error', `This access key may not look items up: ${err.message}`);
+    } else if (err.status === 429) {
+      // This key is over its share of the server (shared by a whole contact center, perhaps).
+      say('error', `Too many lookups with this access key right now. Try again in ${err.retryAfter || 1} s.`);
     } else if (err.status === 503) {
       say('error', 'Backlight is busy or its storage is unreachable right now. Try again in a few seconds.');
     } else {
@@ -181,8 +184,9 @@
       fact('Last worked on', doc.last_activity_ms ? `${when(doc.last_activity_ms)} (${ago(doc.last_activity_ms)})` : '—'),
       fact('Deadline', slaBadge(doc), due),
       fact('Expected completion', etaText, etaHow && el('div', { class: 'sub' }, etaHow)),
-      fact('Time worked on it', `${duration(doc.handle_time_ms)}`),
     ];
+    // Only wfm and admin keys get the handle time; a contact-center key's document has none.
+    if (doc.handle_time_ms != null) facts.push(fact('Time worked on it', `${duration(doc.handle_time_ms)}`));
     if (doc.registration) {
       if (doc.registration.customer_ref) facts.push(fact('Customer reference', doc.registration.customer_ref));
       if (doc.registration.queue) facts.push(fact('Queue', doc.registration.queue));

@@ -19,12 +19,13 @@ use axum::http::{header, Request, StatusCode};
 use backlight_server::cli::{Cli, Command as CliCommand};
 use backlight_server::live::LiveConfig;
 use backlight_server::storage::retention::{self, DailyTable};
+use backlight_server::telemetry::MetricsConfig;
 use backlight_server::tenancy::Role;
 use backlight_server::webhooks::target::TargetPolicy;
 use backlight_server::webhooks::{WebhookConfig, WebhookEngine};
 use backlight_shared::event::{
-    ActivitySpan, ActivityState, AgentHealth, ConsentChange, EventBody, ItemAction, ItemSource,
-    WorkItemEvent,
+    ActivitySpan, ActivityState, AgentHealth, ConsentChange, DesktopSession, EventBody, ItemAction,
+    ItemSource, SessionKind, WorkItemEvent,
 };
 use backlight_shared::now_ms;
 use clap::Parser;
@@ -47,17 +48,33 @@ const GROUPINGS: [&str; 7] = [
     "interval15",
 ];
 
+/// The token the tour scrapes `/metrics` with.
+const METRICS_TOKEN: &str = "compat-metrics-token-0123456789";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_statement_runs_on_clickhouse_18_16_and_on_the_current_release() {
     let mut parts =
         support::start_parts_on(support::start_clickhouse_logging_queries(DATABASE).await).await;
     let clickhouse_url = parts.clickhouse.url();
+    let clickhouse = ClickHouseAt {
+        url: clickhouse_url.clone(),
+        password: parts.clickhouse.password().to_string(),
+    };
     // Live streams check their keys every second, webhooks may call loopback (nothing listens
     // there: every attempt fails and is retried, which is what the tour wants to exercise).
-    let mut state = parts.state.clone().with_live_config(LiveConfig {
-        key_check: Duration::from_secs(1),
-        ..LiveConfig::default()
-    });
+    // /metrics with per-device gap series, so both gap queries run.
+    let mut state = parts
+        .state
+        .clone()
+        .with_live_config(LiveConfig {
+            key_check: Duration::from_secs(1),
+            ..LiveConfig::default()
+        })
+        .with_metrics(MetricsConfig {
+            token: Some(METRICS_TOKEN.into()),
+            per_device: true,
+            ..MetricsConfig::default()
+        });
     state.webhook_targets = TargetPolicy::allowing(["127.0.0.1".to_string()]);
     parts.state = state.clone();
     let webhooks = WebhookEngine::spawn(
@@ -73,7 +90,7 @@ async fn every_statement_runs_on_clickhouse_18_16_and_on_the_current_release() {
     .unwrap();
     let app = TestApp::from_state(state, parts);
 
-    tour(&app, &clickhouse_url).await;
+    tour(&app, &clickhouse).await;
     // Its goodbye and last cursors are statements too.
     webhooks.stop().await;
     for table in DailyTable::ALL {
@@ -86,6 +103,7 @@ async fn every_statement_runs_on_clickhouse_18_16_and_on_the_current_release() {
     let output = Command::new("python3")
         .arg(&script)
         .args(["--clickhouse-url", &clickhouse_url, "--database", DATABASE])
+        .env("BACKLIGHT_CLICKHOUSE_PASSWORD", &clickhouse.password)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     let report = format!(
@@ -105,7 +123,7 @@ async fn every_statement_runs_on_clickhouse_18_16_and_on_the_current_release() {
 /// registration, SLA classes, lookups, timeline, search, live streams, webhooks (their API, the
 /// engine's evaluation, attempts and retries), every report variant, operations endpoints and
 /// the admin CLI.
-async fn tour(app: &TestApp, clickhouse_url: &str) {
+async fn tour(app: &TestApp, clickhouse: &ClickHouseAt) {
     let tenant = app.create_tenant("compat").await;
     let admin = app.api_key(&tenant, Role::Admin).await;
     let wfm = app.api_key(&tenant, Role::Wfm).await;
@@ -114,14 +132,14 @@ async fn tour(app: &TestApp, clickhouse_url: &str) {
     let mut south = app.enroll(&tenant).await;
 
     run_admin(
-        clickhouse_url,
+        clickhouse,
         &["tenant", "set", "compat", "--show-person-names", "true"],
     )
     .await;
     for (device, team, person) in [(&north, "north", "Alice"), (&south, "south", "Bob")] {
         let id = device.device_id.to_string();
         run_admin(
-            clickhouse_url,
+            clickhouse,
             &[
                 "device", "assign", "--tenant", "compat", &id, "--team", team, "--person", person,
             ],
@@ -192,6 +210,11 @@ async fn tour(app: &TestApp, clickhouse_url: &str) {
                 events_rejected: 0,
                 clock_offset_ms: 0,
                 at_ms: now,
+                // `admin device list` reads the newest session report of each device.
+                session: Some(DesktopSession {
+                    kind: SessionKind::Citrix,
+                    client_name: Some("THIN-7".into()),
+                }),
             }),
         ],
     )
@@ -304,25 +327,47 @@ async fn tour(app: &TestApp, clickhouse_url: &str) {
 
     // Operations.
     ok(app.get("/readyz", "").await, "readyz");
-    ok(app.get("/metrics", "").await, "metrics");
+    // Sequence gaps are computed in the background after the first scrape: wait for them.
+    let mut scrapes = 0;
+    loop {
+        let r = app.get("/metrics", METRICS_TOKEN).await;
+        assert_eq!(r.status, StatusCode::OK, "metrics");
+        if String::from_utf8_lossy(&r.body).contains("backlight_sequence_missing_total") {
+            break;
+        }
+        scrapes += 1;
+        assert!(scrapes < 100, "no sequence gaps in /metrics after 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The admin CLI, the listings and the revocations included.
     for args in [
         vec!["tenant", "list"],
         vec!["enrollment-key", "create", "--tenant", "compat"],
+        vec![
+            "enrollment-key",
+            "create",
+            "--tenant",
+            "compat",
+            "--max-uses",
+            "3",
+            "--expires-in",
+            "14d",
+        ],
         vec!["enrollment-key", "list", "--tenant", "compat"],
         vec!["api-key", "list", "--tenant", "compat"],
         vec!["device", "list", "--tenant", "compat"],
         vec!["device", "list", "--tenant", "compat", "--json"],
         vec!["policy", "show", "--tenant", "compat"],
+        vec!["policy", "history", "--tenant", "compat"],
     ] {
-        run_admin(clickhouse_url, &args).await;
+        run_admin(clickhouse, &args).await;
     }
     let policy_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(policy_file.path(), policy.to_string()).unwrap();
     let policy_path = policy_file.path().to_str().unwrap();
     run_admin(
-        clickhouse_url,
+        clickhouse,
         &["policy", "set", "--tenant", "compat", policy_path],
     )
     .await;
@@ -350,11 +395,11 @@ async fn tour(app: &TestApp, clickhouse_url: &str) {
         ],
         vec!["webhook", "delete", "--tenant", "compat", &webhook_id],
     ] {
-        run_admin(clickhouse_url, &args).await;
+        run_admin(clickhouse, &args).await;
     }
     let south_id = south.device_id.to_string();
     run_admin(
-        clickhouse_url,
+        clickhouse,
         &["device", "revoke", "--tenant", "compat", &south_id],
     )
     .await;
@@ -477,15 +522,25 @@ async fn live_stream_sees_a_change(app: &TestApp, device: &mut TestDevice, key: 
     assert!(seen.matches("event: status").count() >= 2, "{seen}");
 }
 
+/// Where the test's ClickHouse listens and its password (the embedded one has one).
+struct ClickHouseAt {
+    url: String,
+    password: String,
+}
+
 /// `backlight-server admin ARGS…` against the test's ClickHouse, in process.
-async fn run_admin(clickhouse_url: &str, args: &[&str]) {
+async fn run_admin(clickhouse: &ClickHouseAt, args: &[&str]) {
     let cli = Cli::try_parse_from(
         [
             "backlight-server",
             "--clickhouse-url",
-            clickhouse_url,
+            &clickhouse.url,
             "--clickhouse-database",
             DATABASE,
+            "--clickhouse-user",
+            "default",
+            "--clickhouse-password",
+            &clickhouse.password,
             "admin",
         ]
         .iter()

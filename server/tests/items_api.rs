@@ -356,10 +356,19 @@ async fn item_lifecycle_sla_eta_dedupe_timeline_stream_and_audit() {
     assert_eq!(
         doc["handler"],
         json!({"team": "claims-a"}),
-        "cc_agent sees the team, no person by default"
+        "cc_agent sees the team, never a person"
     );
     assert_eq!(
-        (doc["handle_time_ms"].as_u64(), doc["touches"].as_u64()),
+        (doc.get("handle_time_ms"), doc.get("touches")),
+        (None, None),
+        "cc_agent reads no per-person figures"
+    );
+    let (_, wfm_doc) = t.get("/v1/items/CLM-1", &wfm).await;
+    assert_eq!(
+        (
+            wfm_doc["handle_time_ms"].as_u64(),
+            wfm_doc["touches"].as_u64()
+        ),
         (Some(5 * MIN), Some(1))
     );
     assert_eq!(
@@ -389,12 +398,12 @@ async fn item_lifecycle_sla_eta_dedupe_timeline_stream_and_audit() {
 
     // The same batch re-sent (a lost acknowledgement) changes nothing.
     t.send(&desk_a, &batch).await;
-    let (_, again) = t.get("/v1/items/CLM-1", &agent).await;
+    let (_, again) = t.get("/v1/items/CLM-1", &wfm).await;
     assert_eq!(
         (again["handle_time_ms"].as_u64(), again["touches"].as_u64()),
         (Some(5 * MIN), Some(1))
     );
-    assert_eq!(again["history"], doc["history"]);
+    assert_eq!(again["history"], wfm_doc["history"]);
 
     // Another team resumes it.
     t.ingest(
@@ -657,16 +666,18 @@ async fn roles_tenant_isolation_and_person_names() {
         );
     }
 
-    // Names appear only once the tenant switches them on, for every role.
-    let (_, doc) = t.get("/v1/items/CLM-9", &agent).await;
+    // Names appear only once the tenant switches them on, and only to wfm and admin.
+    let (_, doc) = t.get("/v1/items/CLM-9", &wfm).await;
     assert_eq!(doc["handler"], json!({"team": "claims-a"}));
     t.store
         .registry()
         .update_settings(&acme, Some(true), None)
         .await
         .unwrap();
-    let (_, doc) = t.get("/v1/items/CLM-9", &agent).await;
+    let (_, doc) = t.get("/v1/items/CLM-9", &wfm).await;
     assert_eq!(doc["handler"], json!({"team": "claims-a", "person": "Ann"}));
+    let (_, doc) = t.get("/v1/items/CLM-9", &agent).await;
+    assert_eq!(doc["handler"], json!({"team": "claims-a"}));
 
     // Lookup ids are checked; an id with a slash works percent-encoded.
     let (status, body) = t
@@ -771,4 +782,97 @@ async fn concurrent_lookups_share_batches_and_answer_each_their_own() {
     assert_eq!(alone[11].1["registration"]["queue"], "north-queue");
     assert_eq!(alone[13 + 11].1["registration"]["queue"], "south-queue");
     assert_eq!(alone[12].0, StatusCode::NOT_FOUND);
+}
+
+/// Issue 10: a contact-center key must not read per-person performance. With names on and one
+/// person per item, `handle_time_ms` is that person's handle time, and search hands out 200
+/// such documents a call; the timeline names the person behind every action. The cc_agent
+/// documents carry neither names nor handle times; wfm and admin keep both.
+#[tokio::test]
+async fn cc_agent_reads_no_per_person_performance() {
+    let t = TestApp::start().await;
+    let acme = t.tenant("acme").await;
+    let admin = t.key(&acme, Role::Admin).await;
+    let agent = t.key(&acme, Role::CcAgent).await;
+    let wfm = t.key(&acme, Role::Wfm).await;
+    t.store
+        .registry()
+        .update_settings(&acme, Some(true), None)
+        .await
+        .unwrap();
+    let mut ann = t.device(&acme, "claims-a", "Ann").await;
+    let now = now_ms();
+    let items: Vec<Value> = (0..3)
+        .map(|i| json!({"item_id": format!("PP-{i}"), "queue": "motor", "customer_ref": "C-1"}))
+        .collect();
+    assert_eq!(t.register(&admin, json!(items)).await.0, StatusCode::OK);
+    for i in 0..3u64 {
+        let at = now - 30 * MIN + i * MIN;
+        t.ingest(
+            &mut ann,
+            vec![
+                action(&format!("PP-{i}"), "started", "intake", at),
+                span(&format!("PP-{i}"), "active", at, at + (i + 1) * MIN),
+                action(&format!("PP-{i}"), "completed", "", at + (i + 1) * MIN),
+            ],
+        )
+        .await;
+    }
+
+    let per_person = [
+        "person",
+        "handle_time_ms",
+        "touches",
+        "people_involved",
+        "Ann",
+    ];
+    let leaks = |doc: &Value| -> Vec<&str> {
+        let text = doc.to_string();
+        per_person
+            .iter()
+            .copied()
+            .filter(|f| text.contains(&format!("\"{f}\"")) || (*f == "Ann" && text.contains(f)))
+            .collect()
+    };
+
+    let (status, found) = t.get("/v1/items?customer_ref=C-1&limit=200", &agent).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(found["items"].as_array().unwrap().len(), 3, "{found}");
+    assert_eq!(found["items"][0]["handler"], json!({"team": "claims-a"}));
+    assert!(
+        leaks(&found).is_empty(),
+        "search leaks {:?}: {found}",
+        leaks(&found)
+    );
+    let (_, doc) = t.get("/v1/items/PP-2", &agent).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    assert!(
+        leaks(&doc).is_empty(),
+        "lookup leaks {:?}: {doc}",
+        leaks(&doc)
+    );
+    let (_, timeline) = t.get("/v1/items/PP-2/timeline", &agent).await;
+    assert_eq!(
+        timeline["entries"].as_array().unwrap().len(),
+        2,
+        "{timeline}"
+    );
+    assert!(
+        leaks(&timeline).is_empty(),
+        "timeline leaks {:?}: {timeline}",
+        leaks(&timeline)
+    );
+
+    // Workforce management keeps what it is there for.
+    let (_, doc) = t.get("/v1/items/PP-2", &wfm).await;
+    assert_eq!(
+        (
+            doc["handle_time_ms"].as_u64(),
+            doc["handler"]["person"].as_str()
+        ),
+        (Some(3 * MIN), Some("Ann")),
+        "{doc}"
+    );
+    let (_, found) = t.get("/v1/items?customer_ref=C-1", &admin).await;
+    assert_eq!(found["items"][0]["handler"]["person"], "Ann", "{found}");
 }

@@ -210,3 +210,40 @@ async fn device_progress_is_backfilled_and_kept_in_step() {
     );
     clickhouse.stop().await.unwrap();
 }
+
+/// Migration 14 starts the policy history: the policy saved before the upgrade is its first
+/// entry, and running the step twice (an interrupted start) does not duplicate it.
+#[tokio::test]
+async fn the_policy_saved_before_the_upgrade_starts_the_history() {
+    let (_dir, _clickhouse, config) = support::start_clickhouse("policy_upgrade_test").await;
+    let (server, db) = (
+        config.client_without_database(Compression::None),
+        config.client(Compression::None),
+    );
+    migrate_through(&server, &config.database, &db, 11)
+        .await
+        .unwrap();
+    db.query(
+        "INSERT INTO policies (tenant_id, version, policy_json, etag, saved_by, updated_ms)
+         VALUES ('acme', 3, '{}', '\"e3\"', 'admin-cli', 1793491200000)",
+    )
+    .execute()
+    .await
+    .unwrap();
+    migrate(&server, &config.database, &db).await.unwrap();
+    let step = backlight_server::storage::migrations::MIGRATIONS
+        .iter()
+        .find(|m| m.name == "policy_history_and_key_limits")
+        .unwrap();
+    for statement in backlight_server::storage::migrations::statements(step.sql) {
+        db.query(&statement).execute().await.unwrap();
+    }
+    let history = backlight_server::storage::policies::history(&db, &"acme".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(
+        (history[0].version, history[0].saved_by.as_str()),
+        (3, "admin-cli")
+    );
+}

@@ -260,6 +260,7 @@ fn references_resolve_and_operations_say_who_may_call_them() {
     let schemes = &doc["components"]["securitySchemes"];
     assert_eq!(schemes["device"]["bearerFormat"], "bld_…");
     assert_eq!(schemes["api_key"]["bearerFormat"], "blk_…");
+    assert_eq!(schemes["metrics_token"]["scheme"], "bearer");
 
     let mut operation_ids = BTreeSet::new();
     for (method, path) in documented(&doc) {
@@ -297,7 +298,8 @@ fn references_resolve_and_operations_say_who_may_call_them() {
         for scheme in &security {
             assert!(schemes.get(scheme).is_some(), "{method} {path}: {scheme}");
         }
-        let needs_key = path.starts_with("/v1/") && path != backlight_shared::api::ENROLL_PATH;
+        let needs_key = (path.starts_with("/v1/") && path != backlight_shared::api::ENROLL_PATH)
+            || path == "/metrics";
         assert_eq!(
             !security.is_empty(),
             needs_key,
@@ -384,7 +386,7 @@ fn the_report_schema_matches_the_report_the_handler_serializes() {
         group_by: "team".into(),
         from_ms: 0,
         to_ms: 1,
-        tz: "UTC".into(),
+        tz: "UTC".parse().expect("a zone name"),
         team: Some("t".into()),
         queue: Some("q".into()),
         rows: vec![row.clone()],

@@ -109,3 +109,101 @@ async fn bad_policies_are_refused_with_the_reason() {
     let current = app.get("/v1/agent/policy", &device.credential).await;
     assert_eq!(current.json()["version"], 1);
 }
+
+/// Issue 10: a policy that records more (titles sent instead of dropped, a private-window
+/// pattern removed, a new item rule) under the same version would apply without asking the
+/// employees again. It is refused; with a new version it is saved. Every change is in the audit
+/// log: who, when, and what changed.
+#[tokio::test]
+async fn widening_needs_a_new_version_and_every_change_is_audited() {
+    let app = TestApp::start().await;
+    let tenant = app.create_tenant("acme").await;
+    let admin = app.api_key(&tenant, Role::Admin).await;
+    let device = app.enroll(&tenant).await;
+    let v2 = json!({
+        "version": 2,
+        "notice": "We record focused apps and work items. Titles stay here.",
+        "private_titles": ["(?i)bank"],
+    });
+    let saved = app.send_json("PUT", "/v1/admin/policy", &admin, &v2).await;
+    assert_eq!(saved.status, StatusCode::OK);
+
+    for (widened, words) in [
+        (json!({"title_policy": "send"}), "window titles send"),
+        (json!({"private_titles": []}), "private_titles"),
+        (
+            json!({"rules": [{"name": "claims", "title": "Claim (?P<item>CLM-\\d+)"}]}),
+            "claims",
+        ),
+    ] {
+        let mut policy = v2.clone();
+        for (k, v) in widened.as_object().unwrap() {
+            policy[k] = v.clone();
+        }
+        let refused = app
+            .send_json("PUT", "/v1/admin/policy", &admin, &policy)
+            .await;
+        let body = refused.json();
+        assert_eq!(
+            (refused.status, body["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("version")),
+            "{widened}: {body}"
+        );
+        assert!(body["message"].as_str().unwrap().contains(words), "{body}");
+    }
+    let current = app.get("/v1/agent/policy", &device.credential).await;
+    assert_eq!(
+        current.json()["title_policy"],
+        "drop",
+        "nothing widened was saved"
+    );
+
+    // Narrowing needs no new version; widening with one is saved.
+    let mut narrower = v2.clone();
+    narrower["private_titles"] = json!(["(?i)bank", "(?i)health"]);
+    let saved = app
+        .send_json("PUT", "/v1/admin/policy", &admin, &narrower)
+        .await;
+    assert_eq!(saved.status, StatusCode::OK);
+    let mut v3 = narrower.clone();
+    v3["version"] = json!(3);
+    v3["title_policy"] = json!("send");
+    let saved = app.send_json("PUT", "/v1/admin/policy", &admin, &v3).await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.json());
+
+    // Audit: each save, by whom, with what changed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let saves = loop {
+        let rows = backlight_server::storage::audit::recent(app.store.client(), "acme", 100)
+            .await
+            .unwrap();
+        let saves: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.action == "policy_save")
+            .collect();
+        if saves.len() >= 3 || std::time::Instant::now() > deadline {
+            break saves;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(saves.len(), 3, "{saves:#?}");
+    let admin_key_id = admin.split('_').nth(1).unwrap();
+    assert!(
+        saves
+            .iter()
+            .all(|r| r.role == "admin" && r.key_id == admin_key_id),
+        "{saves:#?}"
+    );
+    let newest = &saves[0];
+    assert!(
+        newest.target.contains("version 2 → 3")
+            && newest.target.contains("title_policy drop → send"),
+        "{newest:?}"
+    );
+    assert!(
+        saves[1]
+            .target
+            .contains("private_titles adds \"(?i)health\""),
+        "{saves:#?}"
+    );
+}

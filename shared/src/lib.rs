@@ -10,13 +10,15 @@
 //! - [`validate`]: the checks both sides run, so an agent never spools what the server would refuse.
 //! - [`api`]: request/response bodies of the HTTP API (enrollment, ingest, errors).
 //! - [`credential`]: the formats of secrets (enrollment keys, device credentials, API keys).
-//! - [`policy`]: the tenant's centrally managed policy (rules, privacy, consent notice).
+//! - [`policy`]: the tenant's centrally managed policy (rules, privacy, consent notice);
+//!   [`policy_change`]: what a new policy changes and whether it records more (asks again).
 
 pub mod api;
 pub mod batch;
 pub mod credential;
 pub mod event;
 pub mod policy;
+pub mod policy_change;
 pub mod validate;
 
 /// Version of the agent ↔ server protocol carried in every batch.

@@ -144,6 +144,13 @@ impl Default for Policy {
     }
 }
 
+/// Characters a notice may not contain: controls other than line breaks and tabs (a terminal
+/// would act on them) and Unicode direction overrides (they reorder what the employee reads).
+fn is_unprintable(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Compiles a policy regex with the size cap; errors name the field.
 pub fn compile(field: &str, pattern: &str) -> Result<Regex, ValidationError> {
     if pattern.len() > limits::MAX_PATTERN_LEN {
@@ -168,6 +175,16 @@ impl Policy {
             return Err(ValidationError::new(
                 "notice",
                 format!("the notice must be 1 to {} bytes", limits::MAX_NOTICE_LEN),
+            ));
+        }
+        if let Some(c) = self.notice.chars().find(|&c| is_unprintable(c)) {
+            return Err(ValidationError::new(
+                "notice",
+                format!(
+                    "the notice contains the control character {} (only line breaks and tabs \
+                     are allowed: terminals act on escape sequences)",
+                    c.escape_unicode()
+                ),
             ));
         }
         if self.title_policy == TitlePolicy::Hash && self.title_salt.len() < 16 {
@@ -297,6 +314,22 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(p.validate().unwrap_err().field, "rules[0].title");
+    }
+
+    #[test]
+    fn notice_with_escape_sequences_is_refused() {
+        for notice in ["We record\u{1b}[2J", "bell\u{7}", "abc\u{202e}fed"] {
+            let p = Policy {
+                notice: notice.into(),
+                ..Policy::default()
+            };
+            assert_eq!(p.validate().unwrap_err().field, "notice", "{notice:?}");
+        }
+        let p = Policy {
+            notice: "Line one\r\nLine two\n\tindented".into(),
+            ..Policy::default()
+        };
+        p.validate().unwrap();
     }
 
     #[test]

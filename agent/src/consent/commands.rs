@@ -59,7 +59,7 @@ pub async fn show(dir: &Path) -> Result<String, CommandError> {
     let version = active.policy.version;
     let mut text = format!(
         "Your organisation's notice (policy version {version}):\n\n{}\n\nYour answer: {}\nNow: {}\n",
-        active.policy.notice,
+        crate::terminal::printable(&active.policy.notice),
         describe(control.consent.as_ref()),
         gate(&control, version, now_ms()).describe()
     );
@@ -153,4 +153,34 @@ pub async fn item(
         "recorded: {item_id} {} (seq {seq}); {upload}\n",
         verb.0.as_str()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: the notice comes from the server; printed raw, its escape sequences could
+    /// clear the screen, hide text or rewrite what the employee reads before answering.
+    #[tokio::test]
+    async fn consent_show_prints_no_control_characters_from_the_notice() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path()).await.unwrap();
+        let notice = "We record \u{1b}[2J\u{1b}[8mhidden\u{1b}[0m\rnothing.\u{202e}txt.exe";
+        let cached = serde_json::json!({
+            "etag": "\"x\"",
+            "policy": {"version": 2, "notice": notice},
+        });
+        spool
+            .set_note(Note::Policy, Some(cached.to_string()))
+            .await
+            .unwrap();
+        spool.close().await;
+        let text = show(dir.path()).await.unwrap();
+        assert!(
+            !text
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{text:?}"
+        );
+    }
 }

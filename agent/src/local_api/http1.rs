@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 /// Largest request head (request line and headers).
-const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Largest request body: a form or a small JSON document.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// How long a client has to send its request and read the answer.
@@ -144,11 +144,7 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
             break end;
         }
         if buffer.len() > MAX_HEAD_BYTES {
-            return Err(Response::error(
-                431,
-                "head_too_large",
-                "request head too large",
-            ));
+            return Err(head_too_large());
         }
         let mut chunk = [0u8; 2048];
         let n = stream
@@ -160,9 +156,37 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
         }
         buffer.extend_from_slice(&chunk[..n]);
     };
+    let mut request = parse_head(&buffer[..head_end])?;
+    let length = body_length(&request)?;
+    let mut body = buffer[head_end + 4..].to_vec();
+    while body.len() < length {
+        let mut chunk = vec![0u8; length - body.len()];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| Response::error(400, "bad_request", "connection error"))?;
+        if n == 0 {
+            return Err(Response::error(400, "bad_request", "incomplete body"));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    request.body = body;
+    Ok(request)
+}
+
+fn head_too_large() -> Response {
+    Response::error(431, "head_too_large", "request head too large")
+}
+
+/// Parses a request head (request line and headers, without the blank line that ends it).
+/// Pure, so it is fuzzed on its own (`fuzz/fuzz_targets/local_http.rs`).
+pub fn parse_head(head: &[u8]) -> Result<Request, Response> {
     let bad = |m: &str| Response::error(400, "bad_request", m.to_string());
-    let head =
-        std::str::from_utf8(&buffer[..head_end]).map_err(|_| bad("request head is not UTF-8"))?;
+    if head.len() > MAX_HEAD_BYTES {
+        return Err(head_too_large());
+    }
+    let head = std::str::from_utf8(head).map_err(|_| bad("request head is not UTF-8"))?;
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next().unwrap_or_default().split(' ');
     let method = request_line.next().unwrap_or_default().to_string();
@@ -175,14 +199,19 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
             .ok_or_else(|| bad("malformed header"))?;
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
-    let mut request = Request {
+    Ok(Request {
         method,
         path: path.to_string(),
         query: query.to_string(),
         headers,
         body: Vec::new(),
         peer: None,
-    };
+    })
+}
+
+/// The body length a parsed head announces: `Content-Length` only (no chunked bodies), at most
+/// [`MAX_BODY_BYTES`].
+pub fn body_length(request: &Request) -> Result<usize, Response> {
     if request.header("transfer-encoding").is_some() {
         return Err(Response::error(
             411,
@@ -192,26 +221,14 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
     }
     let length: usize = match request.header("content-length") {
         None => 0,
-        Some(v) => v.parse().map_err(|_| bad("bad Content-Length"))?,
+        Some(v) => v
+            .parse()
+            .map_err(|_| Response::error(400, "bad_request", "bad Content-Length"))?,
     };
     if length > MAX_BODY_BYTES {
         return Err(Response::error(413, "too_large", "request body too large"));
     }
-    let mut body = buffer[head_end + 4..].to_vec();
-    while body.len() < length {
-        let mut chunk = vec![0u8; length - body.len()];
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| bad("connection error"))?;
-        if n == 0 {
-            return Err(bad("incomplete body"));
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(length);
-    request.body = body;
-    Ok(request)
+    Ok(length)
 }
 
 async fn write_response(stream: &mut TcpStream, response: &Response) -> std::io::Result<()> {

@@ -75,11 +75,9 @@ pub fn ensure_token(dir: &Path) -> Result<String, LocalApiError> {
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let mut text = String::new();
-            std::fs::File::open(&path)
-                .map_err(error)?
-                .take(1024)
-                .read_to_string(&mut text)
-                .map_err(error)?;
+            let file = std::fs::File::open(&path).map_err(error)?;
+            crate::private_file::check(&path, &file).map_err(error)?;
+            file.take(1024).read_to_string(&mut text).map_err(error)?;
             let token = text.trim().to_string();
             if token.len() < 32 {
                 return Err(error(io::Error::other(
@@ -205,5 +203,33 @@ async fn handle(state: &State, request: Request) -> Response {
         ),
         Err(e @ ItemError::NoConsent { .. }) => Response::error(403, "no_consent", e.to_string()),
         Err(e @ ItemError::Spool(_)) => Response::error(503, "unavailable", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_created_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = ensure_token(dir.path()).unwrap();
+        assert_eq!(ensure_token(dir.path()).unwrap(), token);
+    }
+
+    /// Issue 10: a token file others can read (or wrote themselves) is not a secret of this
+    /// user; the agent trusted it whatever its permissions.
+    #[cfg(unix)]
+    #[test]
+    fn token_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        std::fs::write(&path, "a".repeat(64)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = ensure_token(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(ensure_token(dir.path()).unwrap(), "a".repeat(64));
     }
 }

@@ -48,7 +48,7 @@ pub use response::{parse_retry_after, Verdict};
 
 use crate::credentials::Credentials;
 use crate::health::ClockOffset;
-use crate::http::{endpoint, error_chain, InvalidServerUrl};
+use crate::http::{endpoint_with, error_chain, InvalidServerUrl};
 use crate::spool::{is_urgent, Spool, SpoolError};
 
 /// `last_error` while the server refuses the device credential.
@@ -134,7 +134,11 @@ impl Uploader {
         config: UploadConfig,
         clock: Arc<ClockOffset>,
     ) -> Result<Uploader, InvalidServerUrl> {
-        let url = endpoint(&credentials.server_url, INGEST_PATH)?;
+        let url = endpoint_with(
+            &credentials.server_url,
+            INGEST_PATH,
+            credentials.plain_http(),
+        )?;
         let batch_limit = config
             .batch_max_events
             .clamp(1, limits::MAX_EVENTS_PER_BATCH);

@@ -182,6 +182,7 @@ impl Fixture {
             device_id,
             tenant_id: "acme".into(),
             device_credential: CREDENTIAL.into(),
+            insecure_http: false,
         };
         let config = UploadConfig {
             batch_max_events,

@@ -11,6 +11,11 @@
 //! - [`ClickHouseProcess`] is one running child: it writes a ClickHouse 18.16-compatible
 //!   `config.xml`/`users.xml` (root element `<yandex>`, which current releases still
 //!   accept), listens on 127.0.0.1 only, and is only handed out once `/ping` answers.
+//! - **Access:** loopback is not a boundary (every local user reaches it), so the only user,
+//!   [`USER`], has a random password, generated once into `dir/password` ([`PASSWORD_FILE`],
+//!   mode 0600, the directory 0700); `users.xml` holds only its SHA-256. Whoever runs the
+//!   server, `backlight-server admin` or the test harness reads it from there
+//!   ([`read_password`]); nobody else can.
 //! - [`Supervisor`] keeps a child alive, restarting it on the same ports with exponential
 //!   backoff, and publishes the URL in `dir/endpoint` for [`discover_running`] (used by
 //!   `backlight-server admin` run next to a live server).
@@ -47,6 +52,12 @@ pub const BINARY_ENV: &str = "BACKLIGHT_CLICKHOUSE_BINARY";
 
 /// File under the state directory holding the URL of the supervised server.
 pub const ENDPOINT_FILE: &str = "endpoint";
+
+/// File under the state directory holding the password of [`USER`].
+pub const PASSWORD_FILE: &str = "password";
+
+/// The ClickHouse user Backlight connects to its embedded ClickHouse as.
+pub const USER: &str = "default";
 
 /// How long a fresh child gets to answer `/ping` (it takes ~0.2 s on a dev machine, but a
 /// server with many parts to load after a crash can take much longer).
@@ -105,6 +116,9 @@ pub enum EmbeddedError {
         #[source]
         source: io::Error,
     },
+    /// The password file exists but is not usable.
+    #[error("the ClickHouse password file {} is unusable: {reason}", path.display())]
+    BadPasswordFile { path: PathBuf, reason: String },
     /// The state directory cannot be written into ClickHouse's XML config.
     #[error("ClickHouse state directory {} is not valid UTF-8", path.display())]
     InvalidPath { path: PathBuf },
@@ -254,6 +268,7 @@ pub struct ClickHouseProcess {
     dir: PathBuf,
     ports: Ports,
     marks: LogMarks,
+    password: String,
 }
 
 impl ClickHouseProcess {
@@ -269,13 +284,14 @@ impl ClickHouseProcess {
     pub async fn start(dir: &Path, ports: Option<Ports>) -> Result<Self, EmbeddedError> {
         let binary = find_binary()?;
         let dir = prepare_dir(dir).await?;
+        let password = ensure_password(&dir)?;
         if let Some(ports) = ports {
-            return Self::start_once(&binary, &dir, ports).await;
+            return Self::start_once(&binary, &dir, ports, password).await;
         }
         let mut attempt = 1;
         loop {
             let ports = free_ports()?;
-            match Self::start_once(&binary, &dir, ports).await {
+            match Self::start_once(&binary, &dir, ports, password.clone()).await {
                 Err(e) if attempt < START_ATTEMPTS && is_address_in_use(&e) => {
                     tracing::warn!(
                         attempt,
@@ -290,7 +306,12 @@ impl ClickHouseProcess {
         }
     }
 
-    async fn start_once(binary: &Path, dir: &Path, ports: Ports) -> Result<Self, EmbeddedError> {
+    async fn start_once(
+        binary: &Path,
+        dir: &Path,
+        ports: Ports,
+        password: String,
+    ) -> Result<Self, EmbeddedError> {
         // Fail fast and clearly instead of letting ClickHouse die with a bind error, and
         // give a just-killed previous instance a moment to release its sockets.
         wait_port_free(ports.http).await?;
@@ -301,7 +322,7 @@ impl ClickHouseProcess {
         let dir_str = dir.to_str().ok_or_else(|| EmbeddedError::InvalidPath {
             path: dir.to_path_buf(),
         })?;
-        write_atomically(&users_path, USERS_XML.as_bytes()).await?;
+        write_atomically(&users_path, users_xml(&password).as_bytes()).await?;
         write_atomically(&config_path, config_xml(dir_str, ports).as_bytes()).await?;
 
         let marks = LogMarks {
@@ -339,6 +360,7 @@ impl ClickHouseProcess {
             dir: dir.to_path_buf(),
             ports,
             marks,
+            password,
         };
         process.wait_ready().await?;
         tracing::info!(
@@ -392,6 +414,11 @@ impl ClickHouseProcess {
     /// `http://127.0.0.1:<http_port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.http)
+    }
+
+    /// The password of [`USER`] (also in `dir/password`).
+    pub fn password(&self) -> &str {
+        &self.password
     }
 
     /// The ports this child listens on; pass them back to [`ClickHouseProcess::start`] to
@@ -598,8 +625,9 @@ async fn wait_port_free(port: u16) -> Result<(), EmbeddedError> {
 /// Creates the state directory and its subdirectories; returns its absolute path, which
 /// ClickHouse needs because it resolves relative paths against its own working directory.
 async fn prepare_dir(dir: &Path) -> Result<PathBuf, EmbeddedError> {
-    // Owner-only when we create it: the data is a record of people's work. An existing
-    // directory keeps whatever permissions its administrator chose.
+    // Owner-only: the data is a record of people's work, and the directory holds the password.
+    // This directory is ClickHouse's alone, so it is made private even if it already existed
+    // (an older release created it with the default umask).
     tokio::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -609,24 +637,95 @@ async fn prepare_dir(dir: &Path) -> Result<PathBuf, EmbeddedError> {
     let dir = tokio::fs::canonicalize(dir)
         .await
         .map_err(io_error("resolving the ClickHouse state directory", dir))?;
+    tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .await
+        .map_err(io_error(
+            "making the ClickHouse state directory private",
+            &dir,
+        ))?;
     for sub in ["data", "tmp", "log", "user_files", "format_schemas"] {
         let path = dir.join(sub);
-        tokio::fs::create_dir_all(&path)
+        tokio::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&path)
             .await
             .map_err(io_error("creating a ClickHouse directory", &path))?;
     }
     Ok(dir)
 }
 
+/// The password of the embedded ClickHouse under `dir` (canonical), created on first use: 32
+/// random bytes in hex, in a new file of mode 0600.
+fn ensure_password(dir: &Path) -> Result<String, EmbeddedError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(PASSWORD_FILE);
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path);
+    match created {
+        Ok(mut file) => {
+            let password = hex::encode(rand::random::<[u8; 32]>());
+            file.write_all(password.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io_error("writing the ClickHouse password", &path))?;
+            Ok(password)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_password(dir),
+        Err(e) => Err(io_error("creating the ClickHouse password", &path)(e)),
+    }
+}
+
+/// The password of the embedded ClickHouse under `dir`, from `dir/password`. A file that others
+/// may read is made private again (it was so when written) and used.
+pub fn read_password(dir: &Path) -> Result<String, EmbeddedError> {
+    let path = dir.join(PASSWORD_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(io_error("reading the ClickHouse password", &path))?;
+    let mode = std::fs::metadata(&path)
+        .map_err(io_error("reading the ClickHouse password", &path))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the ClickHouse password file was open to other users; made it 0600 (consider a new password: delete the file and restart)");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error("making the ClickHouse password private", &path))?;
+    }
+    let password = text.trim().to_string();
+    if password.len() < 32 || !password.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(EmbeddedError::BadPasswordFile {
+            path,
+            reason:
+                "expected at least 32 letters and digits; delete it and restart to make a new one"
+                    .into(),
+        });
+    }
+    Ok(password)
+}
+
 /// Writes via a temporary file and rename: ClickHouse watches its config files and must
-/// never see a half-written one, nor may a reader of `endpoint`.
+/// never see a half-written one, nor may a reader of `endpoint`. Owner-only (0600): `users.xml`
+/// holds the password's hash.
 async fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), EmbeddedError> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    tokio::fs::write(&tmp, contents)
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
         .await
         .map_err(io_error("writing", &tmp))?;
+    file.write_all(contents)
+        .await
+        .map_err(io_error("writing", &tmp))?;
+    file.sync_all().await.map_err(io_error("writing", &tmp))?;
+    drop(file);
     tokio::fs::rename(&tmp, path)
         .await
         .map_err(io_error("replacing", path))
@@ -738,8 +837,14 @@ fn config_xml(dir: &str, ports: Ports) -> String {
     )
 }
 
-/// Users config: only `default`, no password, reachable from loopback only (the server
-/// also listens on 127.0.0.1 only). 4 GB per query, 6 GB for all queries together.
+/// Users config: only [`USER`], with the SHA-256 of `password` (never the password itself),
+/// reachable from loopback only (the server also listens on 127.0.0.1 only). 4 GB per query,
+/// 6 GB for all queries together.
+fn users_xml(password: &str) -> String {
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(password.as_bytes()));
+    USERS_XML.replace("{password_sha256_hex}", &hash)
+}
+
 const USERS_XML: &str = r#"<?xml version="1.0"?>
 <!-- Written by backlight-server for its embedded ClickHouse; rewritten at every start. -->
 <yandex>
@@ -751,7 +856,7 @@ const USERS_XML: &str = r#"<?xml version="1.0"?>
   </profiles>
   <users>
     <default>
-      <password></password>
+      <password_sha256_hex>{password_sha256_hex}</password_sha256_hex>
       <networks>
         <ip>127.0.0.1</ip>
         <ip>::1</ip>
@@ -903,6 +1008,7 @@ impl Drop for EndpointFile {
 #[derive(Debug)]
 pub struct Supervisor {
     url: String,
+    password: String,
     ports: Ports,
     dir: PathBuf,
     shared: Arc<SupervisorShared>,
@@ -936,6 +1042,7 @@ impl Supervisor {
         let child = ClickHouseProcess::start(dir, ports).await?;
         let dir = child.dir().to_path_buf();
         let url = child.url();
+        let password = child.password().to_string();
         let ports = child.ports();
         let endpoint_path = dir.join(ENDPOINT_FILE);
         write_atomically(&endpoint_path, format!("{url}\n").as_bytes()).await?;
@@ -956,6 +1063,7 @@ impl Supervisor {
         ));
         Ok(Supervisor {
             url,
+            password,
             ports,
             dir,
             shared,
@@ -967,6 +1075,11 @@ impl Supervisor {
     /// `http://127.0.0.1:<http_port>`; stable across restarts of the child.
     pub fn url(&self) -> String {
         self.url.clone()
+    }
+
+    /// The password of [`USER`]; stable across restarts of the child.
+    pub fn password(&self) -> &str {
+        &self.password
     }
 
     pub fn ports(&self) -> Ports {
@@ -1109,9 +1222,12 @@ mod tests {
             .unwrap_or_else(|e| panic!("starting ClickHouse failed: {e}"))
     }
 
-    /// Runs `sql` over HTTP and returns the body, failing the test on a non-200 answer.
-    async fn query(url: &str, sql: &str) -> String {
-        let (status, body) = http_exchange(url, "POST", "/", sql.as_bytes())
+    /// Runs `sql` over HTTP as [`USER`] with the password of the ClickHouse under `dir` and
+    /// returns the body, failing the test on a non-200 answer.
+    async fn query_in(dir: &Path, url: &str, sql: &str) -> String {
+        let password = read_password(dir).expect("the password file");
+        let path = format!("/?user={USER}&password={password}");
+        let (status, body) = http_exchange(url, "POST", &path, sql.as_bytes())
             .await
             .unwrap_or_else(|e| panic!("query {sql:?} failed: {e}"));
         let body = String::from_utf8_lossy(&body).into_owned();
@@ -1125,6 +1241,32 @@ mod tests {
         unsafe { libc::kill(pid, 0) == 0 }
     }
 
+    /// Issue 10: the embedded ClickHouse let user `default` in without a password.
+    #[tokio::test]
+    async fn only_the_password_from_the_private_directory_opens_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ch = start(tmp.path(), None).await;
+        let (status, body) = http_exchange(&ch.url(), "POST", "/", b"SELECT 1")
+            .await
+            .expect("answer");
+        assert_ne!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&tmp.path().join(PASSWORD_FILE)), 0o600);
+        assert_eq!(mode(&tmp.path().join("users.xml")), 0o600);
+        assert_eq!(mode(tmp.path()), 0o700);
+        let users = std::fs::read_to_string(tmp.path().join("users.xml")).unwrap();
+        assert!(
+            !users.contains(ch.password()),
+            "users.xml holds the hash only"
+        );
+        assert_eq!(query_in(tmp.path(), &ch.url(), "SELECT 1").await, "1\n");
+        // The same password after a restart.
+        let (ports, password) = (ch.ports(), ch.password().to_string());
+        ch.stop().await.expect("stop");
+        let again = start(tmp.path(), Some(ports)).await;
+        assert_eq!(again.password(), password);
+    }
+
     #[tokio::test]
     async fn start_ping_select_stop() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -1133,9 +1275,9 @@ mod tests {
         assert_eq!(url, format!("http://127.0.0.1:{}", ch.ports().http));
         assert_ne!(ch.ports().http, ch.ports().tcp);
         assert!(ping(&url, Duration::from_secs(2)).await);
-        assert_eq!(query(&url, "SELECT 1").await, "1\n");
+        assert_eq!(query_in(tmp.path(), &url, "SELECT 1").await, "1\n");
         // 18.16 reports UTC as "Etc/UTC"; either way the config's zone is in effect.
-        let zone = query(&url, "SELECT timezone()").await;
+        let zone = query_in(tmp.path(), &url, "SELECT timezone()").await;
         assert!(zone.trim().ends_with("UTC"), "server time zone is {zone:?}");
         assert!(tmp.path().join("config.xml").is_file());
         assert!(tmp.path().join("users.xml").is_file());
@@ -1166,18 +1308,22 @@ mod tests {
         let ch = start(tmp.path(), None).await;
         let ports = ch.ports();
         let url = ch.url();
-        query(
+        query_in(
+            tmp.path(),
             &url,
             "CREATE TABLE kept (x UInt32) ENGINE = MergeTree ORDER BY x",
         )
         .await;
-        query(&url, "INSERT INTO kept VALUES (42)").await;
+        query_in(tmp.path(), &url, "INSERT INTO kept VALUES (42)").await;
         ch.stop().await.expect("stop");
 
         let ch = start(tmp.path(), Some(ports)).await;
         assert_eq!(ch.ports(), ports);
         assert_eq!(ch.url(), url);
-        assert_eq!(query(&url, "SELECT x FROM kept").await, "42\n");
+        assert_eq!(
+            query_in(tmp.path(), &url, "SELECT x FROM kept").await,
+            "42\n"
+        );
         ch.stop().await.expect("stop");
     }
 
@@ -1187,12 +1333,13 @@ mod tests {
         let mut ch = start(tmp.path(), None).await;
         let ports = ch.ports();
         let url = ch.url();
-        query(
+        query_in(
+            tmp.path(),
             &url,
             "CREATE TABLE crashed (x UInt32) ENGINE = MergeTree ORDER BY x",
         )
         .await;
-        query(&url, "INSERT INTO crashed VALUES (7)").await;
+        query_in(tmp.path(), &url, "INSERT INTO crashed VALUES (7)").await;
         let pid = ch.pid().expect("pid");
         ch.kill_now();
         assert!(!process_exists(pid), "kill_now must kill and reap");
@@ -1200,7 +1347,10 @@ mod tests {
         drop(ch);
 
         let ch = start(tmp.path(), Some(ports)).await;
-        assert_eq!(query(&url, "SELECT x FROM crashed").await, "7\n");
+        assert_eq!(
+            query_in(tmp.path(), &url, "SELECT x FROM crashed").await,
+            "7\n"
+        );
         ch.stop().await.expect("stop");
     }
 
@@ -1292,7 +1442,7 @@ mod tests {
         }
         assert!(sup.is_running());
         assert_eq!(sup.url(), url, "restart keeps the URL");
-        assert_eq!(query(&url, "SELECT 1").await, "1\n");
+        assert_eq!(query_in(tmp.path(), &url, "SELECT 1").await, "1\n");
 
         let second_pid = sup.pid().expect("pid");
         sup.shutdown().await;

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::secrets;
-use crate::storage::registry::NewDevice;
+use crate::storage::registry::{EnrollError, NewDevice};
 
 /// Trade an enrollment key for a device credential.
 ///
@@ -28,6 +28,7 @@ use crate::storage::registry::NewDevice;
         (status = 400, description = "Malformed JSON (`bad_request`)", body = backlight_shared::api::ErrorBody),
         (status = 401, description = "Malformed or unknown enrollment key", body = backlight_shared::api::ErrorBody),
         (status = 403, description = "Enrollment key expired, revoked or used up (`enrollment_key_unusable`)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "Too many enrollment attempts on this server, or with this key (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "A field is invalid (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
@@ -38,6 +39,9 @@ pub async fn enroll(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
+    // Anyone can call this, and even an unknown key costs a ClickHouse read: first the
+    // server's share for all attempts together.
+    state.enroll_limits.attempt()?;
     for (field, value) in [
         ("hostname", &request.hostname),
         ("agent_version", &request.agent_version),
@@ -66,12 +70,13 @@ pub async fn enroll(
         .ok_or_else(|| {
             ApiError::unauthorized("unknown enrollment key").with_field("enrollment_key")
         })?;
+    state.enroll_limits.key(&key.key_id)?;
     if let Some(reason) = key.unusable_reason(now_ms()) {
         return Err(
             ApiError::forbidden("enrollment_key_unusable", reason).with_field("enrollment_key")
         );
     }
-    let (device_id, credential) = registry
+    let enrolled = registry
         .enroll_device(
             &key,
             NewDevice {
@@ -80,7 +85,18 @@ pub async fn enroll(
                 agent_version: &request.agent_version,
             },
         )
-        .await?;
+        .await;
+    let (device_id, credential) = match enrolled {
+        Ok(enrolled) => enrolled,
+        Err(e @ EnrollError::UsedUp { .. }) => {
+            return Err(
+                ApiError::forbidden("enrollment_key_unusable", e.to_string())
+                    .with_field("enrollment_key"),
+            )
+        }
+        Err(e @ EnrollError::Unconfirmed) => return Err(ApiError::unavailable(e.to_string())),
+        Err(EnrollError::ClickHouse(e)) => return Err(e.into()),
+    };
     tracing::info!(%device_id, tenant = %key.tenant_id, hostname = %request.hostname, "device enrolled");
     metrics::counter!("backlight_devices_enrolled_total").increment(1);
     Ok(Json(EnrollResponse {

@@ -56,6 +56,15 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// The caller is over its share of this server (see [`super::access_limits`]): retry after
+    /// `retry_after` seconds. Other callers are not affected.
+    pub fn rate_limited(message: impl Into<String>, retry_after: u32) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
     /// ClickHouse (or our capacity) is temporarily short: retry later, nothing was stored.
     /// `message` is shown to the client: never put a dependency's error text in it (see
     /// [`ApiError::storage_unavailable`]).

@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::items::{audited, item_id, ItemSnapshot, StatusDoc, READERS};
+use super::items::{audited, item_id, ItemDoc, ItemSnapshot, READERS};
 use super::AppState;
 use crate::auth::ApiCaller;
 use crate::clickhouse::ClickHouseError;
@@ -62,13 +62,13 @@ struct ItemStream {
     caller: ApiCaller,
     item_id: String,
     /// The first document, sent as the stream's first event.
-    first: Option<StatusDoc>,
+    first: Option<ItemDoc>,
     /// The last read of the item; documents are rebuilt from it.
     snapshot: Arc<ItemSnapshot>,
     /// The tenant context the last document was built with, and when it was fetched.
     context: Option<(Instant, Arc<LookupContext>, Arc<HandleTimeStats>)>,
     /// Fingerprint of the last document sent.
-    last: Option<StatusDoc>,
+    last: Option<ItemDoc>,
     updates: Subscription,
     permit: StreamPermit,
     refresh: tokio::time::Interval,
@@ -130,7 +130,7 @@ impl ItemStream {
     }
 
     /// The document of the current snapshot for this stream's caller, now.
-    async fn document(&mut self, fresh: bool) -> Result<StatusDoc, ClickHouseError> {
+    async fn document(&mut self, fresh: bool) -> Result<ItemDoc, ClickHouseError> {
         let (context, stats) = self.context(fresh).await?;
         Ok(self.snapshot.document(
             &self.item_id,
@@ -246,7 +246,7 @@ fn refused(e: StreamRefused) -> ApiError {
     security(("api_key" = [])),
     params(("id" = String, Path, description = "The item's business identifier (claim, order, case number)")),
     responses(
-        (status = 200, description = "An event stream; each `data:` line is JSON (`StatusDoc` for `status` events)", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "An event stream; each `data:` line is JSON (for `status` events the status document in the caller's role's form: `CcStatusDoc` for cc_agent, `StatusDoc` for wfm and admin)", body = String, content_type = "text/event-stream"),
         (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
         (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 404, description = "No such item (in the caller's tenant)", body = backlight_shared::api::ErrorBody),

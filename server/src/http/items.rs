@@ -15,8 +15,11 @@
 //! recorded in the audit log before the answer leaves; if it cannot be recorded the caller gets
 //! 503 and no data (see [`crate::storage::audit`]).
 //!
-//! Person names appear only where the tenant enabled `show_person_names`. Activity spans
-//! (active/idle/locked time of a person) are shown only to wfm and admin, never to cc_agent.
+//! **Privacy invariant:** a contact-center agent reads where an item stands, never how a person
+//! works. cc_agent keys get their own document types ([`CcStatusDoc`], [`CcTimelineEntry`]),
+//! which have no field for a person's name, handle time, touches or activity spans; only wfm
+//! and admin get [`StatusDoc`]. Person names appear (to wfm and admin) only where the tenant
+//! enabled `show_person_names`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,6 +33,7 @@ use backlight_shared::now_ms;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::access_limits::Work;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
@@ -112,7 +116,7 @@ pub struct TimelineEntry {
     pub person: Option<String>,
 }
 
-/// What `GET /v1/items/{id}` answers.
+/// What `GET /v1/items/{id}` answers a wfm or admin key.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StatusDoc {
     pub item_id: String,
@@ -151,6 +155,120 @@ impl StatusDoc {
     }
 }
 
+/// Who has the item, as a contact-center agent sees it: the team, never a person.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct TeamDoc {
+    /// `null` when the device is not assigned to a team.
+    pub team: Option<String>,
+}
+
+/// One action of the history or timeline, as a contact-center agent sees it: what happened,
+/// when, and which team did it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CcTimelineEntry {
+    /// Always `action`: activity spans are not shown to cc_agent.
+    pub kind: &'static str,
+    /// `started` … `transferred`.
+    pub what: &'static str,
+    pub at_ms: u64,
+    pub step: Option<String>,
+    pub team: Option<String>,
+}
+
+/// What `GET /v1/items/{id}` answers a cc_agent key: where the item stands and when it will be
+/// done, with no per-person figures (no names, handle time, touches or people count).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CcStatusDoc {
+    pub item_id: String,
+    pub status: Status,
+    pub step: Option<String>,
+    /// `null` while nobody has the item.
+    pub handler: Option<TeamDoc>,
+    pub first_seen_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    pub last_activity_ms: Option<u64>,
+    pub completed_ms: Option<u64>,
+    pub registration: Option<RegistrationDoc>,
+    pub sla: SlaDoc,
+    pub eta: Eta,
+    /// The item's actions, oldest first (the newest [`MAX_HISTORY`]); absent in search results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<CcTimelineEntry>>,
+    pub as_of_ms: u64,
+}
+
+impl From<TimelineEntry> for CcTimelineEntry {
+    fn from(e: TimelineEntry) -> CcTimelineEntry {
+        CcTimelineEntry {
+            kind: e.kind,
+            what: e.what,
+            at_ms: e.at_ms,
+            step: e.step,
+            team: e.team,
+        }
+    }
+}
+
+impl From<StatusDoc> for CcStatusDoc {
+    /// Field by field, so a field added to [`StatusDoc`] reaches cc_agent only when it is
+    /// added here too.
+    fn from(d: StatusDoc) -> CcStatusDoc {
+        CcStatusDoc {
+            item_id: d.item_id,
+            status: d.status,
+            step: d.step,
+            handler: d.handler.map(|h| TeamDoc { team: h.team }),
+            first_seen_ms: d.first_seen_ms,
+            started_ms: d.started_ms,
+            last_activity_ms: d.last_activity_ms,
+            completed_ms: d.completed_ms,
+            registration: d.registration,
+            sla: d.sla,
+            eta: d.eta,
+            history: d
+                .history
+                .map(|h| h.into_iter().map(CcTimelineEntry::from).collect()),
+            as_of_ms: d.as_of_ms,
+        }
+    }
+}
+
+/// A status document in the form the caller's role may see.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ItemDoc {
+    /// For cc_agent.
+    ContactCenter(CcStatusDoc),
+    /// For wfm and admin.
+    Workforce(StatusDoc),
+}
+
+impl ItemDoc {
+    fn for_audience(doc: StatusDoc, audience: Audience) -> ItemDoc {
+        match audience {
+            Audience::ContactCenter => ItemDoc::ContactCenter(doc.into()),
+            Audience::Workforce => ItemDoc::Workforce(doc),
+        }
+    }
+
+    /// See [`StatusDoc::fingerprint`].
+    pub(super) fn fingerprint(&self) -> ItemDoc {
+        match self {
+            ItemDoc::ContactCenter(d) => ItemDoc::ContactCenter(CcStatusDoc {
+                as_of_ms: 0,
+                eta: Eta {
+                    expected_ms: None,
+                    ..d.eta
+                },
+                ..d.clone()
+            }),
+            ItemDoc::Workforce(d) => ItemDoc::Workforce(d.fingerprint()),
+        }
+    }
+}
+
+/// Every event of an item: for wfm and admin with activity spans and (where the tenant shows
+/// names) people.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TimelineDoc {
     pub item_id: String,
@@ -159,9 +277,27 @@ pub struct TimelineDoc {
     pub entries: Vec<TimelineEntry>,
 }
 
+/// The actions of an item as a contact-center agent sees them (no spans, no people).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CcTimelineDoc {
+    pub item_id: String,
+    /// Always `false`.
+    pub includes_spans: bool,
+    pub entries: Vec<CcTimelineEntry>,
+}
+
+/// A timeline in the form the caller's role may see.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Timeline {
+    ContactCenter(CcTimelineDoc),
+    Workforce(TimelineDoc),
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SearchDoc {
-    pub items: Vec<StatusDoc>,
+    /// Status documents without history, in the caller's role's form.
+    pub items: Vec<ItemDoc>,
     /// Registered items examined (bounded by [`MAX_SEARCH_CANDIDATES`]).
     pub examined: usize,
 }
@@ -170,18 +306,42 @@ pub struct SearchDoc {
 // Building documents
 // ---------------------------------------------------------------------------------------
 
+/// Which documents a role reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Audience {
+    /// cc_agent: where items stand, nothing about how people work.
+    ContactCenter,
+    /// wfm and admin: everything, names where the tenant shows them.
+    Workforce,
+}
+
+impl Audience {
+    fn of(role: Role) -> Audience {
+        match role {
+            Role::CcAgent => Audience::ContactCenter,
+            Role::Wfm | Role::Admin => Audience::Workforce,
+        }
+    }
+}
+
 /// What the reader may see of people.
 #[derive(Clone, Copy)]
 struct Visibility {
+    audience: Audience,
     person_names: bool,
     spans: bool,
 }
 
 impl Visibility {
     fn of(role: Role, show_person_names: bool) -> Visibility {
+        let audience = Audience::of(role);
+        let workforce = audience == Audience::Workforce;
         Visibility {
-            person_names: show_person_names,
-            spans: role != Role::CcAgent,
+            audience,
+            // Names are looked up only for documents that have a field for them; the cc_agent
+            // types have none, this keeps the lookup from even happening.
+            person_names: show_person_names && workforce,
+            spans: workforce,
         }
     }
 }
@@ -333,7 +493,8 @@ impl ItemSnapshot {
         })
     }
 
-    /// The status document as `role` sees it at `now`, under the tenant's settings.
+    /// The status document as `role` sees it at `now`, under the tenant's settings: a
+    /// [`CcStatusDoc`] for cc_agent.
     pub fn document(
         &self,
         item_id: &str,
@@ -342,10 +503,38 @@ impl ItemSnapshot {
         stats: &HandleTimeStats,
         with_history: bool,
         now: u64,
+    ) -> ItemDoc {
+        let visibility = Visibility::of(role, context.show_person_names);
+        let doc = self.build(item_id, visibility, context, stats, with_history, now);
+        ItemDoc::for_audience(doc, visibility.audience)
+    }
+
+    /// The status document as a contact-center agent sees it (what webhooks deliver).
+    pub fn contact_center_document(
+        &self,
+        item_id: &str,
+        context: &LookupContext,
+        stats: &HandleTimeStats,
+        with_history: bool,
+        now: u64,
+    ) -> CcStatusDoc {
+        let visibility = Visibility::of(Role::CcAgent, context.show_person_names);
+        self.build(item_id, visibility, context, stats, with_history, now)
+            .into()
+    }
+
+    fn build(
+        &self,
+        item_id: &str,
+        visibility: Visibility,
+        context: &LookupContext,
+        stats: &HandleTimeStats,
+        with_history: bool,
+        now: u64,
     ) -> StatusDoc {
         let who = Who {
             assignments: &context.assignments,
-            visibility: Visibility::of(role, context.show_person_names),
+            visibility,
         };
         build_doc(
             item_id,
@@ -405,13 +594,13 @@ async fn status_doc(
     app: &AppState,
     caller: &ApiCaller,
     item_id: &str,
-) -> Result<Option<StatusDoc>, ClickHouseError> {
+) -> Result<Option<ItemDoc>, ClickHouseError> {
     Ok(load(app, caller, item_id).await?.map(|l| {
         let who = Who {
             assignments: &l.context.assignments,
             visibility: l.visibility,
         };
-        build_doc(
+        let doc = build_doc(
             item_id,
             &l.state,
             l.registration.as_ref(),
@@ -419,7 +608,8 @@ async fn status_doc(
             &l.stats,
             true,
             now_ms(),
-        )
+        );
+        ItemDoc::for_audience(doc, l.visibility.audience)
     }))
 }
 
@@ -489,11 +679,12 @@ pub(super) fn item_id(path: Result<Path<String>, PathRejection>) -> Result<Strin
     security(("api_key" = [])),
     params(("id" = String, Path, description = "The item's business identifier (claim, order, case number)")),
     responses(
-        (status = 200, description = "The status document", body = StatusDoc),
+        (status = 200, description = "The status document: `CcStatusDoc` for cc_agent (no per-person figures), `StatusDoc` for wfm and admin", body = ItemDoc),
         (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
         (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 404, description = "No such item (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Invalid item id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -501,8 +692,9 @@ async fn lookup(
     State(app): State<AppState>,
     caller: ApiCaller,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<StatusDoc>, ApiError> {
+) -> Result<Json<ItemDoc>, ApiError> {
     caller.require(&READERS)?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Lookup)?;
     let id = item_id(path)?;
     let doc = audited(
         &app,
@@ -520,15 +712,16 @@ async fn lookup(
     path = "/v1/items/{id}/timeline",
     tag = "items",
     operation_id = "item_timeline",
-    description = "Every recorded event of one item, oldest first. Activity spans are included only for `wfm` and `admin`. Required role: `cc_agent`, `wfm` or `admin`. Recorded in the audit log.",
+    description = "Every recorded event of one item, oldest first. Activity spans and people are included only for `wfm` and `admin`; `cc_agent` sees actions and teams. Required role: `cc_agent`, `wfm` or `admin`. Recorded in the audit log.",
     security(("api_key" = [])),
     params(("id" = String, Path, description = "The item's business identifier (claim, order, case number)")),
     responses(
-        (status = 200, description = "The timeline", body = TimelineDoc),
+        (status = 200, description = "The timeline: `CcTimelineDoc` (actions and teams only) for cc_agent, `TimelineDoc` for wfm and admin", body = Timeline),
         (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
         (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 404, description = "No such item (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Invalid item id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -536,8 +729,9 @@ async fn timeline(
     State(app): State<AppState>,
     caller: ApiCaller,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<TimelineDoc>, ApiError> {
+) -> Result<Json<Timeline>, ApiError> {
     caller.require(&READERS)?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Lookup)?;
     let id = item_id(path)?;
     let read = async {
         Ok(load(&app, &caller, &id).await?.map(|l| {
@@ -545,15 +739,18 @@ async fn timeline(
                 assignments: &l.context.assignments,
                 visibility: l.visibility,
             };
-            TimelineDoc {
-                item_id: id.clone(),
-                includes_spans: l.visibility.spans,
-                entries: l
-                    .state
-                    .timeline
-                    .iter()
-                    .filter_map(|e| who.entry(e))
-                    .collect(),
+            let entries = l.state.timeline.iter().filter_map(|e| who.entry(e));
+            match l.visibility.audience {
+                Audience::ContactCenter => Timeline::ContactCenter(CcTimelineDoc {
+                    item_id: id.clone(),
+                    includes_spans: false,
+                    entries: entries.map(CcTimelineEntry::from).collect(),
+                }),
+                Audience::Workforce => Timeline::Workforce(TimelineDoc {
+                    item_id: id.clone(),
+                    includes_spans: l.visibility.spans,
+                    entries: entries.collect(),
+                }),
             }
         }))
     };
@@ -582,7 +779,7 @@ struct SearchParams {
     path = "/v1/items",
     tag = "items",
     operation_id = "search_items",
-    description = "Registered items matching all given filters, as status documents without history. Required role: `cc_agent`, `wfm` or `admin`. Recorded in the audit log.",
+    description = "Registered items matching all given filters, as status documents without history (`CcStatusDoc` for cc_agent, `StatusDoc` for wfm and admin). Required role: `cc_agent`, `wfm` or `admin`. Recorded in the audit log.",
     security(("api_key" = [])),
     params(SearchParams),
     responses(
@@ -590,6 +787,7 @@ struct SearchParams {
         (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
         (status = 403, description = "API key revoked, or its role may not call this (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Unknown or invalid parameter (`invalid_query`, `invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -600,6 +798,7 @@ async fn search(
     params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Json<SearchDoc>, ApiError> {
     caller.require(&READERS)?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Search)?;
     let Query(params) = params.map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -673,9 +872,10 @@ async fn search(
                 (r, state)
             })
             .collect();
+        let visibility = Visibility::of(caller.role, context.show_person_names);
         let who = Who {
             assignments: &context.assignments,
-            visibility: Visibility::of(caller.role, context.show_person_names),
+            visibility,
         };
         let now = now_ms();
         let examined = states.len();
@@ -686,6 +886,7 @@ async fn search(
                 status.is_none_or(|s| d.status == s) && sla_state.is_none_or(|s| d.sla.state == s)
             })
             .take(limit as usize)
+            .map(|d| ItemDoc::for_audience(d, visibility.audience))
             .collect();
         Ok(Some(SearchDoc { items, examined }))
     };
@@ -714,6 +915,7 @@ struct Registered {
         (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "An item is invalid (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -723,6 +925,7 @@ async fn register_items(
     JsonBody(request): JsonBody<RegisterItems>,
 ) -> Result<Json<Registered>, ApiError> {
     caller.require(&[Role::Admin])?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Write)?;
     let client = app.store.client();
     let tenant = caller.tenant.as_str();
     let classes = if request.items.iter().any(|i| i.sla_class.is_some()) {
@@ -831,6 +1034,7 @@ async fn list_sla_classes(
         (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "A class is invalid (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable; no data was shown, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -840,6 +1044,7 @@ async fn put_sla_classes(
     JsonBody(request): JsonBody<PutSlaClasses>,
 ) -> Result<Json<SlaClassesDoc>, ApiError> {
     caller.require(&[Role::Admin])?;
+    let _turn = app.query_share.enter(&caller.key_id, Work::Write)?;
     register::validate_classes(&request)
         .map_err(|e| ApiError::invalid_field(e.field, e.message))?;
     let now = now_ms();
@@ -907,11 +1112,11 @@ mod tests {
     }
 
     #[test]
-    fn cc_agent_sees_team_person_only_when_enabled_and_never_spans() {
+    fn person_only_for_workforce_when_enabled_and_spans_never_for_cc_agent() {
         let a = assignments("Ann");
         for (role, names, person, spans) in [
             (Role::CcAgent, false, None, false),
-            (Role::CcAgent, true, Some("Ann"), false),
+            (Role::CcAgent, true, None, false),
             (Role::Wfm, false, None, true),
             (Role::Admin, true, Some("Ann"), true),
         ] {
@@ -940,6 +1145,35 @@ mod tests {
             let json = serde_json::to_string(&doc).unwrap();
             assert_eq!(json.contains("Ann"), person.is_some());
         }
+    }
+
+    #[test]
+    fn cc_agent_document_has_no_per_person_fields() {
+        let a = assignments("Ann");
+        // Even a document built with names on loses them on the way to a cc_agent.
+        let who = Who {
+            assignments: &a,
+            visibility: Visibility::of(Role::Admin, true),
+        };
+        let full = build_doc(
+            "I",
+            &state(),
+            None,
+            &who,
+            &HandleTimeStats::default(),
+            true,
+            5_000,
+        );
+        let cc = ItemDoc::for_audience(full.clone(), Audience::ContactCenter);
+        let json = serde_json::to_value(&cc).unwrap();
+        for field in ["handle_time_ms", "touches", "people_involved"] {
+            assert!(json.get(field).is_none(), "{field} in {json}");
+        }
+        assert_eq!(json["handler"], serde_json::json!({"team": "claims-a"}));
+        assert!(!json.to_string().contains("Ann"), "{json}");
+        let wfm = serde_json::to_value(ItemDoc::for_audience(full, Audience::Workforce)).unwrap();
+        assert_eq!(wfm["handler"]["person"], "Ann");
+        assert!(wfm.get("handle_time_ms").is_some());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP API. [`router`] builds the whole app from an [`AppState`], so tests drive it
-//! in-process and the binary serves the very same router.
+//! in-process and the binary serves the very same router. Handlers parse, authorize and
+//! render; the work is done by [`crate::service`] (reports) or, still, by the handler.
 //!
 //! | route | who | what |
 //! |---|---|---|
@@ -8,10 +9,16 @@
 //! | `GET /v1/agent/policy` | enrolled device | the tenant's policy (ETag) |
 //! | `GET`/`PUT /v1/admin/policy` | admin API key | read / replace the policy |
 //! | `/v1/admin/webhooks…` | admin API key | outbound webhooks ([`webhooks`]) |
+//! | `GET`/`POST /v1/items`, `GET /v1/items/{id}`, `…/timeline` | API key (role-dependent view) | item status, search, registration ([`items`]) |
+//! | `GET /v1/items/{id}/events` | API key | live status stream, SSE ([`item_stream`]) |
+//! | `GET /v1/reports/performance` | wfm / admin API key | performance report, JSON or CSV ([`reports`]) |
+//! | `GET /`, `/lookup`, `/dashboard`, `/static/…` | browser | the pages ([`pages`]) |
+//! | `GET /openapi.json` | anyone | the API description ([`openapi`]) |
 //! | `GET /healthz` | orchestrator | process is up |
 //! | `GET /readyz` | load balancer | ClickHouse reachable, schema current |
-//! | `GET /metrics` | Prometheus | counters, histograms, per-device gaps |
+//! | `GET /metrics` | Prometheus with the metrics token | counters, histograms, sequence gaps |
 
+pub mod access_limits;
 pub mod enroll;
 pub mod error;
 pub mod ingest;
@@ -34,27 +41,27 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use backlight_shared::api::{ENROLL_PATH, INGEST_PATH};
-use tokio::sync::Mutex;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::auth::{ApiKeyAuthenticator, DeviceAuthenticator};
 use crate::ingest::writer::IngestWriter;
-use crate::storage::events::DeviceProgress;
 use crate::storage::Store;
+use access_limits::AccessLimits;
 
 /// Item searches reading ClickHouse at once, per server. Each costs a few ms of
 /// ClickHouse CPU; more in parallel only queue inside ClickHouse (which refuses past 100).
 pub const MAX_CONCURRENT_ITEM_READS: usize = 32;
+/// Reports running at once, per server (each runs a rollup refresh and three aggregations):
+/// with the per-key share (see [`access_limits`]) this keeps reports from taking all of
+/// ClickHouse's query slots (100) from lookups and ingest.
+pub const MAX_CONCURRENT_REPORTS: usize = 16;
 /// Item lookup batches reading ClickHouse at once (each is two queries). Few, so that under
 /// load lookups gather into large batches instead of many small queries.
 pub const ITEM_READ_BATCHES_IN_FLIGHT: usize = 2;
 
 /// Longest any request may take, end to end, before the server answers 408 itself.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The last per-device progress read from ClickHouse, reused by `/metrics` for a few seconds.
-pub type ProgressCache = Arc<Mutex<Option<(Instant, Vec<DeviceProgress>)>>>;
 
 /// What every handler can reach. Cheap to clone; holds handles, not data.
 #[derive(Clone)]
@@ -63,7 +70,10 @@ pub struct AppState {
     pub writer: IngestWriter,
     pub devices: DeviceAuthenticator,
     pub api_keys: ApiKeyAuthenticator,
-    pub progress_cache: ProgressCache,
+    /// Sequence gaps for `/metrics`, computed in the background (see [`crate::telemetry`]).
+    pub progress: crate::telemetry::ProgressCache,
+    /// Who may read `/metrics` and what it shows.
+    pub metrics: crate::telemetry::MetricsConfig,
     /// Who looked at what (items API, reports): batched writer, see [`crate::storage::audit`].
     pub audit: crate::storage::audit::AuditLog,
     /// Per-tenant handle-time statistics for item ETAs (a cache; see [`crate::storage::items`]).
@@ -72,8 +82,14 @@ pub struct AppState {
     pub lookup_context: crate::storage::items::LookupContextCache,
     /// Bounds the item reads in flight (search): beyond it reads wait briefly, then get 503.
     pub item_reads: ReadLimit,
+    /// Bounds the reports running at once, the same way.
+    pub report_runs: ReadLimit,
     /// Reads items for lookups, batching concurrent ones (see [`crate::storage::item_reader`]).
     pub item_reader: crate::storage::item_reader::ItemReader,
+    /// Each API key's share of query capacity (see [`access_limits`]).
+    pub query_share: Arc<access_limits::QueryShare>,
+    /// Rate limits of enrollment (see [`access_limits`]).
+    pub enroll_limits: Arc<access_limits::EnrollLimiter>,
     /// Fair shares, body and decode bounds, first-copy rule of ingest (see [`crate::ingest`]).
     pub ingest: crate::ingest::IngestControls,
     /// Tells open status streams when their item changed (see [`crate::live`]).
@@ -132,6 +148,7 @@ impl AppState {
                 auth_cache_ttl.min(crate::storage::items::LOOKUP_CONTEXT_TTL),
             ),
             item_reads: ReadLimit::new(MAX_CONCURRENT_ITEM_READS, "item reads"),
+            report_runs: ReadLimit::new(MAX_CONCURRENT_REPORTS, "reports"),
             live: crate::live::LiveHub::spawn(
                 crate::live::LiveConfig::default(),
                 store.client().clone(),
@@ -147,8 +164,35 @@ impl AppState {
             webhook_targets: crate::webhooks::target::TargetPolicy::strict(),
             store,
             writer,
-            progress_cache: Arc::default(),
+            progress: crate::telemetry::ProgressCache::default(),
+            metrics: crate::telemetry::MetricsConfig::default(),
+            query_share: access_limits::QueryShare::new(&AccessLimits::default()),
+            enroll_limits: Arc::new(access_limits::EnrollLimiter::new(&AccessLimits::default())),
         }
+    }
+
+    /// The same state with a device directory of at most `capacity` devices (see
+    /// [`DeviceAuthenticator`]).
+    pub fn with_device_directory(mut self, capacity: usize, auth_cache_ttl: Duration) -> AppState {
+        self.devices = DeviceAuthenticator::with_capacity(
+            self.store.registry().clone(),
+            auth_cache_ttl,
+            capacity,
+        );
+        self
+    }
+
+    /// The same state serving `/metrics` as `config` says.
+    pub fn with_metrics(mut self, config: crate::telemetry::MetricsConfig) -> AppState {
+        self.metrics = config;
+        self
+    }
+
+    /// The same state with other per-caller limits (the defaults come from [`AccessLimits`]).
+    pub fn with_access_limits(mut self, limits: &AccessLimits) -> AppState {
+        self.query_share = access_limits::QueryShare::new(limits);
+        self.enroll_limits = Arc::new(access_limits::EnrollLimiter::new(limits));
+        self
     }
 
     /// The same state with other ingest limits (the defaults come from [`AppState::new`]).

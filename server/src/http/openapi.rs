@@ -119,6 +119,18 @@ impl Modify for SecuritySchemes {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The token given to the server with `--metrics-token` \
+                         (`BACKLIGHT_METRICS_TOKEN`), for Prometheus.",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -200,6 +212,8 @@ fn root_page() {}
         (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
         (status = 403, description = "API key revoked, role not `wfm`/`admin` (`wrong_role`), or `group_by=person` where person names are hidden (`person_names_hidden`)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Missing, unknown or invalid parameter (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 503, description = "ClickHouse or the audit log unavailable, or the period is still being prepared; retry later", body = backlight_shared::api::ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )

@@ -8,10 +8,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use backlight_shared::policy::{Policy, POLICY_PATH};
 
+use super::access_limits::Work;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::auth::{ApiCaller, AuthError};
+use crate::storage::audit::AuditEntry;
 use crate::storage::policies::{self, PolicyError, StoredPolicy};
 use crate::tenancy::{Role, TenantId};
 
@@ -107,7 +109,7 @@ async fn admin_policy(
     path = "/v1/admin/policy",
     tag = "admin",
     operation_id = "save_policy",
-    description = "Validates and saves a new policy for the caller's tenant; agents pick it up on their next poll. Required role: `admin`.",
+    description = "Validates and saves a new policy for the caller's tenant; agents pick it up on their next poll. A changed notice, or a policy that records more than the current one (titles sent instead of dropped, a private-window or denied-app pattern removed, a new or changed item rule), needs a higher `version`, so every employee is asked again. Required role: `admin`. Recorded in the audit log (`policy_save`, with what changed) and in the policy history.",
     security(("api_key" = [])),
     request_body = Policy,
     responses(
@@ -117,8 +119,9 @@ async fn admin_policy(
         (status = 403, description = "API key revoked, or not `admin` (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
-        (status = 422, description = "Invalid policy, e.g. a bad regex (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
-        (status = 503, description = "ClickHouse unavailable; retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 422, description = "Invalid policy, e.g. a bad regex, or a wider policy without a new version (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 429, description = "This API key is over its share of the server (`rate_limited`); retry after `Retry-After`", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "ClickHouse or the audit log unavailable; nothing was saved, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn save_policy(
@@ -127,15 +130,41 @@ async fn save_policy(
     JsonBody(policy): JsonBody<Policy>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
-    let saved_by = format!("api-key:{}", caller.key_id);
-    match policies::save(state.store.client(), &caller.tenant, &policy, &saved_by).await {
+    let _turn = state.query_share.enter(&caller.key_id, Work::Write)?;
+    let client = state.store.client();
+    let change = match policies::prepare(client, &caller.tenant, policy).await {
+        Ok(change) => change,
+        Err(PolicyError::Invalid(e)) => {
+            return Err(ApiError::invalid_field(e.field.clone(), e.to_string()))
+        }
+        Err(PolicyError::ClickHouse(e)) => return Err(e.into()),
+    };
+    // Audited before it takes effect: a change that cannot be audited is not made.
+    let summary = change.summary();
+    state
+        .audit
+        .record(AuditEntry::by(
+            &caller,
+            "policy_save",
+            summary.clone(),
+            "ok",
+        ))
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let saved_by = format!("api-key:{} ({})", caller.key_id, caller.key_name);
+    match policies::save(client, &change, &saved_by).await {
         Ok(stored) => {
-            tracing::info!(tenant = %caller.tenant, version = stored.policy.version, by = %saved_by, "policy saved");
+            tracing::info!(tenant = %caller.tenant, version = stored.policy.version, by = %saved_by, changes = %summary, "policy saved");
             Ok(with_etag(stored))
         }
-        Err(PolicyError::Invalid(e)) => {
-            Err(ApiError::invalid_field(e.field.clone(), e.to_string()))
+        Err(e) => {
+            // The audit says `ok` already; record that it did not happen after all.
+            let _ = state
+                .audit
+                .record(AuditEntry::by(&caller, "policy_save", summary, "error"));
+            Err(match e {
+                PolicyError::Invalid(e) => ApiError::invalid_field(e.field.clone(), e.to_string()),
+                PolicyError::ClickHouse(e) => e.into(),
+            })
         }
-        Err(PolicyError::ClickHouse(e)) => Err(e.into()),
     }
 }

@@ -3,10 +3,14 @@
 
 use super::ReportRow;
 
+/// Characters that make a spreadsheet read a cell as a formula when they come first (OWASP's
+/// CSV injection list: tab and CR too, which some spreadsheets skip before looking for `=`).
+const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
 /// One field, quoted when needed. Fields that a spreadsheet would run as a formula
-/// (`=`, `+`, `-`, `@` first) get a leading `'` so a team called `=HYPERLINK(…)` stays text.
+/// ([`FORMULA_TRIGGERS`] first) get a leading `'` so a team called `=HYPERLINK(…)` stays text.
 pub fn field(value: &str) -> String {
-    let value = if value.starts_with(['=', '+', '-', '@']) {
+    let value = if value.starts_with(FORMULA_TRIGGERS) {
         format!("'{value}")
     } else {
         value.to_string()
@@ -87,6 +91,19 @@ mod tests {
         assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(field("two\nlines"), "\"two\nlines\"");
         assert_eq!(field("=1+1"), "'=1+1");
+    }
+
+    /// Issue 10: a leading tab or CR also starts a formula in some spreadsheets (OWASP CSV
+    /// injection); the guard missed both.
+    #[test]
+    fn formula_guard_covers_every_trigger_character() {
+        for trigger in ["=", "+", "-", "@", "\t", "\r"] {
+            let value = format!("{trigger}HYPERLINK(\"http://x\")");
+            let out = field(&value);
+            let unquoted = out.trim_start_matches('"');
+            assert!(unquoted.starts_with('\''), "{value:?} came out as {out:?}");
+        }
+        assert_eq!(field("claims-a"), "claims-a");
     }
 
     #[test]

@@ -118,17 +118,50 @@ impl FromStr for Format {
     }
 }
 
-/// Whether `tz` looks like an IANA zone name (`Europe/Berlin`, `UTC`, `Etc/GMT+1`). Only a
-/// syntax check, to keep odd strings away from ClickHouse; ClickHouse decides whether it knows
-/// the zone.
-pub fn plausible_zone_name(tz: &str) -> bool {
-    !tz.is_empty()
-        && tz.len() <= 64
-        && tz
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
-        && !tz.starts_with('/')
-        && !tz.contains("..")
+/// An IANA time zone name (`Europe/Berlin`, `UTC`, `Etc/GMT+1`), parsed at the boundary so
+/// nothing else has to check it. Only the syntax is checked here, to keep odd strings away
+/// from ClickHouse; whether ClickHouse knows the zone is learnt when its offsets are read
+/// ([`crate::storage::reports::zone_offsets`]). SQL always binds it, never splices it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeZone(String);
+
+impl TimeZone {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for TimeZone {
+    type Err = String;
+
+    fn from_str(tz: &str) -> Result<Self, Self::Err> {
+        let plausible = !tz.is_empty()
+            && tz.len() <= 64
+            && tz
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+            && !tz.starts_with('/')
+            && !tz.contains("..");
+        if plausible {
+            Ok(TimeZone(tz.to_string()))
+        } else {
+            Err(format!(
+                "{tz:?} is not a time zone name (e.g. Europe/Berlin)"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for TimeZone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for TimeZone {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
 }
 
 /// Time figures of one group, from the rollup.
@@ -226,7 +259,7 @@ pub struct Report {
     pub group_by: String,
     pub from_ms: u64,
     pub to_ms: u64,
-    pub tz: String,
+    pub tz: TimeZone,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -259,7 +292,7 @@ mod tests {
             "America/Argentina/Buenos_Aires",
             "Etc/GMT+1",
         ] {
-            assert!(plausible_zone_name(ok), "{ok}");
+            assert_eq!(ok.parse::<TimeZone>().unwrap().as_str(), ok);
         }
         for bad in [
             "",
@@ -269,7 +302,7 @@ mod tests {
             "a b",
             &"A".repeat(65),
         ] {
-            assert!(!plausible_zone_name(bad), "{bad}");
+            assert!(bad.parse::<TimeZone>().is_err(), "{bad}");
         }
     }
 

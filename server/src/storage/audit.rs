@@ -28,7 +28,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::auth::ApiCaller;
 use crate::clickhouse::{with_timeout, ClickHouseError};
 
 /// How often pending entries are written.
@@ -57,26 +56,6 @@ pub struct AuditEntry {
     pub target: String,
     /// `ok`, `not_found`, `error`: what the caller was shown.
     pub outcome: String,
-}
-
-impl AuditEntry {
-    /// An entry for what `caller` did.
-    pub fn by(
-        caller: &ApiCaller,
-        action: &str,
-        target: impl Into<String>,
-        outcome: &str,
-    ) -> AuditEntry {
-        AuditEntry {
-            tenant_id: caller.tenant.to_string(),
-            key_id: caller.key_id.clone(),
-            key_name: caller.key_name.clone(),
-            role: caller.role.as_str().to_string(),
-            action: action.to_string(),
-            target: target.into(),
-            outcome: outcome.to_string(),
-        }
-    }
 }
 
 /// One row of `audit_log`. Field order matches the table (RowBinary is positional).

@@ -1,8 +1,9 @@
 //! Versioned schema migrations, applied at start.
 //!
 //! The SQL lives in `deploy/clickhouse/migrations/NNNN_name.sql`, one file per step, compiled
-//! into the binary. Every statement is idempotent (`IF NOT EXISTS`), so servers starting at the
-//! same time, or a start interrupted half-way, are harmless. Applied versions are recorded in
+//! into the binary. Every statement is idempotent (`IF NOT EXISTS`; an `ADD COLUMN`, which
+//! ClickHouse 18.16 cannot make conditional, is skipped when the column exists), so servers
+//! starting at the same time, or a start interrupted half-way, are harmless. Applied versions are recorded in
 //! `schema_migrations`; `/readyz` reports not-ready until every step this build knows is recorded.
 //!
 //! **Architecture invariant:** table definitions exist only in these files. Engines are named
@@ -95,6 +96,18 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "device_seq",
         sql: include_str!("../../../deploy/clickhouse/migrations/0013_device_seq.sql"),
     },
+    Migration {
+        version: 14,
+        name: "policy_history_and_key_limits",
+        sql: include_str!(
+            "../../../deploy/clickhouse/migrations/0014_policy_history_and_key_limits.sql"
+        ),
+    },
+    Migration {
+        version: 16,
+        name: "health_session",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0016_health_session.sql"),
+    },
 ];
 
 /// Splits a migration file into statements: comments (`-- …` lines) removed, split on `;`.
@@ -165,10 +178,23 @@ pub async fn migrate_through(
             "applying migration"
         );
         for statement in statements(migration.sql) {
+            let added = added_column(&statement);
+            if let Some((table, column)) = added {
+                if column_exists(db, database, table, column).await? {
+                    continue;
+                }
+            }
             // Not `with_timeout`: a backfill copies a whole table, which may take minutes.
-            tokio::time::timeout(STATEMENT_TIMEOUT, db.query(&statement).execute())
+            let result = tokio::time::timeout(STATEMENT_TIMEOUT, db.query(&statement).execute())
                 .await
-                .map_err(|_| ClickHouseError::Timeout(STATEMENT_TIMEOUT))??;
+                .map_err(|_| ClickHouseError::Timeout(STATEMENT_TIMEOUT))?;
+            match (result, added) {
+                (Ok(()), _) => {}
+                // Another server starting at the same time added it first.
+                (Err(_), Some((table, column)))
+                    if column_exists(db, database, table, column).await? => {}
+                (Err(error), _) => return Err(error.into()),
+            }
         }
         with_timeout(
             db.query("INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)")
@@ -180,6 +206,55 @@ pub async fn migrate_through(
         .await?;
     }
     Ok(())
+}
+
+/// `(table, column)` of an `ALTER TABLE t ADD COLUMN c …` statement (one column per
+/// statement). ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the runner makes such a
+/// statement harmless to repeat by skipping it when the column is there.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let mut words = statement.split_whitespace();
+    let head: Vec<&str> = words.by_ref().take(2).collect();
+    if !head
+        .iter()
+        .map(|w| w.to_ascii_uppercase())
+        .eq(["ALTER", "TABLE"])
+    {
+        return None;
+    }
+    let table = words.next()?;
+    let add: Vec<&str> = words.by_ref().take(2).collect();
+    if !add
+        .iter()
+        .map(|w| w.to_ascii_uppercase())
+        .eq(["ADD", "COLUMN"])
+    {
+        return None;
+    }
+    let column = words.next()?;
+    Some((table.trim_matches('`'), column.trim_matches('`')))
+}
+
+async fn column_exists(
+    db: &Client,
+    database: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, ClickHouseError> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Count {
+        n: u64,
+    }
+    let found = with_timeout(
+        db.query(
+            "SELECT count() AS n FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+        )
+        .bind(database)
+        .bind(table)
+        .bind(column)
+        .fetch_one::<Count>(),
+    )
+    .await?;
+    Ok(found.n > 0)
 }
 
 /// The migrations this build needs that are not recorded as applied (empty when current).
@@ -214,15 +289,17 @@ mod tests {
     }
 
     /// A migration interrupted half-way runs again from its first statement, so each must be
-    /// harmless to repeat: `CREATE … IF NOT EXISTS`, `DROP … IF EXISTS`, or a backfill
-    /// `INSERT INTO … SELECT` into a copy whose readers remove duplicates by identity.
+    /// harmless to repeat: `CREATE … IF NOT EXISTS`, `DROP … IF EXISTS`, an `ADD COLUMN` (the
+    /// runner skips it when the column exists), or a backfill `INSERT INTO … SELECT` into a copy
+    /// whose readers remove duplicates by identity.
     #[test]
     fn every_statement_is_harmless_to_repeat() {
         // `device_seq` is read with max(), so a repeated backfill changes nothing.
-        const DEDUPED_COPIES: [&str; 4] = [
+        const DEDUPED_COPIES: [&str; 5] = [
             "item_events_v2",
             "item_registrations",
             "item_lookup",
+            "policy_history",
             "device_seq",
         ];
         for m in MIGRATIONS {
@@ -233,12 +310,27 @@ mod tests {
                 assert!(
                     (s.starts_with("CREATE ") && s.contains("IF NOT EXISTS"))
                         || s.starts_with("DROP TABLE IF EXISTS ")
+                        || added_column(&s).is_some()
                         || backfill,
                     "migration {} has a statement that is not harmless to repeat: {s}",
                     m.version
                 );
             }
         }
+    }
+
+    #[test]
+    fn added_columns_are_recognised() {
+        assert_eq!(
+            added_column("ALTER TABLE events ADD COLUMN session_client String DEFAULT ''"),
+            Some(("events", "session_client"))
+        );
+        assert_eq!(
+            added_column("alter table `events`\n  add column `x` UInt8"),
+            Some(("events", "x"))
+        );
+        assert_eq!(added_column("ALTER TABLE events DROP COLUMN x"), None);
+        assert_eq!(added_column("CREATE TABLE IF NOT EXISTS a (x UInt8)"), None);
     }
 
     #[test]

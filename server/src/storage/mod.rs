@@ -1,8 +1,17 @@
 //! Everything the server keeps lives in ClickHouse; this module is the only one that writes SQL.
 //!
 //! - [`migrations`]: the versioned schema, applied at start.
-//! - [`registry`]: tenants, enrollment keys, devices, API keys.
+//! - [`registry`]: tenants, enrollment keys, devices, API keys, settings, assignments.
 //! - [`events`]: the events agents recorded, and per-device sequence progress.
+//! - [`items`], [`lookup_row`], [`item_reader`], [`tenant_cache`]: item status — registration,
+//!   SLA classes, the lookup view and its batched, cached reads.
+//! - [`reports`]: the report rollup and the report queries.
+//! - [`policies`], [`audit`]: capture policies; the audit log.
+//! - [`changes`], [`servers`], [`webhooks`], [`retention`]: the item change feed, server
+//!   heartbeats, webhook registrations and deliveries, dropping expired partitions.
+//!
+//! Storage depends on the domain types (`items`, `reports`, `tenancy`) and on nothing of the
+//! HTTP layer.
 //!
 //! **Architecture invariant:** the server holds no state of its own. Anything one server knows
 //! (a device, a revocation, an accepted event) another server behind the same load balancer

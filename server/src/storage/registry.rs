@@ -67,6 +67,58 @@ impl EnrollmentKeyRow {
     }
 }
 
+/// How long an enrollment key lives when its creator names no expiry.
+pub const DEFAULT_ENROLLMENT_KEY_TTL: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+/// The longest expiry an enrollment key may be given.
+pub const MAX_ENROLLMENT_KEY_TTL: std::time::Duration =
+    std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// `devices.revoked` of a device whose enrollment was refused after its row was written: its
+/// key was used up by devices that enrolled first (see [`Registry::enroll_device`]). Such a
+/// device never received its credential and does not count as a use.
+pub const REVOKED_KEY_USED_UP: u8 = 2;
+
+/// An enrollment key to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewEnrollmentKey<'a> {
+    /// When it stops working; `None`: [`DEFAULT_ENROLLMENT_KEY_TTL`] from now.
+    pub expires_ms: Option<u64>,
+    /// The most devices it may enroll; `None`: no limit.
+    pub max_uses: Option<u32>,
+    /// A note for admins.
+    pub note: &'a str,
+}
+
+/// The most devices an enrollment key may enroll (`enrollment_key_limits`).
+#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct EnrollmentKeyLimitRow {
+    key_id: String,
+    tenant_id: String,
+    max_uses: u32,
+    updated_ms: u64,
+}
+
+/// Why a device was not enrolled.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
+    #[error("enrollment key used up: it may enroll at most {max_uses} devices")]
+    UsedUp { max_uses: u32 },
+    /// The device's row took longer than [`ENROLL_SETTLE`] to be stored, so whether it is
+    /// within the key's limit cannot be told; it was refused and may simply try again.
+    #[error("the enrollment could not be confirmed in time; try again")]
+    Unconfirmed,
+}
+
+/// How long after a limited key's device is stamped its server waits before reading which
+/// devices came first. Every device stamped earlier whose row took at most this long to store is
+/// then visible to the check; a device whose row took longer refuses itself
+/// ([`EnrollError::Unconfirmed`]). Without the wait a device stamped earlier but stored later
+/// could push one already accepted out of the first `max_uses`, and both would be enrolled.
+pub const ENROLL_SETTLE: std::time::Duration = std::time::Duration::from_millis(1_000);
+
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct DeviceRow {
     #[serde(with = "clickhouse::serde::uuid")]
@@ -78,6 +130,17 @@ pub struct DeviceRow {
     pub agent_version: String,
     pub enrollment_key_id: String,
     pub enrolled_ms: u64,
+    pub revoked: u8,
+    pub updated_ms: u64,
+}
+
+/// The columns of `devices` that authentication needs.
+#[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeviceAuthRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub device_id: Uuid,
+    pub tenant_id: String,
+    pub secret_hash: String,
     pub revoked: u8,
     pub updated_ms: u64,
 }
@@ -277,28 +340,110 @@ impl Registry {
         }
     }
 
-    /// Creates an enrollment key; the returned token is the only copy of its secret.
+    /// Creates an enrollment key expiring at `expires_ms` (`None`: in
+    /// [`DEFAULT_ENROLLMENT_KEY_TTL`]) without a use limit; the returned token is the only copy
+    /// of its secret.
     pub async fn create_enrollment_key(
         &self,
         tenant: &TenantId,
         expires_ms: Option<u64>,
         note: &str,
     ) -> Result<Token, RegistryError> {
+        self.create_enrollment_key_with(
+            tenant,
+            NewEnrollmentKey {
+                expires_ms,
+                max_uses: None,
+                note,
+            },
+        )
+        .await
+    }
+
+    /// Creates an enrollment key; the returned token is the only copy of its secret. The limit
+    /// is written before the key, so the key never exists without it.
+    pub async fn create_enrollment_key_with(
+        &self,
+        tenant: &TenantId,
+        key: NewEnrollmentKey<'_>,
+    ) -> Result<Token, RegistryError> {
         self.require_tenant(tenant).await?;
         let token = secrets::new_token(SecretKind::Enrollment, secrets::new_key_id());
         let now = now_ms();
+        if let Some(max_uses) = key.max_uses {
+            let limit = EnrollmentKeyLimitRow {
+                key_id: token.id.clone(),
+                tenant_id: tenant.to_string(),
+                max_uses,
+                updated_ms: now,
+            };
+            self.insert("enrollment_key_limits", &limit).await?;
+        }
+        let default_expiry = now.saturating_add(DEFAULT_ENROLLMENT_KEY_TTL.as_millis() as u64);
         let row = EnrollmentKeyRow {
             key_id: token.id.clone(),
             tenant_id: tenant.to_string(),
             secret_hash: secrets::hash_secret(&token),
-            note: note.to_string(),
+            note: key.note.to_string(),
             created_ms: now,
-            expires_ms: expires_ms.unwrap_or(0),
+            expires_ms: key.expires_ms.unwrap_or(default_expiry),
             revoked: 0,
             updated_ms: now,
         };
         self.insert("enrollment_keys", &row).await?;
         Ok(token)
+    }
+
+    /// The most devices an enrollment key may enroll; `None`: no limit.
+    pub async fn enrollment_key_limit(&self, key_id: &str) -> Result<Option<u32>, ClickHouseError> {
+        let row: Option<EnrollmentKeyLimitRow> = self
+            .fetch_one_by("enrollment_key_limits", "key_id", key_id)
+            .await?;
+        Ok(row.map(|r| r.max_uses))
+    }
+
+    /// Devices an enrollment key has enrolled (revoked ones too: each was a use), counted in
+    /// ClickHouse so every server agrees.
+    pub async fn enrollment_key_uses(&self, key_id: &str) -> Result<u64, ClickHouseError> {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct Uses {
+            uses: u64,
+        }
+        let row: Uses = with_timeout(
+            self.client
+                .query(
+                    "SELECT count() AS uses FROM devices FINAL \
+                     WHERE enrollment_key_id = ? AND revoked != ?",
+                )
+                .bind(key_id)
+                .bind(REVOKED_KEY_USED_UP)
+                .fetch_one(),
+        )
+        .await?;
+        Ok(row.uses)
+    }
+
+    /// The first `n` devices enrolled with a key, in the one order every server agrees on.
+    async fn first_enrolled(&self, key_id: &str, n: u32) -> Result<Vec<Uuid>, ClickHouseError> {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct Id {
+            #[serde(with = "clickhouse::serde::uuid")]
+            device_id: Uuid,
+        }
+        let rows: Vec<Id> = with_timeout(
+            self.client
+                .query(
+                    "SELECT device_id FROM devices FINAL \
+                     WHERE enrollment_key_id = ? AND revoked != ? \
+                     ORDER BY enrolled_ms, device_id LIMIT ?",
+                )
+                .bind(key_id)
+                .bind(REVOKED_KEY_USED_UP)
+                .bind(n)
+                .fetch_all(),
+        )
+        .await?;
+        Ok(rows.into_iter().map(|r| r.device_id).collect())
     }
 
     pub async fn enrollment_key(
@@ -328,11 +473,63 @@ impl Registry {
 
     /// Registers a new device under a (checked, usable) enrollment key; the returned token is
     /// the only copy of the device's secret.
+    ///
+    /// A key with a use limit: the device is written first, then, [`ENROLL_SETTLE`] after it was
+    /// stamped, the key's first `max_uses` devices are read in the order every server agrees on
+    /// (enrolled_ms, device_id); a device not among them is marked [`REVOKED_KEY_USED_UP`] and
+    /// refused. Two servers enrolling at the same moment therefore cannot both take the last
+    /// use on one ClickHouse node, provided the servers' clocks agree to well within the settle
+    /// time; against replicas read before they caught up, the limit can be exceeded by the
+    /// enrollments made within the replication lag.
     pub async fn enroll_device(
         &self,
         key: &EnrollmentKeyRow,
         device: NewDevice<'_>,
-    ) -> Result<(Uuid, Token), ClickHouseError> {
+    ) -> Result<(Uuid, Token), EnrollError> {
+        let limit = self.enrollment_key_limit(&key.key_id).await?;
+        if let Some(max_uses) = limit {
+            // Cheap early refusal when the key is plainly used up (no row written).
+            if self.enrollment_key_uses(&key.key_id).await? >= u64::from(max_uses) {
+                return Err(EnrollError::UsedUp { max_uses });
+            }
+        }
+        let (row, token) = self.insert_device(key, device).await?;
+        if let Some(max_uses) = limit {
+            let settled = row.enrolled_ms + ENROLL_SETTLE.as_millis() as u64;
+            let stored_late = now_ms() > settled;
+            if !stored_late {
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    settled.saturating_sub(now_ms()),
+                ))
+                .await;
+            }
+            let refusal = if stored_late {
+                Some(EnrollError::Unconfirmed)
+            } else if !self
+                .first_enrolled(&key.key_id, max_uses)
+                .await?
+                .contains(&row.device_id)
+            {
+                Some(EnrollError::UsedUp { max_uses })
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                let mut refused = row;
+                refused.revoked = REVOKED_KEY_USED_UP;
+                refused.updated_ms = next_version(refused.updated_ms);
+                self.insert("devices", &refused).await?;
+                return Err(refusal);
+            }
+        }
+        Ok((row.device_id, token))
+    }
+
+    async fn insert_device(
+        &self,
+        key: &EnrollmentKeyRow,
+        device: NewDevice<'_>,
+    ) -> Result<(DeviceRow, Token), ClickHouseError> {
         let device_id = Uuid::now_v7();
         let token = secrets::new_token(SecretKind::Device, device_id.simple().to_string());
         let now = now_ms();
@@ -349,7 +546,7 @@ impl Registry {
             updated_ms: now,
         };
         self.insert("devices", &row).await?;
-        Ok((device_id, token))
+        Ok((row, token))
     }
 
     pub async fn device(&self, device_id: Uuid) -> Result<Option<DeviceRow>, ClickHouseError> {
@@ -362,19 +559,39 @@ impl Registry {
         .await
     }
 
-    /// Every device (of every tenant) whose newest version was written at or after `since_ms`;
-    /// with 0, the whole directory. Used by servers to keep their device directory current
-    /// with one query.
+    /// What authentication needs of one device.
+    pub async fn device_auth(
+        &self,
+        device_id: Uuid,
+    ) -> Result<Option<DeviceAuthRow>, ClickHouseError> {
+        with_timeout(
+            self.client
+                .query("SELECT ?fields FROM devices FINAL WHERE device_id = ?")
+                .bind(device_id.to_string())
+                .fetch_optional(),
+        )
+        .await
+    }
+
+    /// Hands `each` every device (of every tenant) whose newest version was written at or
+    /// after `since_ms` (with 0, every device), streamed row by row. Used by servers to keep
+    /// their device directory current with one query.
     pub async fn devices_changed_since(
         &self,
         since_ms: u64,
-    ) -> Result<Vec<DeviceRow>, ClickHouseError> {
-        with_timeout(
-            self.client
+        mut each: impl FnMut(DeviceAuthRow),
+    ) -> Result<(), ClickHouseError> {
+        with_timeout(async {
+            let mut cursor = self
+                .client
                 .query("SELECT ?fields FROM devices FINAL WHERE updated_ms >= ?")
                 .bind(since_ms)
-                .fetch_all(),
-        )
+                .fetch::<DeviceAuthRow>()?;
+            while let Some(row) = cursor.next().await? {
+                each(row);
+            }
+            Ok(())
+        })
         .await
     }
 

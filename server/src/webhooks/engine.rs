@@ -24,7 +24,6 @@ use crate::storage::items as item_store;
 use crate::storage::webhooks::{
     self as store, day_of, DeliveryRow, DeliveryState, ItemStateRow, WebhookRow,
 };
-use crate::tenancy::Role;
 
 /// How often the list of webhooks is re-read: a new webhook starts getting deliveries within
 /// about this long (changes since its creation included).
@@ -482,8 +481,8 @@ async fn compare(
         let Some(snapshot) = ItemSnapshot::from_read(read) else {
             continue;
         };
-        // What a contact-center agent would see: no activity spans, names only where shown.
-        let doc = snapshot.document(item_id, Role::CcAgent, &context, &stats, false, now);
+        // What a contact-center agent would see: where the item stands, no per-person figures.
+        let doc = snapshot.contact_center_document(item_id, &context, &stats, false, now);
         let current = Announced {
             status: doc.status,
             sla_state: doc.sla.state,
@@ -529,7 +528,7 @@ fn new_delivery(
     webhook: &WebhookRow,
     event: EventType,
     previous: Option<Announced>,
-    doc: &crate::http::items::StatusDoc,
+    doc: &crate::http::items::CcStatusDoc,
     now: u64,
 ) -> Option<DeliveryRow> {
     let id = delivery_id(&webhook.webhook_id, event, doc);

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::http::items::StatusDoc;
+use crate::http::items::CcStatusDoc;
 use crate::items::{SlaState, Status};
 
 /// The events a webhook can subscribe to.
@@ -77,7 +77,7 @@ pub fn fired(before: Option<Announced>, now: Announced) -> Vec<EventType> {
 /// the same id, and receivers de-duplicate by it. A status change is identified by the new
 /// status and the time of the item's latest activity; an SLA change by the new state and the
 /// due time (an item becomes at risk or breached once per due time).
-pub fn delivery_id(webhook_id: &str, event: EventType, doc: &StatusDoc) -> String {
+pub fn delivery_id(webhook_id: &str, event: EventType, doc: &CcStatusDoc) -> String {
     let identity = match event {
         EventType::StatusChanged => format!(
             "{}@{}",
@@ -117,7 +117,7 @@ pub struct PayloadData<'a> {
     /// What was announced before (`null` for an item not announced yet).
     pub previous: Option<Announced>,
     /// The item's status document as a `cc_agent` sees it, without history.
-    pub item: &'a StatusDoc,
+    pub item: &'a CcStatusDoc,
 }
 
 #[cfg(test)]

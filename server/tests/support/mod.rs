@@ -96,8 +96,8 @@ async fn start_clickhouse_with(
     let config = ClickHouseConfig {
         url: clickhouse.url(),
         database: database.into(),
-        user: None,
-        password: None,
+        user: Some(backlight_server::clickhouse::embedded::USER.into()),
+        password: Some(clickhouse.password().into()),
     };
     (dir, clickhouse, config)
 }

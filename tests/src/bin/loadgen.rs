@@ -119,6 +119,13 @@ struct Args {
     /// ClickHouse HTTP URL, to confirm what was stored (load) and to run DDL (baseline).
     #[arg(long)]
     clickhouse_url: Option<String>,
+    /// Password of ClickHouse's `default` user (the embedded one keeps it in
+    /// `DATA_DIR/clickhouse/password`).
+    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
+    /// The server's `--metrics-token`, to read its /metrics (the server's own figures).
+    #[arg(long, env = "BACKLIGHT_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// ClickHouse database holding `events`.
     #[arg(long, default_value = "backlight")]
     clickhouse_database: String,
@@ -371,6 +378,7 @@ impl Generator {
             events_rejected: 0,
             clock_offset_ms: self.rng.random_range(-250..250),
             at_ms: self.tick(0),
+            session: None,
         })
     }
 
@@ -477,7 +485,13 @@ async fn load(args: &Args) -> Result<()> {
     let clickhouse = args
         .clickhouse_url
         .as_ref()
-        .map(|url| ClickHouseHttp::new(url, &args.clickhouse_database))
+        .map(|url| {
+            ClickHouseHttp::new(
+                url,
+                &args.clickhouse_database,
+                args.clickhouse_password.as_deref(),
+            )
+        })
         .transpose()?;
     let stored_before = match &clickhouse {
         Some(ch) => Some(ch.count_final("events").await?),
@@ -521,11 +535,11 @@ async fn load(args: &Args) -> Result<()> {
     // CPU and server counters over exactly the window.
     tokio::time::sleep_until(timeline.window_start.into()).await;
     let cpu_before = CpuSample::take(args);
-    let metrics_before = server_metrics(&client, &server).await;
+    let metrics_before = server_metrics(&client, &server, args.metrics_token.as_deref()).await;
     let ch_before = clickhouse_events(clickhouse.as_ref()).await;
     tokio::time::sleep_until(timeline.end.into()).await;
     let cpu_after = CpuSample::take(args);
-    let metrics_after = server_metrics(&client, &server).await;
+    let metrics_after = server_metrics(&client, &server, args.metrics_token.as_deref()).await;
     let ch_after = clickhouse_events(clickhouse.as_ref()).await;
     let ch_work = ch_before.zip(ch_after).map(|(a, b)| {
         b.into_iter()
@@ -1001,15 +1015,16 @@ struct ServerMetrics {
     insert_failures: f64,
 }
 
-async fn server_metrics(client: &reqwest::Client, server: &str) -> Option<ServerMetrics> {
-    let text = client
-        .get(format!("{server}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+async fn server_metrics(
+    client: &reqwest::Client,
+    server: &str,
+    token: Option<&str>,
+) -> Option<ServerMetrics> {
+    let mut request = client.get(format!("{server}/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let text = request.send().await.ok()?.text().await.ok()?;
     let sum = |name: &str| -> f64 {
         text.lines()
             .filter(|l| {
@@ -1323,10 +1338,11 @@ struct ClickHouseHttp {
     client: reqwest::Client,
     url: String,
     database: String,
+    password: Option<String>,
 }
 
 impl ClickHouseHttp {
-    fn new(url: &str, database: &str) -> Result<ClickHouseHttp> {
+    fn new(url: &str, database: &str, password: Option<&str>) -> Result<ClickHouseHttp> {
         let host = reqwest::Url::parse(url).context("--clickhouse-url")?;
         if !matches!(
             host.host_str(),
@@ -1340,14 +1356,21 @@ impl ClickHouseHttp {
                 .build()?,
             url: url.trim_end_matches('/').to_string(),
             database: database.to_string(),
+            password: password.map(str::to_string),
         })
     }
 
     async fn query(&self, sql: &str) -> Result<String> {
-        let response = self
+        let mut request = self
             .client
             .post(format!("{}/?database={}", self.url, self.database))
-            .body(sql.to_string())
+            .body(sql.to_string());
+        if let Some(password) = &self.password {
+            request = request
+                .header("X-ClickHouse-User", "default")
+                .header("X-ClickHouse-Key", password);
+        }
+        let response = request
             .send()
             .await
             .with_context(|| format!("ClickHouse at {}", self.url))?;
@@ -1386,7 +1409,11 @@ async fn baseline(args: &Args) -> Result<()> {
     let port = args
         .clickhouse_tcp_port
         .context("--baseline needs --clickhouse-tcp-port")?;
-    let ch = ClickHouseHttp::new(url, &args.clickhouse_database)?;
+    let ch = ClickHouseHttp::new(
+        url,
+        &args.clickhouse_database,
+        args.clickhouse_password.as_deref(),
+    )?;
     let version = ch.query("SELECT version()").await?.trim().to_string();
 
     let dir = match &args.work_dir {
@@ -1526,7 +1553,12 @@ async fn run_client(args: &Args, port: u16, query: &str, input: Option<&Path>) -
         Some(file) => Stdio::from(std::fs::File::open(file)?),
         None => Stdio::null(),
     };
-    let mut child = tokio::process::Command::new(&args.clickhouse_client)
+    let mut command = tokio::process::Command::new(&args.clickhouse_client);
+    if let Some(password) = &args.clickhouse_password {
+        // On the command line: a throwaway benchmark ClickHouse on loopback.
+        command.arg(format!("--password={password}"));
+    }
+    let mut child = command
         .arg("--host=127.0.0.1")
         .arg(format!("--port={port}"))
         .arg(format!("--database={}", args.clickhouse_database))

@@ -147,6 +147,13 @@ struct Args {
     /// ClickHouse HTTP URL (loopback): probe the lookup's queries directly during the window.
     #[arg(long)]
     clickhouse_url: Option<String>,
+    /// Password of ClickHouse's `default` user (the embedded one keeps it in
+    /// `DATA_DIR/clickhouse/password`).
+    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
+    /// The server's `--metrics-token`, to read its /metrics (the server's own figures).
+    #[arg(long, env = "BACKLIGHT_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// ClickHouse database.
     #[arg(long, default_value = "backlight")]
     clickhouse_database: String,
@@ -254,7 +261,13 @@ async fn run(args: &Args) -> Result<()> {
     let clickhouse = args
         .clickhouse_url
         .as_deref()
-        .map(|u| ClickHouseHttp::new(u, &args.clickhouse_database))
+        .map(|u| {
+            ClickHouseHttp::new(
+                u,
+                &args.clickhouse_database,
+                args.clickhouse_password.as_deref(),
+            )
+        })
         .transpose()?;
     let eta_scan_ms = match &clickhouse {
         Some(ch) => time_eta_scan(ch, &args.tenant).await.ok(),
@@ -362,15 +375,16 @@ async fn run(args: &Args) -> Result<()> {
     let window_probe = {
         let (client, server, clock) = (client.clone(), server.clone(), clock.clone());
         let (server_pid, ch_pid) = (args.server_pid, args.clickhouse_pid);
+        let token = args.metrics_token.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(clock.window_start.into()).await;
             let cpu0 = CpuSample::take(server_pid, ch_pid);
-            let m0 = server_metrics(&client, &server).await;
+            let m0 = server_metrics(&client, &server, token.as_deref()).await;
             let from_ms = now_ms();
             tokio::time::sleep_until(clock.end.into()).await;
             let to_ms = now_ms();
             let cpu1 = CpuSample::take(server_pid, ch_pid);
-            let m1 = server_metrics(&client, &server).await;
+            let m1 = server_metrics(&client, &server, token.as_deref()).await;
             (cpu0.delta(&cpu1), m0.zip(m1), (from_ms, to_ms))
         })
     };
@@ -1004,10 +1018,11 @@ impl IngestAgent {
 struct ClickHouseHttp {
     client: reqwest::Client,
     url: String,
+    password: Option<String>,
 }
 
 impl ClickHouseHttp {
-    fn new(url: &str, database: &str) -> Result<ClickHouseHttp> {
+    fn new(url: &str, database: &str, password: Option<&str>) -> Result<ClickHouseHttp> {
         let parsed = reqwest::Url::parse(url).context("--clickhouse-url")?;
         if !matches!(
             parsed.host_str(),
@@ -1021,6 +1036,7 @@ impl ClickHouseHttp {
                 .pool_max_idle_per_host(8)
                 .build()?,
             url: format!("{}/?database={database}", url.trim_end_matches('/')),
+            password: password.map(str::to_string),
         })
     }
 
@@ -1033,7 +1049,13 @@ impl ClickHouseHttp {
 
     /// Runs `sql`, returns its text answer.
     async fn text(&self, sql: impl Into<reqwest::Body>) -> Result<String> {
-        let r = self.client.post(&self.url).body(sql).send().await?;
+        let mut request = self.client.post(&self.url).body(sql);
+        if let Some(password) = &self.password {
+            request = request
+                .header("X-ClickHouse-User", "default")
+                .header("X-ClickHouse-Key", password);
+        }
+        let r = request.send().await?;
         let status = r.status();
         let text = r.text().await?;
         if !status.is_success() {
@@ -1278,15 +1300,16 @@ struct ServerMetrics {
     batches: f64,
 }
 
-async fn server_metrics(client: &reqwest::Client, server: &str) -> Option<ServerMetrics> {
-    let text = client
-        .get(format!("{server}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+async fn server_metrics(
+    client: &reqwest::Client,
+    server: &str,
+    token: Option<&str>,
+) -> Option<ServerMetrics> {
+    let mut request = client.get(format!("{server}/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let text = request.send().await.ok()?.text().await.ok()?;
     let pick = |name: &str, route: bool| -> f64 {
         text.lines()
             .filter(|l| {

@@ -65,6 +65,10 @@ struct Args {
     /// ClickHouse database.
     #[arg(long, default_value = "backlight")]
     clickhouse_database: String,
+    /// Password of ClickHouse's `default` user (the embedded one keeps it in
+    /// `DATA_DIR/clickhouse/password`).
+    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
     /// A label copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -127,7 +131,15 @@ async fn run(args: &Args) -> Result<()> {
     // One read after the samples, so it does not load ClickHouse while they run.
     if let Some(url) = &args.clickhouse_url {
         let prefix = format!("{}-{run_id}-", args.prefix);
-        match received_at(&client, url, &args.clickhouse_database, &prefix).await {
+        match received_at(
+            &client,
+            url,
+            args.clickhouse_password.as_deref(),
+            &args.clickhouse_database,
+            &prefix,
+        )
+        .await
+        {
             Ok(received) => {
                 for (item, s) in &mut samples {
                     s.received_ms = received
@@ -322,6 +334,7 @@ async fn sample(args: &Args, client: &reqwest::Client, server: &str, item: &str)
 async fn received_at(
     client: &reqwest::Client,
     url: &str,
+    password: Option<&str>,
     database: &str,
     prefix: &str,
 ) -> Result<std::collections::HashMap<String, u64>> {
@@ -329,11 +342,16 @@ async fn received_at(
         "SELECT item_id, min(received_ms) FROM events WHERE startsWith(item_id, '{prefix}') \
          AND action = 'completed' GROUP BY item_id FORMAT TSV"
     );
-    let answer = client
-        .post(format!(
-            "{}/?database={database}",
-            url.trim_end_matches('/')
-        ))
+    let mut request = client.post(format!(
+        "{}/?database={database}",
+        url.trim_end_matches('/')
+    ));
+    if let Some(password) = password {
+        request = request
+            .header("X-ClickHouse-User", "default")
+            .header("X-ClickHouse-Key", password);
+    }
+    let answer = request
         .body(sql)
         .timeout(Duration::from_secs(120))
         .send()

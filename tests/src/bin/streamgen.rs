@@ -92,6 +92,10 @@ struct Args {
     /// ClickHouse HTTP URL, for its query counters.
     #[arg(long)]
     clickhouse_url: String,
+    /// Password of ClickHouse's `default` user (the embedded one keeps it in
+    /// `DATA_DIR/clickhouse/password`).
+    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
     /// Process id of the streams' server (CPU).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -191,12 +195,21 @@ async fn main() -> Result<()> {
         "baseline: {:?} of changes at {}/s without streams",
         args.idle, args.change_rate
     );
-    let before = Counters::read(&http, &args.clickhouse_url).await?;
+    let before = Counters::read(
+        &http,
+        &args.clickhouse_url,
+        args.clickhouse_password.as_deref(),
+    )
+    .await?;
     let cpu_before = Cpu::sample(&args);
     changer.run(args.idle, args.change_rate, &mut order).await;
-    let idle = Counters::read(&http, &args.clickhouse_url)
-        .await?
-        .since(&before);
+    let idle = Counters::read(
+        &http,
+        &args.clickhouse_url,
+        args.clickhouse_password.as_deref(),
+    )
+    .await?
+    .since(&before);
     let idle_cpu = Cpu::sample(&args).since(&cpu_before);
 
     // Open the streams and wait for each one's first document.
@@ -242,14 +255,23 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     shared.pending.lock().unwrap().clear();
     shared.recording.store(true, Ordering::Relaxed);
-    let before = Counters::read(&http, &args.clickhouse_url).await?;
+    let before = Counters::read(
+        &http,
+        &args.clickhouse_url,
+        args.clickhouse_password.as_deref(),
+    )
+    .await?;
     let cpu_before = Cpu::sample(&args);
     let sent = changer
         .run(args.duration, args.change_rate, &mut order)
         .await;
-    let with = Counters::read(&http, &args.clickhouse_url)
-        .await?
-        .since(&before);
+    let with = Counters::read(
+        &http,
+        &args.clickhouse_url,
+        args.clickhouse_password.as_deref(),
+    )
+    .await?
+    .since(&before);
     let with_cpu = Cpu::sample(&args).since(&cpu_before);
     // Changes of the last second get their time to arrive (not counted in the query rates).
     tokio::time::sleep(SEEN_WITHIN).await;
@@ -601,9 +623,14 @@ struct Rates {
 }
 
 impl Counters {
-    async fn read(http: &reqwest::Client, url: &str) -> Result<Counters> {
-        let text = http
-            .post(url)
+    async fn read(http: &reqwest::Client, url: &str, password: Option<&str>) -> Result<Counters> {
+        let mut request = http.post(url);
+        if let Some(password) = password {
+            request = request
+                .header("X-ClickHouse-User", "default")
+                .header("X-ClickHouse-Key", password);
+        }
+        let text = request
             .body("SELECT event, value FROM system.events WHERE event IN ('SelectQuery', 'InsertQuery') FORMAT TSV")
             .send()
             .await?

@@ -8,7 +8,7 @@
 
 use std::fmt::Display;
 
-use backlight_server::clickhouse::embedded::{find_binary, ClickHouseProcess, Ports};
+use backlight_server::clickhouse::embedded::{find_binary, ClickHouseProcess, Ports, USER};
 use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 
@@ -18,6 +18,8 @@ use super::{http_client, unique_name};
 pub struct ClickHouse {
     process: Option<ClickHouseProcess>,
     ports: Ports,
+    /// The password of its one user (it lives in the state directory, kept across restarts).
+    password: String,
     dir: TempDir,
 }
 
@@ -39,6 +41,7 @@ impl ClickHouse {
             .unwrap_or_else(|e| panic!("starting ClickHouse failed: {e}"));
         ClickHouse {
             ports: process.ports(),
+            password: process.password().to_string(),
             process: Some(process),
             dir,
         }
@@ -84,9 +87,14 @@ impl ClickHouse {
         self.process = Some(process);
     }
 
+    /// The password of the user the server and [`Db`] connect as.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// A handle on database `name` (which may not exist yet).
     pub fn db(&self, name: &str) -> Db {
-        Db::new(self.url(), name.to_string())
+        Db::new(self.url(), name.to_string()).with_password(&self.password)
     }
 
     /// A handle on a database with a fresh, unique name (not created yet: the server's
@@ -118,6 +126,8 @@ impl Drop for ClickHouse {
 pub struct Db {
     url: String,
     name: String,
+    /// The password of ClickHouse's `default` user, when it has one.
+    password: Option<String>,
     http: reqwest::Client,
 }
 
@@ -126,12 +136,24 @@ impl Db {
         Db {
             url,
             name,
+            password: None,
             http: http_client(),
         }
     }
 
+    /// The same database, reached as user `default` with `password`.
+    pub fn with_password(mut self, password: &str) -> Db {
+        self.password = Some(password.to_string());
+        self
+    }
+
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The password of user `default`, if any (what a server on this database needs).
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 
     pub fn name(&self) -> &str {
@@ -140,7 +162,7 @@ impl Db {
 
     /// Runs `sql` and returns the body, or an error with ClickHouse's message.
     pub async fn try_query(&self, sql: &str) -> Result<String, String> {
-        let response = self
+        let mut request = self
             .http
             // Database names are `[a-z0-9_]` (see `unique_name`): nothing to escape. Numbers
             // as numbers in JSON formats (UInt64 is quoted by default).
@@ -148,7 +170,13 @@ impl Db {
                 "{}/?database={}&output_format_json_quote_64bit_integers=0",
                 self.url, self.name
             ))
-            .body(sql.to_string())
+            .body(sql.to_string());
+        if let Some(password) = &self.password {
+            request = request
+                .header("X-ClickHouse-User", USER)
+                .header("X-ClickHouse-Key", password);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| format!("ClickHouse at {} unreachable: {e}", self.url))?;

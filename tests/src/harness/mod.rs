@@ -7,8 +7,10 @@ pub mod ingest;
 pub mod process;
 pub mod receiver;
 pub mod server;
+pub mod spine;
 pub mod sse;
 pub mod wait;
+pub mod xvfb;
 
 /// A unique, ClickHouse-safe name with the given prefix, e.g. `e2e_3f2a…`.
 pub fn unique_name(prefix: &str) -> String {

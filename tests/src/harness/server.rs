@@ -35,7 +35,12 @@ pub struct ServerOptions {
     /// Serve HTTPS with this certificate and key; the harness's client then trusts exactly
     /// that certificate.
     pub tls: Option<TlsFiles>,
+    /// `--metrics-token`: what [`Server::metrics`] sends.
+    pub metrics_token: String,
 }
+
+/// The `--metrics-token` test servers run with unless a test says otherwise.
+pub const TEST_METRICS_TOKEN: &str = "e2e-metrics-token-0123456789abcdef";
 
 /// `--tls-cert` and `--tls-key` files. The certificate must be self-signed (it is also the one
 /// root the harness's HTTPS client trusts), e.g. made by `rcgen` in the test.
@@ -62,6 +67,7 @@ impl Default for ServerOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             tls: None,
+            metrics_token: TEST_METRICS_TOKEN.into(),
         }
     }
 }
@@ -220,7 +226,10 @@ impl Server {
             self.options.auth_cache_ttl.clone(),
             "--insert-min-interval".into(),
             self.options.insert_min_interval.clone(),
+            "--metrics-token".into(),
+            self.options.metrics_token.clone(),
         ];
+        args.extend(clickhouse_credentials(&self.db));
         if let Some(tls) = &self.options.tls {
             args.push("--tls-cert".into());
             args.push(tls.cert.display().to_string());
@@ -398,20 +407,29 @@ impl Server {
             .await
     }
 
-    /// `GET /metrics` as text.
+    /// `GET /metrics` as text, with the metrics token.
     pub async fn metrics(&self) -> String {
-        let response = self
-            .http
-            .get(format!("{}/metrics", self.url()))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        let response = self.get_metrics(Some(&self.options.metrics_token)).await;
         assert!(
-            response.status().is_success(),
-            "GET /metrics answered {}",
-            response.status()
+            response.status.is_success(),
+            "GET /metrics answered {response}"
         );
-        response.text().await.expect("reading /metrics")
+        response.body
+    }
+
+    /// `GET /metrics` with `token` as the bearer (or none), whatever the answer.
+    pub async fn get_metrics(&self, token: Option<&str>) -> Posted {
+        let mut request = self.http.get(format!("{}/metrics", self.url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Posted::read(
+            request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET /metrics: {e}")),
+        )
+        .await
     }
 }
 
@@ -442,6 +460,20 @@ pub async fn serve_until_exit(args: &[String], timeout: Duration) -> Output {
     }
 }
 
+/// `--clickhouse-user`/`--clickhouse-password` for `db` (on the command line: these are
+/// throwaway test passwords; production passes them in the environment).
+fn clickhouse_credentials(db: &Db) -> Vec<String> {
+    match db.password() {
+        Some(password) => vec![
+            "--clickhouse-user".into(),
+            backlight_server::clickhouse::embedded::USER.into(),
+            "--clickhouse-password".into(),
+            password.into(),
+        ],
+        None => Vec::new(),
+    }
+}
+
 /// Runs `backlight-server admin <args>` against `db` and returns stdout; panics on failure.
 pub async fn admin(db: &Db, data_dir: &Path, args: &[&str]) -> String {
     let output = try_admin(db, data_dir, args).await;
@@ -468,8 +500,9 @@ pub async fn try_admin(db: &Db, data_dir: &Path, args: &[&str]) -> Output {
             db.url(),
             "--clickhouse-database",
             db.name(),
-            "admin",
         ])
+        .args(clickhouse_credentials(db))
+        .arg("admin")
         .args(args)
         .kill_on_drop(true);
     match tokio::time::timeout(ADMIN_TIMEOUT, command.output()).await {

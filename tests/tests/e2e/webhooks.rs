@@ -205,6 +205,14 @@ async fn webhooks_are_signed_fire_on_sla_time_and_survive_an_outage_and_a_restar
     assert_eq!(body["data"]["previous"], Value::Null, "{body}");
     assert_eq!(body["webhook_id"], webhook_id.as_str());
     assert_eq!(body["data"]["item"]["registration"]["queue"], "motor");
+    // A CRM gets what a contact-center key reads: no per-person figures (issue 10).
+    for field in ["handle_time_ms", "touches", "people_involved"] {
+        assert!(body["data"]["item"].get(field).is_none(), "{field}: {body}");
+    }
+    assert!(
+        body["data"]["item"]["handler"].get("person").is_none(),
+        "{body}"
+    );
 
     // No event after the start: the clock alone breaches the SLA.
     let breached = received(&receiver, secs(30), "for the SLA breach", |r| {

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::clickhouse::{with_timeout, ClickHouseError};
 use crate::reports::time::{civil_from_days, TzOffsets};
-use crate::reports::{GroupBy, BUCKET_MS, HANDLE_LOOKBACK_MS};
+use crate::reports::{GroupBy, TimeZone, BUCKET_MS, HANDLE_LOOKBACK_MS};
 
 const MS_PER_DAY: u64 = 86_400_000;
 /// The newest registration of every item. `items` has one partition and is sorted by
@@ -46,7 +46,7 @@ enum Bind {
     U64(u64),
 }
 
-/// SQL text with its bindings, assembled in order.
+/// SQL text with its bindings, assembled in order. Every value is bound, never spliced.
 #[derive(Default)]
 struct Sql {
     text: String,
@@ -69,6 +69,13 @@ impl Sql {
         self.text.push('?');
         self.binds.push(Bind::Strs(v));
         self
+    }
+
+    /// `device_id IN (…)` of these devices; an empty list matches nothing.
+    fn device_in(&mut self, devices: &[Uuid]) -> &mut Sql {
+        self.push("device_id IN (SELECT toUUID(arrayJoin(")
+            .strs(device_strings(devices))
+            .push(")))")
     }
 
     fn u64(&mut self, v: u64) -> &mut Sql {
@@ -94,17 +101,22 @@ impl Sql {
 
 /// `YYYY-MM-DD` of the UTC day of `t`.
 fn utc_day(t: u64) -> String {
-    let (y, m, d) = civil_from_days((t / MS_PER_DAY) as i64);
+    day_string((t / MS_PER_DAY) as i64)
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
+fn day_string(day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// `toUUID('…'), …` for an `IN (…)` list; never empty (an empty team matches nothing).
-fn uuid_list(devices: &[Uuid]) -> String {
+/// The devices as a bound array of strings; never empty (the nil UUID, which no device
+/// has, stands for none), as an empty array has no element type to convert.
+fn device_strings(devices: &[Uuid]) -> Vec<String> {
     if devices.is_empty() {
-        return "toUUID('00000000-0000-0000-0000-000000000000')".to_string();
+        return vec![Uuid::nil().to_string()];
     }
-    let list: Vec<String> = devices.iter().map(|d| format!("toUUID('{d}')")).collect();
-    list.join(", ")
+    devices.iter().map(Uuid::to_string).collect()
 }
 
 /// What one report asks for. The tenant comes from the caller's API key.
@@ -114,9 +126,8 @@ pub struct ReportQuery {
     /// Multiples of [`BUCKET_MS`], `from < to`.
     pub from_ms: u64,
     pub to_ms: u64,
-    /// A zone ClickHouse knows (checked with [`zone_offsets`]) and that passed
-    /// [`crate::reports::plausible_zone_name`], so it may be written into the SQL text.
-    pub tz: String,
+    /// A zone ClickHouse knows (checked with [`zone_offsets`]).
+    pub tz: TimeZone,
     pub group_by: GroupBy,
     /// Only these devices (a team filter); `None`: all devices.
     pub devices: Option<Vec<Uuid>>,
@@ -160,16 +171,13 @@ impl ReportQuery {
             .str(&utc_day(self.to_ms - 1))
             .push(") GROUP BY device_id, day)");
         if let Some(devices) = &self.devices {
-            sql.push(" AND device_id IN (")
-                .push(&uuid_list(devices))
-                .push(")");
+            sql.push(" AND ").device_in(devices);
         }
     }
 
     /// The group key (a String) of a rollup row with columns `device_id`, `bucket_ms` and,
     /// for queue grouping, `queue`.
     fn group_expr(&self, sql: &mut Sql) {
-        let tz = &self.tz;
         let from = self.from_ms;
         if self.total {
             sql.push("''");
@@ -198,15 +206,19 @@ impl ReportQuery {
             GroupBy::Queue => {
                 sql.push("queue");
             }
-            GroupBy::Day => {
-                sql.push(&format!(
-                    "toString(greatest(toUInt64(toUnixTimestamp(toStartOfDay(toDateTime(intDiv(bucket_ms, 1000), '{tz}')))) * 1000, {from}))"
-                ));
-            }
-            GroupBy::Hour => {
-                sql.push(&format!(
-                    "toString(greatest(toUInt64(toUnixTimestamp(toStartOfHour(toDateTime(intDiv(bucket_ms, 1000), '{tz}')))) * 1000, {from}))"
-                ));
+            GroupBy::Day | GroupBy::Hour => {
+                let start_of = if self.group_by == GroupBy::Day {
+                    "toStartOfDay"
+                } else {
+                    "toStartOfHour"
+                };
+                sql.push("toString(greatest(toUInt64(toUnixTimestamp(")
+                    .push(start_of)
+                    .push("(toDateTime(intDiv(bucket_ms, 1000), ")
+                    .str(self.tz.as_str())
+                    .push(")))) * 1000, ")
+                    .u64(from)
+                    .push("))");
             }
             GroupBy::Interval15 => {
                 sql.push("toString(bucket_ms)");
@@ -259,7 +271,7 @@ pub struct BacklogRow {
 /// here means it does not know the zone.
 pub async fn zone_offsets(
     client: &Client,
-    tz: &str,
+    tz: &TimeZone,
     from_ms: u64,
     to_ms: u64,
 ) -> Result<TzOffsets, ClickHouseError> {
@@ -274,7 +286,7 @@ pub async fn zone_offsets(
     let row: Offsets = with_timeout(
         client
             .query(sql)
-            .bind(tz)
+            .bind(tz.as_str())
             .bind(start_ms / 1000)
             .bind(n)
             .fetch_one(),
@@ -317,18 +329,9 @@ pub async fn refresh(
     to_ms: u64,
 ) -> Result<usize, ClickHouseError> {
     let (lo, hi) = (utc_day(from_ms), utc_day(to_ms - 1));
-    let sql = "SELECT device_id, toUInt16(day) AS day_number, rows FROM
-                 (SELECT device_id, day, sum(rows) AS rows FROM report_day_rows
-                  WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day) AS counted
-               ANY LEFT JOIN
-                 (SELECT device_id, day, argMax(source_rows, version) AS built FROM report_rollup_state_v2
-                  WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day) AS rollup_state
-               USING (device_id, day)
-               WHERE built != rows
-               ORDER BY device_id, day";
     let stale: Vec<Stale> = with_timeout(
         client
-            .query(sql)
+            .query(include_str!("stale_days.sql"))
             .bind(tenant)
             .bind(&lo)
             .bind(&hi)
@@ -354,58 +357,24 @@ fn new_version() -> u64 {
 
 async fn rebuild(client: &Client, tenant: &str, chunk: &[Stale]) -> Result<(), ClickHouseError> {
     let version = new_version();
-    let day_str = |d: u16| {
-        let (y, m, dd) = civil_from_days(i64::from(d));
-        format!("{y:04}-{m:02}-{dd:02}")
-    };
+    let day_str = |d: u16| day_string(i64::from(d));
     let mut devices: Vec<Uuid> = chunk.iter().map(|s| s.device_id).collect();
     devices.dedup();
-    let device_list: Vec<String> = devices.iter().map(|d| format!("toUUID('{d}')")).collect();
-    let pairs: Vec<String> = chunk
+    let pairs: Vec<(String, String)> = chunk
         .iter()
-        .map(|s| {
-            format!(
-                "(toUUID('{}'), toDate('{}'))",
-                s.device_id,
-                day_str(s.day_number)
-            )
-        })
+        .map(|s| (s.device_id.to_string(), day_str(s.day_number)))
         .collect();
     let first = chunk.iter().map(|s| s.day_number).min().unwrap_or(0);
     let last = chunk.iter().map(|s| s.day_number).max().unwrap_or(0);
-    // Spans last at most 7 days, so a span touching `first` started on `first - 7` or later.
-    let sql = format!(
-        "INSERT INTO report_rollup_v2 (tenant_id, device_id, day, bucket_ms, item_id, active_ms, idle_ms, completed_ms, version)
-         SELECT tenant_id, device_id, day, bucket_ms, item_id, sum(active), sum(idle),
-                if(min(done) = 18446744073709551615, 0, min(done)), {version}
-         FROM (
-           SELECT tenant_id, device_id, toDate(toDateTime(intDiv(b, 1000)), 'UTC') AS day, b AS bucket_ms, item_id,
-                  if(ev_kind = 'activity_span' AND ev_state = 'active', least(e, b + 900000) - greatest(s, b), 0) AS active,
-                  if(ev_kind = 'activity_span' AND ev_state IN ('idle', 'locked'), least(e, b + 900000) - greatest(s, b), 0) AS idle,
-                  if(ev_kind = 'work_item', s, 18446744073709551615) AS done
-           FROM (
-             SELECT tenant_id, device_id, ev_kind, ev_state, ev_item AS item_id, s, e,
-                    arrayJoin(arrayMap(i -> (intDiv(s, 900000) + i) * 900000,
-                              range(toUInt64(intDiv(greatest(e, s + 1) - 1, 900000) - intDiv(s, 900000) + 1)))) AS b
-             FROM (
-               SELECT tenant_id, device_id, seq, any(kind) AS ev_kind, any(state) AS ev_state, any(item_id) AS ev_item,
-                      any(time_ms) AS s, any(end_ms) AS e
-               FROM events
-               WHERE tenant_id = ? AND device_id IN ({devices})
-                 AND event_date >= toDate('{first}') - 7 AND event_date <= toDate('{last}')
-                 AND (kind = 'activity_span' OR (kind = 'work_item' AND action = 'completed'))
-               GROUP BY tenant_id, device_id, seq
-             )
-           )
-           WHERE (device_id, day) IN ({pairs})
-         )
-         GROUP BY tenant_id, device_id, day, bucket_ms, item_id",
-        devices = device_list.join(", "),
-        first = day_str(first),
-        last = day_str(last),
-        pairs = pairs.join(", "),
-    );
-    with_timeout(client.query(&sql).bind(tenant).execute()).await?;
+    let rebuild = client
+        .query(include_str!("rebuild.sql"))
+        .bind(version)
+        .bind(tenant)
+        .bind(device_strings(&devices))
+        .bind(day_str(first))
+        .bind(day_str(last))
+        .bind(pairs);
+    with_timeout(rebuild.execute()).await?;
     with_timeout(async {
         let mut insert = client.insert::<StateRow>("report_rollup_state_v2").await?;
         for s in chunk {
@@ -499,9 +468,7 @@ pub async fn item_figures(
             .push(" AND completed_ms < ")
             .u64(to);
         if let Some(devices) = &q.devices {
-            sql.push(" AND device_id IN (")
-                .push(&uuid_list(devices))
-                .push(")");
+            sql.push(" AND ").device_in(devices);
         }
     };
     // Items a team filter leaves: those its devices completed.
