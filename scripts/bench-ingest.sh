@@ -195,8 +195,8 @@ for run in $(seq 1 "$RUNS"); do
     # New parts per table this run wrote from its first INSERT into events on, per second of
     # the span in which it wrote them (enrollment excluded): what bounds merges and "too many
     # parts".
-    curl -fsS --data-binary 'SYSTEM FLUSH LOGS' "$CH_URL/" >/dev/null || true
-    parts="$(curl -fsS --data-binary "SELECT table, count() AS parts,
+    curl -fsS "${CH_AUTH[@]}" --data-binary 'SYSTEM FLUSH LOGS' "$CH_URL/" >/dev/null || true
+    parts="$(curl -fsS "${CH_AUTH[@]}" --data-binary "SELECT table, count() AS parts,
         toUInt32(max(event_time)) - toUInt32(min(event_time)) AS span_s
       FROM system.part_log WHERE toInt8(event_type) = 1 AND database = 'backlight'
         AND event_time >= (SELECT min(event_time) FROM system.part_log WHERE toInt8(event_type) = 1
@@ -206,7 +206,7 @@ for run in $(seq 1 "$RUNS"); do
       2>/dev/null)" || parts=""
     # (18.16 names the event NEW_PART, later releases NewPart: compare its number.)
     [ -n "$parts" ] && jq -e 'type == "object"' >/dev/null 2>&1 <<<"$parts" || parts=null
-    active="$(curl -fsS --data-binary "SELECT count() FROM system.parts WHERE active AND database = 'backlight' AND table = 'events'" "$CH_URL/" 2>/dev/null)" || active=""
+    active="$(curl -fsS "${CH_AUTH[@]}" --data-binary "SELECT count() FROM system.parts WHERE active AND database = 'backlight' AND table = 'events'" "$CH_URL/" 2>/dev/null)" || active=""
     [[ "$active" =~ ^[0-9]+$ ]] || active=null
     echo "    new parts/s (system.part_log): $parts; active parts of events now: $active"
     run_json="$(jq -c --argjson parts "$parts" --argjson active "$active" \

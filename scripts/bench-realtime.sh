@@ -113,6 +113,12 @@ AGENT_BIN="${AGENT_BIN:-$TARGET_DIR/release/backlight-agent}"
 REALTIME_BIN="$TARGET_DIR/release/backlight-realtime"
 LOADGEN_BIN="$TARGET_DIR/release/backlight-loadgen"
 
+# The load generator enrolls 1,000 simulated desktops within seconds: lift the enrollment rate
+# limits (docs/security.md) as bench-ingest.sh does, and give it the /metrics token it reads the
+# server's INSERT counters with (an older SERVER_BIN ignores these variables).
+export BACKLIGHT_ENROLL_RATE=100000 BACKLIGHT_ENROLL_KEY_RATE=100000
+BACKLIGHT_METRICS_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export BACKLIGHT_METRICS_TOKEN
 mkdir -p "$DATA"
 echo "==> starting backlight-server; ClickHouse: embedded, under $DATA/clickhouse"
 for attempt in 1 2 3; do
