@@ -23,6 +23,7 @@
 #   INSERT_MIN_INTERVAL= AUTH_CACHE_TTL= (passed to backlight-server when set)
 #   BASELINE_REPEAT=3 (0 skips the ceiling) BASELINE_FORMAT=rowbinary|tsv
 #   BASELINE_ROWS= (default: the events run 1 acknowledged)
+#   PART_LOG=1 (ClickHouse keeps system.part_log; each run reports the new parts/s it caused)
 #   PROFILE_STAGES=1 SKIP_BUILD=0 KEEP=0 (keep the work directory) RESULTS= (write the JSON there)
 #   SERVER_BIN= (another build's backlight-server, for an A/B against this load generator)
 #   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
@@ -41,6 +42,7 @@ BASELINE_REPEAT="${BASELINE_REPEAT:-3}"
 BASELINE_FORMAT="${BASELINE_FORMAT:-rowbinary}"
 BASELINE_ROWS="${BASELINE_ROWS:-}"
 PROFILE_STAGES="${PROFILE_STAGES:-1}"
+PART_LOG="${PART_LOG:-1}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 KEEP="${KEEP:-0}"
 RESULTS="${RESULTS:-}"
@@ -128,11 +130,19 @@ export BACKLIGHT_ENROLL_RATE=100000 BACKLIGHT_ENROLL_KEY_RATE=100000
 BACKLIGHT_METRICS_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export BACKLIGHT_METRICS_TOKEN
 mkdir -p "$DATA"
+if [ "$PART_LOG" = 1 ]; then
+  # ClickHouse merges config.d/*.xml into the config.xml the server writes for it.
+  mkdir -p "$DATA/clickhouse/config.d"
+  echo '<yandex><part_log><database>system</database><table>part_log</table><flush_interval_milliseconds>1000</flush_interval_milliseconds></part_log></yandex>' \
+    >"$DATA/clickhouse/config.d/part_log.xml"
+fi
 echo "==> starting backlight-server ($BUILD_PROFILE); ClickHouse: embedded, started by the server under $DATA/clickhouse"
 for attempt in 1 2 3; do
   PORT="$(free_port)"
   URL="http://127.0.0.1:$PORT"
-  server_args=(--data-dir "$DATA" --listen "127.0.0.1:$PORT")
+  # Every simulated agent is a connection from 127.0.0.1: lift the per-address cap (256) that a
+  # real fleet, each desktop on its own address, never meets.
+  server_args=(--data-dir "$DATA" --listen "127.0.0.1:$PORT" --max-connections-per-ip 10000)
   if [ -n "$INSERT_MIN_INTERVAL" ]; then server_args+=(--insert-min-interval "$INSERT_MIN_INTERVAL"); fi
   if [ -n "$AUTH_CACHE_TTL" ]; then server_args+=(--auth-cache-ttl "$AUTH_CACHE_TTL"); fi
   "$SERVER_BIN" "${server_args[@]}" >"$WORK/server.log" 2>&1 &
@@ -177,9 +187,32 @@ if [ -n "$RATE" ]; then loadgen_args+=(--rate "$RATE"); fi
 : >"$WORK/load.jsonl"
 for run in $(seq 1 "$RUNS"); do
   echo "==> load run $run/$RUNS: $AGENTS agents, $BATCH_EVENTS events/batch, $WARMUP warm-up + $DURATION"
+  run_start="$(date +%s)"
   BACKLIGHT_ENROLLMENT_KEY="$KEY" bounded 900 "$LOADGEN_BIN" "${loadgen_args[@]}" --label "run $run" \
     | tee "$WORK/load-$run.txt"
-  tail -1 "$WORK/load-$run.txt" >>"$WORK/load.jsonl"
+  run_json="$(tail -1 "$WORK/load-$run.txt")"
+  if [ "$PART_LOG" = 1 ]; then
+    # New parts per table this run wrote from its first INSERT into events on, per second of
+    # the span in which it wrote them (enrollment excluded): what bounds merges and "too many
+    # parts".
+    curl -fsS "${CH_AUTH[@]}" --data-binary 'SYSTEM FLUSH LOGS' "$CH_URL/" >/dev/null || true
+    parts="$(curl -fsS "${CH_AUTH[@]}" --data-binary "SELECT table, count() AS parts,
+        toUInt32(max(event_time)) - toUInt32(min(event_time)) AS span_s
+      FROM system.part_log WHERE toInt8(event_type) = 1 AND database = 'backlight'
+        AND event_time >= (SELECT min(event_time) FROM system.part_log WHERE toInt8(event_type) = 1
+          AND database = 'backlight' AND table = 'events' AND event_time >= toDateTime($run_start))
+      GROUP BY table FORMAT JSONEachRow" "$CH_URL/" \
+      | jq -s -c 'map({key: .table, value: ((.parts | tonumber) / ([(.span_s | tonumber), 1] | max))}) | from_entries' \
+      2>/dev/null)" || parts=""
+    # (18.16 names the event NEW_PART, later releases NewPart: compare its number.)
+    [ -n "$parts" ] && jq -e 'type == "object"' >/dev/null 2>&1 <<<"$parts" || parts=null
+    active="$(curl -fsS "${CH_AUTH[@]}" --data-binary "SELECT count() FROM system.parts WHERE active AND database = 'backlight' AND table = 'events'" "$CH_URL/" 2>/dev/null)" || active=""
+    [[ "$active" =~ ^[0-9]+$ ]] || active=null
+    echo "    new parts/s (system.part_log): $parts; active parts of events now: $active"
+    run_json="$(jq -c --argjson parts "$parts" --argjson active "$active" \
+      '. + {new_parts_per_s: $parts, events_active_parts_after: $active}' <<<"$run_json")"
+  fi
+  echo "$run_json" >>"$WORK/load.jsonl"
   # Let ClickHouse's background merges of this run settle a little before the next one.
   if [ "$run" -lt "$RUNS" ]; then sleep 5; fi
 done
@@ -228,6 +261,9 @@ SUMMARY="$(jq -s -c --argjson baseline "$BASELINE_JSON" --argjson profile "$PROF
                             else empty end) | median)},
     rows_per_insert: (map(.rows_per_insert) | median),
     inserts_per_s: (map(.inserts_per_s) | median),
+    events_new_parts_per_s: (map(.new_parts_per_s.events // empty) | median),
+    all_new_parts_per_s: (map(.new_parts_per_s // empty | [.[]] | add) | median),
+    new_parts_per_s_runs: map(.new_parts_per_s),
     ceiling_rows_per_s: $baseline.rows_per_s,
     ceiling_rows_per_s_without_client_startup: $baseline.rows_per_s_without_client_startup,
     ceiling_format: $baseline.format,
@@ -249,6 +285,7 @@ jq -r '
   "server RSS      peak \(.server_peak_rss_mb | r(10)) MB",
   "cpu (cores)     server \(.cpu_cores.server | r(100)), clickhouse \(.cpu_cores.clickhouse | r(100)), loadgen \(.cpu_cores.loadgen | r(100)), other processes \(.cpu_cores.other | r(100)), machine busy \(.cpu_cores.machine_busy | r(100)) of \(.machine.nproc)",
   "inserts         \(.inserts_per_s | r(10)) INSERTs/s of \(.rows_per_insert | r(1)) rows",
+  "new parts       \(.events_new_parts_per_s | r(10))/s in events, \(.all_new_parts_per_s | r(10))/s in all backlight tables (system.part_log)",
   "ceiling         \(if .ceiling_rows_per_s then "\(.ceiling_rows_per_s) rows/s (clickhouse-client \(.ceiling_format), same rows; \(.ceiling_rows_per_s_without_client_startup) rows/s without client start-ups)" else "not measured (BASELINE_REPEAT=0)" end)",
   "ratio           server / ceiling = \(.ratio | r(1000))",
   "target          >= 100,000 events/s from >= 1,000 agents with RSS < 150 MB: \(if .target_met then "MET" else "NOT MET" end)"

@@ -113,12 +113,21 @@ AGENT_BIN="${AGENT_BIN:-$TARGET_DIR/release/backlight-agent}"
 REALTIME_BIN="$TARGET_DIR/release/backlight-realtime"
 LOADGEN_BIN="$TARGET_DIR/release/backlight-loadgen"
 
+# The load generator enrolls 1,000 simulated desktops within seconds: lift the enrollment rate
+# limits (docs/security.md) as bench-ingest.sh does, and give it the /metrics token it reads the
+# server's INSERT counters with (an older SERVER_BIN ignores these variables).
+export BACKLIGHT_ENROLL_RATE=100000 BACKLIGHT_ENROLL_KEY_RATE=100000
+BACKLIGHT_METRICS_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export BACKLIGHT_METRICS_TOKEN
 mkdir -p "$DATA"
 echo "==> starting backlight-server; ClickHouse: embedded, under $DATA/clickhouse"
 for attempt in 1 2 3; do
   PORT="$(free_port)"
   URL="http://127.0.0.1:$PORT"
-  "$SERVER_BIN" --data-dir "$DATA" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
+  # The simulated agents are connections from 127.0.0.1 like the measuring tool: lift the
+  # per-address cap (256) that a real fleet, each desktop on its own address, never meets.
+  "$SERVER_BIN" --data-dir "$DATA" --listen "127.0.0.1:$PORT" --max-connections-per-ip 10000 \
+    >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 240); do
     curl -fsS "$URL/readyz" >/dev/null 2>&1 && break

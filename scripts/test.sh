@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of Backlight: unit tests, the end-to-end tests that run the real binaries
-# against a real, throwaway ClickHouse, the desktop tests on a real X server (Xvfb), and the
-# browser tests of the web pages in headless Chromium, the SQL compatibility test (every
-# statement the server sends, on ClickHouse 18.16 and on the current engine via chDB), and the
-# cluster test (ZooKeeper and five ClickHouse servers on loopback). Installs what is missing
-# first (ClickHouse, Xvfb and xdotool, ZooKeeper, Chromium, Node.js) from the OS package
-# manager, and chDB from PyPI.
+# against a real, throwaway ClickHouse, the desktop tests on a real X server (Xvfb), the
+# Windows agent's tests under Wine (cross-compiled with mingw-w64), the browser tests of the web
+# pages in headless Chromium, the SQL compatibility test (every statement the server sends, on
+# ClickHouse 18.16 and on the current engine via chDB), and the cluster test (ZooKeeper and five
+# ClickHouse servers on loopback). Installs what is missing first (ClickHouse, Xvfb and xdotool,
+# ZooKeeper, the Windows target and mingw-w64, Wine, openbox, wmctrl, msitools, Chromium,
+# Node.js) from the OS package manager and rustup, and chDB from PyPI; fails when any of it
+# cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +40,13 @@ need_package xmessage x11-utils
 if [ ! -f /usr/share/java/zookeeper.jar ] || ! command -v java >/dev/null 2>&1; then
   apt_install zookeeperd
 fi
+# The Windows agent: cross-compiled, then run under Wine on Xvfb (tests/tests/windows).
+bash scripts/windows-toolchain.sh
+need_package wine wine wine64
+need_package openbox openbox
+need_package wmctrl wmctrl
+need_package wixl wixl
+need_package msibuild msitools
 
 if ! python3 -c 'import chdb' >/dev/null 2>&1; then
   # The current ClickHouse engine in-process: the SQL compatibility test replays every
@@ -48,6 +57,9 @@ fi
 
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
+echo "==> cross-compiling the Windows agent for the Wine tests"
+cargo build --profile wine-test -p backlight-agent --target x86_64-pc-windows-gnu --bins \
+  --example capture_probe --locked
 
 echo "==> running the tests"
 cargo test --workspace --locked "$@"

@@ -1,4 +1,5 @@
-//! The command line: `backlight-agent [--data-dir DIR] enroll|run|status|consent|pause|item|show`.
+//! The command line: `backlight-agent [--data-dir DIR] [--log-to-file]
+//! enroll|run|status|consent|pause|item|show` (and `install|uninstall` on Windows).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "BACKLIGHT_AGENT_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Write logs to daily files in the data directory's `logs` folder (the last 7 kept)
+    /// instead of standard error. The Windows launcher (backlight-agentw) sets it.
+    #[arg(long, global = true)]
+    pub log_to_file: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,6 +50,22 @@ pub enum Command {
     Item(ItemArgs),
     /// Show exactly what this computer recorded today, and what is waiting to be sent.
     Show(ShowArgs),
+    /// Start the agent at each logon of this user, without a console window (the per-user Run
+    /// key), and start it now.
+    #[cfg(windows)]
+    Install(InstallArgs),
+    /// Stop starting the agent at logon. Removes only the Run value: recorded data and a
+    /// running agent are left alone.
+    #[cfg(windows)]
+    Uninstall,
+}
+
+#[cfg(windows)]
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Only register the autostart; do not start the agent now
+    #[arg(long)]
+    pub no_start: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,7 +2,8 @@
 //!
 //! The file is written atomically (temporary file, fsync, rename, fsync of the directory) so a
 //! crash during enrollment leaves either the old enrollment or the new one, never half a file,
-//! and it is created with mode 0600 because the credential lets anyone upload as this device.
+//! and it is created with mode 0600 (on Windows: a protected DACL for the current user only,
+//! set before the secret is written) because the credential lets anyone upload as this device.
 
 use std::fmt;
 use std::fs;
@@ -136,6 +137,11 @@ pub fn store(dir: &Path, credentials: &Credentials) -> Result<(), CredentialsErr
         options.mode(0o600);
     }
     let mut file = options.open(&temporary).map_err(write_error)?;
+    #[cfg(windows)]
+    {
+        use crate::platform::windows::acl::{restrict_to_current_user, Target};
+        restrict_to_current_user(&temporary, Target::File).map_err(write_error)?;
+    }
     file.write_all(&json).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     drop(file);

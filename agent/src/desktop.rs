@@ -531,6 +531,7 @@ mod tests {
             focus: Some(Focus {
                 app: app.into(),
                 process: None,
+                product: None,
                 title: title.into(),
                 window,
             }),

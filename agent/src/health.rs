@@ -30,7 +30,8 @@ impl ClockOffset {
     }
 }
 
-/// The health event for the spool's current state.
+/// The health event for the spool's current state, with the desktop session this agent runs
+/// in where the platform can tell (a remote session is a property of the device).
 pub fn report(stats: &SpoolStats, clock: &ClockOffset) -> EventBody {
     EventBody::Health(AgentHealth {
         agent_version: AGENT_VERSION.to_string(),
@@ -39,6 +40,7 @@ pub fn report(stats: &SpoolStats, clock: &ClockOffset) -> EventBody {
         events_rejected: stats.events_rejected,
         clock_offset_ms: clock.get(),
         at_ms: now_ms(),
+        session: crate::capture::desktop_session(),
     })
 }
 

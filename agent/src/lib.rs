@@ -35,8 +35,12 @@
 //!   applications on this desktop (loopback HTTP with a per-user token); [`wake`]: how the
 //!   `item` command wakes the running agent's uploader.
 //! - [`health`]: the agent's periodic report on itself.
+//! - [`provisioning`]: enrollment settings an administrator deployed to the machine (the MSI).
+//! - [`autostart`]: `install`/`uninstall` (the Windows Run key) and the silent launcher.
 //! - [`credentials`], [`data_dir`], [`http`], [`duration`], [`private_file`], [`terminal`]: small
 //!   helpers with one job each.
+//! - [`platform`]: Windows-only pieces outside capture (owner-only DACLs, the registry, stop
+//!   requests from the session, the default browser).
 //!
 //! **Architecture invariant:** an event leaves this machine's disk only after the server has
 //! acknowledged it. Nothing is deleted from the spool before a `200` carrying an
@@ -49,6 +53,7 @@
 //! only under a consent the spool itself checks, and window titles leave [`privacy`] only as
 //! the policy allows. The capture layer offers no keystrokes, screen contents or clipboard.
 
+pub mod autostart;
 pub mod capture;
 pub mod cli;
 pub mod consent;
@@ -61,9 +66,11 @@ pub mod health;
 pub mod http;
 pub mod items;
 pub mod local_api;
+pub mod platform;
 pub mod policy;
 pub mod privacy;
 pub mod private_file;
+pub mod provisioning;
 pub mod rules;
 pub mod run;
 pub mod source;

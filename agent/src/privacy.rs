@@ -118,6 +118,7 @@ mod tests {
         Focus {
             app: app.into(),
             process: None,
+            product: None,
             title: title.into(),
             window: 1,
         }

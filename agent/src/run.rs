@@ -1,6 +1,6 @@
 //! `backlight-agent run`: records events from a source into the spool and uploads them, until
-//! SIGINT/SIGTERM (or, with `--exit-when-drained`, until the source is exhausted and the spool
-//! is empty).
+//! SIGINT/SIGTERM (on Windows: Ctrl-C, the end of the session or `taskkill`), or, with
+//! `--exit-when-drained`, until the source is exhausted and the spool is empty.
 //!
 //! Tasks share one spool: the source pump, the health reporter, the uploader, the policy poller,
 //! the wake listener (`crate::wake`) and the local item API; with the desktop source also the
@@ -490,12 +490,24 @@ async fn report_health(
     }
 }
 
-/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+/// SIGINT and SIGTERM on unix; on Windows Ctrl-C, Ctrl-Break, a closed console, the end of
+/// the Windows session and `WM_CLOSE` (`taskkill` without `/f`).
 struct Signals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    windows: WindowsSignals,
+}
+
+#[cfg(windows)]
+struct WindowsSignals {
+    ctrl_c: tokio::signal::windows::CtrlC,
+    ctrl_break: tokio::signal::windows::CtrlBreak,
+    ctrl_close: tokio::signal::windows::CtrlClose,
+    /// Dropped when `run` returns, which lets a waiting session end proceed.
+    session: crate::platform::windows::session_end::StopRequests,
 }
 
 impl Signals {
@@ -508,7 +520,19 @@ impl Signals {
                 terminate: signal(SignalKind::terminate())?,
             })
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        {
+            use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close};
+            Ok(Signals {
+                windows: WindowsSignals {
+                    ctrl_c: ctrl_c()?,
+                    ctrl_break: ctrl_break()?,
+                    ctrl_close: ctrl_close()?,
+                    session: crate::platform::windows::session_end::StopRequests::listen()?,
+                },
+            })
+        }
+        #[cfg(not(any(unix, windows)))]
         {
             Ok(Signals {})
         }
@@ -523,7 +547,17 @@ impl Signals {
                 _ = self.terminate.recv() => "SIGTERM",
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        {
+            let w = &mut self.windows;
+            tokio::select! {
+                _ = w.ctrl_c.recv() => "Ctrl-C",
+                _ = w.ctrl_break.recv() => "Ctrl-Break",
+                _ = w.ctrl_close.recv() => "the console was closed",
+                why = w.session.next() => why,
+            }
+        }
+        #[cfg(not(any(unix, windows)))]
         {
             match tokio::signal::ctrl_c().await {
                 Ok(()) => "Ctrl-C",

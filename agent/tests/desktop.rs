@@ -56,6 +56,7 @@ impl DesktopBackend for FakeBackend {
             focus: Some(Focus {
                 app: "claims-desk".into(),
                 process: None,
+                product: None,
                 title: self.0.title.lock().unwrap().clone(),
                 window: 7,
             }),

@@ -8,6 +8,8 @@
 //! injected with XTEST. The only package needed is `xvfb`; without it the tests fail (never
 //! skip) and say how to install it.
 
+#![cfg(unix)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

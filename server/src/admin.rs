@@ -12,7 +12,7 @@ use crate::cli::{
 };
 use crate::launch;
 use crate::storage::audit::{AuditEntry, AuditLog};
-use crate::storage::events::{self, DeviceProgress};
+use crate::storage::events::{self, DeviceProgress, DeviceSession};
 use crate::storage::policies::{self, PolicyError};
 use crate::storage::registry::NewEnrollmentKey;
 use crate::storage::Store;
@@ -195,15 +195,26 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                     .into_iter()
                     .map(|p| (p.device_id, p))
                     .collect();
+            let sessions: HashMap<_, DeviceSession> =
+                events::device_sessions(store.client(), tenant.as_str())
+                    .await?
+                    .into_iter()
+                    .map(|s| (s.device_id, s))
+                    .collect();
             if json {
                 let rows: Vec<_> = devices
                     .iter()
                     .map(|d| {
                         let p = progress.get(&d.device_id);
+                        let session = sessions.get(&d.device_id);
                         serde_json::json!({
                             "device_id": d.device_id,
                             "hostname": d.hostname,
                             "os": d.os,
+                            "session": session.map(|s| s.session.as_str()),
+                            "session_client": session
+                                .map(|s| s.session_client.as_str())
+                                .filter(|c| !c.is_empty()),
                             "agent_version": d.agent_version,
                             "enrolled_ms": d.enrolled_ms,
                             "revoked": d.revoked != 0,
@@ -217,16 +228,22 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<36} {:<20} {:<8} {:>10} {:>10} {:>8} LAST SEEN",
-                    "DEVICE", "HOSTNAME", "STATE", "MAX SEQ", "RECEIVED", "MISSING"
+                    "{:<36} {:<20} {:<8} {:<20} {:>10} {:>10} {:>8} LAST SEEN",
+                    "DEVICE", "HOSTNAME", "STATE", "SESSION", "MAX SEQ", "RECEIVED", "MISSING"
                 );
                 for d in devices {
                     let p = progress.get(&d.device_id);
+                    let session = match sessions.get(&d.device_id) {
+                        None => "-".to_string(),
+                        Some(s) if s.session_client.is_empty() => s.session.clone(),
+                        Some(s) => format!("{} ({})", s.session, s.session_client),
+                    };
                     println!(
-                        "{:<36} {:<20} {:<8} {:>10} {:>10} {:>8} {}",
+                        "{:<36} {:<20} {:<8} {:<20} {:>10} {:>10} {:>8} {}",
                         d.device_id,
                         d.hostname,
                         if d.revoked != 0 { "revoked" } else { "active" },
+                        session,
                         p.map_or(0, |p| p.max_seq),
                         p.map_or(0, |p| p.received),
                         p.map_or(0, |p| p.missing),

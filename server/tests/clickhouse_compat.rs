@@ -22,8 +22,8 @@ use backlight_server::tenancy::Role;
 use backlight_server::webhooks::target::TargetPolicy;
 use backlight_server::webhooks::{WebhookConfig, WebhookEngine};
 use backlight_shared::event::{
-    ActivitySpan, ActivityState, AgentHealth, ConsentChange, EventBody, ItemAction, ItemSource,
-    WorkItemEvent,
+    ActivitySpan, ActivityState, AgentHealth, ConsentChange, DesktopSession, EventBody, ItemAction,
+    ItemSource, SessionKind, WorkItemEvent,
 };
 use backlight_shared::now_ms;
 use clap::Parser;
@@ -200,6 +200,11 @@ async fn tour(app: &TestApp, clickhouse: &ClickHouseAt) {
                 events_rejected: 0,
                 clock_offset_ms: 0,
                 at_ms: now,
+                // `admin device list` reads the newest session report of each device.
+                session: Some(DesktopSession {
+                    kind: SessionKind::Citrix,
+                    client_name: Some("THIN-7".into()),
+                }),
             }),
         ],
     )

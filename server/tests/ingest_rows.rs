@@ -57,6 +57,19 @@ async fn ingested_events_are_stored_column_for_column() {
             events_rejected: 1,
             clock_offset_ms: -250,
             at_ms: at + 11_000,
+            session: None,
+        }),
+        EventBody::Health(AgentHealth {
+            agent_version: "1.2.3".into(),
+            spool_depth: 0,
+            events_dropped: 0,
+            events_rejected: 0,
+            clock_offset_ms: 0,
+            at_ms: at + 12_000,
+            session: Some(DesktopSession {
+                kind: SessionKind::Citrix,
+                client_name: Some("THIN-CLIENT-7".into()),
+            }),
         }),
     ];
     // Two batches sent at once, so an INSERT (10 ms group commit here) usually carries the

@@ -246,4 +246,59 @@ pub struct AgentHealth {
     pub clock_offset_ms: i64,
     #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at_ms: UnixMillis,
+    /// The desktop session the agent records in, when its platform can tell (Windows): whether
+    /// the person works at the machine or through a remote session. Absent from older agents
+    /// and from platforms that cannot tell, and then not sent at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<DesktopSession>,
+}
+
+/// The desktop session an agent records in: a property of the device, reported with its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DesktopSession {
+    pub kind: SessionKind,
+    /// The name of the client device of a remote session (`WTSClientName` on Windows), when
+    /// the session reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+}
+
+/// Where the person sits relative to the machine the agent runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// At the machine's own console.
+    Local,
+    /// Remote Desktop (RDP), including most VDI brokers that use it.
+    Rdp,
+    /// Citrix ICA/HDX.
+    Citrix,
+    /// A remote session whose protocol the platform does not name.
+    Remote,
+}
+
+impl SessionKind {
+    pub const ALL: [SessionKind; 4] = [
+        SessionKind::Local,
+        SessionKind::Rdp,
+        SessionKind::Citrix,
+        SessionKind::Remote,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Local => "local",
+            SessionKind::Rdp => "rdp",
+            SessionKind::Citrix => "citrix",
+            SessionKind::Remote => "remote",
+        }
+    }
+
+    /// Whether the person works through a remote session.
+    pub fn is_remote(self) -> bool {
+        self != SessionKind::Local
+    }
 }

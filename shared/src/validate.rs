@@ -184,6 +184,18 @@ fn validate_event_at(
                 limits::MAX_SHORT_TEXT_LEN,
                 Empty::Refused,
             )?;
+            if let Some(client) = health
+                .session
+                .as_ref()
+                .and_then(|s| s.client_name.as_deref())
+            {
+                text(
+                    &field("session.client_name"),
+                    client,
+                    limits::MAX_SHORT_TEXT_LEN,
+                    Empty::Refused,
+                )?;
+            }
             time("at_ms", health.at_ms)?;
         }
     }
@@ -332,6 +344,43 @@ mod tests {
         assert_eq!(err.field, "events[1].app");
         assert_eq!(err.event_index(), Some(1));
         assert!(err.reason.contains("longer than the limit"), "{err}");
+    }
+
+    #[test]
+    fn health_sessions_are_checked_and_optional() {
+        let health = |session: Option<DesktopSession>| Event {
+            seq: 1,
+            id: Uuid::new_v4(),
+            body: EventBody::Health(AgentHealth {
+                agent_version: "0.1.0".into(),
+                spool_depth: 0,
+                events_dropped: 0,
+                events_rejected: 0,
+                clock_offset_ms: 0,
+                at_ms: NOW,
+                session,
+            }),
+        };
+        let remote = |client: &str| {
+            Some(DesktopSession {
+                kind: SessionKind::Rdp,
+                client_name: Some(client.into()),
+            })
+        };
+        validate_batch(&batch(vec![health(None)]), NOW).unwrap();
+        validate_batch(&batch(vec![health(remote("THIN-7"))]), NOW).unwrap();
+        assert_eq!(
+            error_field(&batch(vec![health(remote("a\u{7}b"))])),
+            "events[0].session.client_name"
+        );
+        // Older agents send no session; the field stays off the wire when absent.
+        let json = serde_json::to_string(&health(None)).unwrap();
+        assert!(!json.contains("session"), "{json}");
+        let json = serde_json::to_string(&health(remote("THIN-7"))).unwrap();
+        assert!(
+            json.contains(r#""session":{"kind":"rdp","client_name":"THIN-7"}"#),
+            "{json}"
+        );
     }
 
     #[test]

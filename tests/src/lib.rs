@@ -43,6 +43,9 @@
 //! - [`harness::sse`]: reading the status stream over real HTTP.
 //! - [`harness::receiver`]: a webhook receiver on loopback that can go down and come back.
 //! - [`harness::bins`]: finding the binaries next to the test executable.
+//! - [`harness::spine`]: [`Spine`] (ClickHouse, server, tenant and key) and the "nothing
+//!   secret anywhere" check of the desktop tests.
+//! - [`harness::xvfb`]: a throwaway X server and `xdotool`, for the desktop tests.
 //!
 //! **Invariant:** a missing ClickHouse or binary fails the test loudly with what to do about it;
 //! nothing here ever skips a test.
@@ -58,6 +61,7 @@ pub use harness::ingest::{
 };
 pub use harness::receiver::{Received, Receiver};
 pub use harness::server::{Server, ServerOptions, TlsFiles};
+pub use harness::spine::Spine;
 pub use harness::sse::{SseEvent, SseStream};
 pub use harness::wait::{millis, secs, wait_for, wait_until};
 pub use harness::zookeeper::ZooKeeper;

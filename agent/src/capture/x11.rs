@@ -56,13 +56,10 @@ use x11rb::protocol::screensaver::{self, ConnectionExt as _};
 use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, GetPropertyReply, Window};
 use x11rb::rust_connection::RustConnection;
 
-use super::{CaptureError, DesktopBackend, Focus, Sample};
-
-/// Longest title kept, in bytes of UTF-8. Titles are metadata, not documents: anything longer
-/// is an application stuffing content into its title.
-pub const MAX_TITLE_BYTES: usize = 1024;
-/// Longest `WM_CLASS` read (both strings together), and longest app or process name kept.
-const MAX_NAME_BYTES: usize = 256;
+pub use super::MAX_TITLE_BYTES;
+use super::{
+    truncate_on_char_boundary, CaptureError, DesktopBackend, Focus, Sample, MAX_NAME_BYTES,
+};
 /// Longest `WM_CLIENT_MACHINE` read.
 const MAX_HOST_BYTES: usize = 256;
 /// How far up the window tree the input-focus fallback walks before giving up.
@@ -399,6 +396,7 @@ impl X11Backend {
         Ok(Some(Focus {
             app,
             process,
+            product: None,
             title,
             window: u64::from(window),
         }))
@@ -497,16 +495,6 @@ fn decode_string(bytes: &[u8], max: usize) -> String {
 fn trim_nuls(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     &bytes[..end]
-}
-
-fn truncate_on_char_boundary(text: &mut String, max: usize) {
-    if text.len() > max {
-        let cut = (0..=max)
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0);
-        text.truncate(cut);
-    }
 }
 
 /// `host.example.com` and `HOST` name the same machine for our purpose.

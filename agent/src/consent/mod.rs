@@ -148,7 +148,8 @@ pub(crate) fn format_ms(ms: UnixMillis) -> String {
 /// How `run` asks for consent.
 #[derive(Debug, Clone, Default)]
 pub struct AskOptions {
-    /// Open the consent page in the browser (`xdg-open`) when asking.
+    /// Open the consent page in the browser (`xdg-open`; the default browser on Windows) when
+    /// asking.
     pub open_browser: bool,
     /// The consent page's URL, when the page runs.
     pub page_url: Option<String>,
@@ -262,7 +263,17 @@ pub fn prompt_terminal(version: u32, notice: &str) -> Option<bool> {
     }
 }
 
+/// Opens `url` in the default browser (Windows), or with `xdg-open` when a graphical session
+/// is there; failures are only logged.
+#[cfg(windows)]
+fn open_in_browser(url: &str) {
+    if let Err(error) = crate::platform::windows::open_url(url) {
+        tracing::info!(%error, "cannot open the default browser; open the URL above yourself");
+    }
+}
+
 /// Opens `url` with `xdg-open` when a graphical session is there; failures are only logged.
+#[cfg(not(windows))]
 fn open_in_browser(url: &str) {
     let graphical =
         std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();

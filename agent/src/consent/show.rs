@@ -184,11 +184,39 @@ fn utc_offset_ms(now: UnixMillis) -> i64 {
         }
         tm.tm_gmtoff * 1000
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        let _ = now;
+        windows_utc_offset_ms()
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         let _ = now;
         0
     }
+}
+
+/// The offset in force now (standard or daylight time), from `GetTimeZoneInformation`.
+#[cfg(windows)]
+fn windows_utc_offset_ms() -> i64 {
+    use windows_sys::Win32::System::Time::{GetTimeZoneInformation, TIME_ZONE_INFORMATION};
+    const TIME_ZONE_ID_INVALID: u32 = u32::MAX;
+    const TIME_ZONE_ID_DAYLIGHT: u32 = 2;
+    // SAFETY: a plain-data out-parameter, zeroed and owned here.
+    let mut zone: TIME_ZONE_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: writes into `zone` only.
+    let state = unsafe { GetTimeZoneInformation(&mut zone) };
+    if state == TIME_ZONE_ID_INVALID {
+        return 0;
+    }
+    // Bias is UTC minus local time, in minutes.
+    let bias = i64::from(zone.Bias)
+        + i64::from(if state == TIME_ZONE_ID_DAYLIGHT {
+            zone.DaylightBias
+        } else {
+            zone.StandardBias
+        });
+    -bias * 60_000
 }
 
 #[cfg(test)]

@@ -43,6 +43,11 @@ pub struct EventRow {
     pub events_dropped: u64,
     pub events_rejected: u64,
     pub clock_offset_ms: i64,
+    /// `Enum8` code of the health event's desktop session: 0 when not reported, else the wire
+    /// enum's position + 1 (migration 0016).
+    pub session: i8,
+    /// The remote session's client name (health events).
+    pub session_client: String,
 }
 
 const MS_PER_DAY: u64 = 86_400_000;
@@ -81,6 +86,8 @@ struct Columns<'a> {
     events_dropped: u64,
     events_rejected: u64,
     clock_offset_ms: i64,
+    session: i8,
+    session_client: &'a str,
 }
 
 impl<'a> Columns<'a> {
@@ -112,6 +119,8 @@ impl<'a> Columns<'a> {
             events_dropped: 0,
             events_rejected: 0,
             clock_offset_ms: 0,
+            session: 0,
+            session_client: "",
         };
         match &event.body {
             EventBody::ActivitySpan(span) => {
@@ -139,6 +148,10 @@ impl<'a> Columns<'a> {
                 row.events_dropped = health.events_dropped;
                 row.events_rejected = health.events_rejected;
                 row.clock_offset_ms = health.clock_offset_ms;
+                if let Some(session) = &health.session {
+                    row.session = session.kind as i8 + 1;
+                    row.session_client = session.client_name.as_deref().unwrap_or_default();
+                }
             }
         }
         row
@@ -170,6 +183,8 @@ impl<'a> Columns<'a> {
             events_dropped: self.events_dropped,
             events_rejected: self.events_rejected,
             clock_offset_ms: self.clock_offset_ms,
+            session: self.session,
+            session_client: self.session_client.to_string(),
         }
     }
 
@@ -179,7 +194,8 @@ impl<'a> Columns<'a> {
         const FIXED: usize = 16 + 8 + 16 + 1 + 2 + 8 + 8 + 8 // device_id … received_ms
             + 1 // title's null flag
             + 1 + 1 + 1 + 1 + 4 // state, action, source, consent_granted, policy_version
-            + 8 + 8 + 8 + 8; // spool_depth … clock_offset_ms
+            + 8 + 8 + 8 + 8 // spool_depth … clock_offset_ms
+            + 1; // session
         let strings = [
             self.tenant_id,
             self.app,
@@ -188,6 +204,7 @@ impl<'a> Columns<'a> {
             self.step,
             self.scope,
             self.agent_version,
+            self.session_client,
         ];
         let title_absent = usize::from(self.title.is_none());
         FIXED
@@ -232,6 +249,8 @@ impl<'a> Columns<'a> {
         out.extend_from_slice(&self.events_dropped.to_le_bytes());
         out.extend_from_slice(&self.events_rejected.to_le_bytes());
         out.extend_from_slice(&self.clock_offset_ms.to_le_bytes());
+        out.extend_from_slice(&self.session.to_le_bytes());
+        string(out, self.session_client);
     }
 }
 
@@ -463,6 +482,32 @@ pub async fn device_progress(
     with_timeout(client.query(sql).bind(tenant).bind(tenant).fetch_all()).await
 }
 
+/// The desktop session a device last reported with its health (`local`, `rdp`, `citrix`,
+/// `remote`), a property of the device shown by `admin device list`.
+#[derive(clickhouse::Row, Deserialize, Serialize, Debug, Clone, PartialEq)]
+pub struct DeviceSession {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub device_id: Uuid,
+    pub session: String,
+    /// The remote client's name; empty for a local session.
+    pub session_client: String,
+}
+
+/// The latest reported session of each device of `tenant` that reported one.
+pub async fn device_sessions(
+    client: &Client,
+    tenant: &str,
+) -> Result<Vec<DeviceSession>, ClickHouseError> {
+    // argMax by seq: the newest report wins; a re-sent copy carries the same values. The
+    // aliases differ from the columns (ClickHouse would apply them inside WHERE too); the row
+    // is read by position.
+    let sql = "SELECT device_id, toString(argMax(session, seq)) AS latest_session,
+                      argMax(session_client, seq) AS latest_client
+               FROM events WHERE tenant_id = ? AND kind = 'health' AND session != ''
+               GROUP BY device_id ORDER BY device_id";
+    with_timeout(client.query(sql).bind(tenant).fetch_all()).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +533,14 @@ mod tests {
         }
         for kind in EventKind::ALL {
             assert!(sql.contains(&format!("'{}' = {}", kind.as_str(), kind as i8 + 1)));
+        }
+        let sessions =
+            include_str!("../../../deploy/clickhouse/migrations/0016_health_session.sql");
+        for kind in SessionKind::ALL {
+            assert!(
+                sessions.contains(&format!("'{}' = {}", kind.as_str(), kind as i8 + 1)),
+                "session {kind:?}"
+            );
         }
         assert_eq!(ActivityState::Locked as i8 + 1, 3);
         assert_eq!(ItemSource::Manual as i8 + 1, 3);
@@ -554,6 +607,22 @@ mod tests {
                     events_rejected: 1,
                     clock_offset_ms: -250,
                     at_ms: at + 11_000,
+                    session: None,
+                }),
+            ),
+            event(
+                6,
+                EventBody::Health(AgentHealth {
+                    agent_version: "1.2.3".into(),
+                    spool_depth: 0,
+                    events_dropped: 0,
+                    events_rejected: 0,
+                    clock_offset_ms: 0,
+                    at_ms: at + 12_000,
+                    session: Some(DesktopSession {
+                        kind: SessionKind::Rdp,
+                        client_name: Some("THIN-CLIENT-7ü".into()),
+                    }),
                 }),
             ),
         ]
@@ -591,6 +660,8 @@ mod tests {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&r.clock_offset_ms.to_le_bytes());
+        out.push(r.session as u8);
+        string(out, &r.session_client);
     }
 
     #[test]
@@ -627,7 +698,7 @@ mod tests {
             "{sql}"
         );
         assert!(
-            sql.ends_with(",`clock_offset_ms`) FORMAT RowBinary"),
+            sql.ends_with(",`clock_offset_ms`,`session`,`session_client`) FORMAT RowBinary"),
             "{sql}"
         );
     }

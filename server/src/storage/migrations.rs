@@ -1,8 +1,9 @@
 //! Versioned schema migrations, applied at start.
 //!
 //! The SQL lives in `deploy/clickhouse/migrations/NNNN_name.sql`, one file per step, compiled
-//! into the binary. Every statement is idempotent (`IF NOT EXISTS`), so servers starting at the
-//! same time, or a start interrupted half-way, are harmless. Applied versions are recorded in
+//! into the binary. Every statement is idempotent (`IF NOT EXISTS`; an `ADD COLUMN`, which
+//! ClickHouse 18.16 cannot make conditional, is skipped when the column exists), so servers
+//! starting at the same time, or a start interrupted half-way, are harmless. Applied versions are recorded in
 //! `schema_migrations`; `/readyz` reports not-ready until every step this build knows is recorded.
 //!
 //! **Architecture invariant:** table definitions exist only in these files, written for one
@@ -102,6 +103,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!(
             "../../../deploy/clickhouse/migrations/0014_policy_history_and_key_limits.sql"
         ),
+    },
+    Migration {
+        version: 16,
+        name: "health_session",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0016_health_session.sql"),
     },
 ];
 
@@ -215,12 +221,25 @@ pub async fn migrate_through(
             "applying migration"
         );
         for step in steps {
-            run(db, &step).await.map_err(|e| {
-                ClickHouseError::Schema(format!(
-                    "migration {} ({}) failed: {e}\nstatement: {step}",
-                    migration.version, migration.name
-                ))
-            })?;
+            let added = added_column(&step);
+            if let Some((table, column)) = added {
+                if column_exists(db, database, table, column).await? {
+                    continue;
+                }
+            }
+            match (run(db, &step).await, added) {
+                (Ok(()), _) => {}
+                // Another server starting at the same time added it first, or (on a cluster)
+                // replication brought it to a replica before the replica's own `ALTER` ran.
+                (Err(_), Some((table, column)))
+                    if column_exists(db, database, table, column).await? => {}
+                (Err(e), _) => {
+                    return Err(ClickHouseError::Schema(format!(
+                        "migration {} ({}) failed: {e}\nstatement: {step}",
+                        migration.version, migration.name
+                    )))
+                }
+            }
         }
         with_write_retry(|| {
             db.query("INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)")
@@ -330,6 +349,65 @@ async fn check_layout(
     }
 }
 
+/// `(table, column)` of an `ALTER TABLE t [ON CLUSTER n] ADD COLUMN c …` statement (one column
+/// per statement; `t` may be qualified with its database). ClickHouse 18.16 has no
+/// `ADD COLUMN IF NOT EXISTS`, so the runner makes such a statement harmless to repeat by
+/// skipping it when the column is there.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let mut words = statement.split_whitespace();
+    let head: Vec<&str> = words.by_ref().take(2).collect();
+    if !head
+        .iter()
+        .map(|w| w.to_ascii_uppercase())
+        .eq(["ALTER", "TABLE"])
+    {
+        return None;
+    }
+    // `db`.`t` on a cluster: the table is what follows the last dot.
+    let table = words.next()?.rsplit('.').next()?;
+    let mut add: Vec<&str> = words.by_ref().take(2).collect();
+    if add
+        .iter()
+        .map(|w| w.to_ascii_uppercase())
+        .eq(["ON", "CLUSTER"])
+    {
+        words.next()?;
+        add = words.by_ref().take(2).collect();
+    }
+    if !add
+        .iter()
+        .map(|w| w.to_ascii_uppercase())
+        .eq(["ADD", "COLUMN"])
+    {
+        return None;
+    }
+    let column = words.next()?;
+    Some((table.trim_matches('`'), column.trim_matches('`')))
+}
+
+async fn column_exists(
+    db: &Client,
+    database: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, ClickHouseError> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Count {
+        n: u64,
+    }
+    let found = with_timeout(
+        db.query(
+            "SELECT count() AS n FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+        )
+        .bind(database)
+        .bind(table)
+        .bind(column)
+        .fetch_one::<Count>(),
+    )
+    .await?;
+    Ok(found.n > 0)
+}
+
 /// The migrations this build needs that are not recorded as applied (empty when current).
 pub async fn missing_versions(db: &Client) -> Result<Vec<u32>, ClickHouseError> {
     #[derive(clickhouse::Row, Deserialize)]
@@ -362,8 +440,9 @@ mod tests {
     }
 
     /// A migration interrupted half-way runs again from its first statement, so each must be
-    /// harmless to repeat: `CREATE … IF NOT EXISTS`, `DROP … IF EXISTS`, or a backfill
-    /// `INSERT INTO … SELECT` into a copy whose readers remove duplicates by identity.
+    /// harmless to repeat: `CREATE … IF NOT EXISTS`, `DROP … IF EXISTS`, an `ADD COLUMN` (the
+    /// runner skips it when the column exists), or a backfill `INSERT INTO … SELECT` into a copy
+    /// whose readers remove duplicates by identity.
     #[test]
     fn every_statement_is_harmless_to_repeat() {
         // `device_seq` is read with max(), so a repeated backfill changes nothing.
@@ -382,12 +461,33 @@ mod tests {
                 assert!(
                     (s.starts_with("CREATE ") && s.contains("IF NOT EXISTS"))
                         || s.starts_with("DROP TABLE IF EXISTS ")
+                        || added_column(&s).is_some()
                         || backfill,
                     "migration {} has a statement that is not harmless to repeat: {s}",
                     m.version
                 );
             }
         }
+    }
+
+    #[test]
+    fn added_columns_are_recognised() {
+        assert_eq!(
+            added_column("ALTER TABLE events ADD COLUMN session_client String DEFAULT ''"),
+            Some(("events", "session_client"))
+        );
+        assert_eq!(
+            added_column("alter table `events`\n  add column `x` UInt8"),
+            Some(("events", "x"))
+        );
+        assert_eq!(
+            added_column(
+                "ALTER TABLE `bl`.`events_local` ON CLUSTER backlight ADD COLUMN session String"
+            ),
+            Some(("events_local", "session"))
+        );
+        assert_eq!(added_column("ALTER TABLE events DROP COLUMN x"), None);
+        assert_eq!(added_column("CREATE TABLE IF NOT EXISTS a (x UInt8)"), None);
     }
 
     #[test]

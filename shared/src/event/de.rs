@@ -42,6 +42,7 @@ const FIELDS: &[&str] = &[
     "events_dropped",
     "events_rejected",
     "clock_offset_ms",
+    "session",
 ];
 
 /// The fields each kind has besides `seq`, `id` and `kind`.
@@ -59,6 +60,7 @@ fn fields_of(kind: EventKind) -> &'static [&'static str] {
             "events_rejected",
             "clock_offset_ms",
             "at_ms",
+            "session",
         ],
     }
 }
@@ -88,6 +90,7 @@ struct Slots {
     events_dropped: Option<u64>,
     events_rejected: Option<u64>,
     clock_offset_ms: Option<i64>,
+    session: Option<Option<DesktopSession>>,
 }
 
 /// Fills `slot` from the next value, refusing a second occurrence of `name`.
@@ -129,6 +132,7 @@ impl Slots {
             ("events_dropped", self.events_dropped.is_some()),
             ("events_rejected", self.events_rejected.is_some()),
             ("clock_offset_ms", self.clock_offset_ms.is_some()),
+            ("session", self.session.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, seen)| seen.then_some(name))
@@ -176,6 +180,7 @@ impl Slots {
                 events_rejected: self.events_rejected.unwrap_or(0),
                 clock_offset_ms: required(self.clock_offset_ms, "clock_offset_ms")?,
                 at_ms: required(self.at_ms, "at_ms")?,
+                session: self.session.flatten(),
             }),
         };
         Ok(Event { seq, id, body })
@@ -218,6 +223,7 @@ impl<'de> Visitor<'de> for EventVisitor {
                 "events_dropped" => fill(&mut map, &mut s.events_dropped, "events_dropped")?,
                 "events_rejected" => fill(&mut map, &mut s.events_rejected, "events_rejected")?,
                 "clock_offset_ms" => fill(&mut map, &mut s.clock_offset_ms, "clock_offset_ms")?,
+                "session" => fill(&mut map, &mut s.session, "session")?,
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
             }
         }
@@ -285,6 +291,9 @@ mod tests {
                    "scope": "activity", "at_ms": 8}),
             json!({"seq": 4, "id": ID, "kind": "health", "agent_version": "1", "spool_depth": 2,
                    "events_dropped": 0, "clock_offset_ms": -5, "at_ms": 9}),
+            json!({"seq": 5, "id": ID, "kind": "health", "agent_version": "1", "spool_depth": 0,
+                   "events_dropped": 0, "clock_offset_ms": 0, "at_ms": 9,
+                   "session": {"kind": "rdp", "client_name": "THIN-7"}}),
         ];
         for value in events {
             let event = parse(value.clone()).unwrap();
@@ -328,6 +337,9 @@ mod tests {
         assert!(parse(with("app", json!("desk")))
             .unwrap_err()
             .contains("unknown field `app` for kind `work_item`"));
+        assert!(parse(with("session", json!({"kind": "rdp"})))
+            .unwrap_err()
+            .contains("unknown field `session` for kind `work_item`"));
         let mut missing = base.as_object().unwrap().clone();
         missing.remove("at_ms");
         assert!(parse(missing.into())

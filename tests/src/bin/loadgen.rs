@@ -292,12 +292,16 @@ impl Generator {
         self.seq
     }
 
+    /// The start of a span of `ms` that ends at least a minute before now. The wrap comes
+    /// first: checked after the step, a 15-minute span taken just below the limit ended up to
+    /// 14 minutes in the future, which the server refuses (422: more than 10 minutes ahead); an
+    /// agent sending thousands of events a second wraps its week every few seconds.
     fn tick(&mut self, ms: u64) -> u64 {
-        let at = self.clock_ms;
-        self.clock_ms += ms;
-        if self.clock_ms + 60_000 > now_ms() {
+        if self.clock_ms + ms + 60_000 > now_ms() {
             self.clock_ms = now_ms() - WEEK_MS;
         }
+        let at = self.clock_ms;
+        self.clock_ms += ms;
         at
     }
 
@@ -374,6 +378,7 @@ impl Generator {
             events_rejected: 0,
             clock_offset_ms: self.rng.random_range(-250..250),
             at_ms: self.tick(0),
+            session: None,
         })
     }
 

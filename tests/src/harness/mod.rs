@@ -9,8 +9,10 @@ pub mod ingest;
 pub mod process;
 pub mod receiver;
 pub mod server;
+pub mod spine;
 pub mod sse;
 pub mod wait;
+pub mod xvfb;
 pub mod zookeeper;
 
 /// A unique, ClickHouse-safe name with the given prefix, e.g. `e2e_3f2a…`.

@@ -1,73 +1,35 @@
 //! A throwaway X desktop: `Xvfb` on a free display number, windows made with `xmessage`,
 //! focus, titles and input driven with `xdotool`.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long Xvfb and windows may take to appear on a busy machine.
+use backlight_e2e::harness::xvfb::{regex_escape, xdotool, Xvfb};
+
+/// How long windows may take to appear on a busy machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Desk {
-    xvfb: Child,
-    display: String,
     windows: Vec<Child>,
+    // Dropped after the windows.
+    xvfb: Xvfb,
 }
 
 impl Desk {
     /// Starts Xvfb on the first free display number from :120 (other tests use :90 upward).
     pub fn start() -> Desk {
-        for number in 120..400u32 {
-            if Path::new(&format!("/tmp/.X11-unix/X{number}")).exists()
-                || Path::new(&format!("/tmp/.X{number}-lock")).exists()
-            {
-                continue;
-            }
-            let mut xvfb = match Command::new("Xvfb")
-                .args([
-                    &format!(":{number}"),
-                    "-screen",
-                    "0",
-                    "800x600x24",
-                    "-nolisten",
-                    "tcp",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-            {
-                Ok(child) => child,
-                Err(e) => panic!("cannot start Xvfb (apt-get install xvfb): {e}"),
-            };
-            let deadline = Instant::now() + READY_TIMEOUT;
-            loop {
-                if let Ok(Some(_)) = xvfb.try_wait() {
-                    break; // taken by someone else meanwhile; try the next number
-                }
-                let display = format!(":{number}");
-                if Path::new(&format!("/tmp/.X11-unix/X{number}")).exists()
-                    && xdotool(&display, &["getmouselocation"]).is_some()
-                {
-                    return Desk {
-                        xvfb,
-                        display,
-                        windows: Vec::new(),
-                    };
-                }
-                assert!(Instant::now() < deadline, "Xvfb :{number} did not start");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        Desk {
+            windows: Vec::new(),
+            xvfb: Xvfb::start(120),
         }
-        panic!("no free X display number");
     }
 
     pub fn display(&self) -> &str {
-        &self.display
+        self.xvfb.display()
     }
 
     fn xdotool(&self, args: &[&str]) -> Option<String> {
-        xdotool(&self.display, args)
+        xdotool(self.display(), args)
     }
 
     /// Opens a window of app `instance` (class `Xmessage`) titled `title`; returns its id.
@@ -80,7 +42,7 @@ impl Desk {
                 title,
                 "Backlight end-to-end test window",
             ])
-            .env("DISPLAY", &self.display)
+            .env("DISPLAY", self.display())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -123,31 +85,5 @@ impl Drop for Desk {
             let _ = window.kill();
             let _ = window.wait();
         }
-        let _ = self.xvfb.kill();
-        let _ = self.xvfb.wait();
     }
-}
-
-fn xdotool(display: &str, args: &[&str]) -> Option<String> {
-    let output = Command::new("xdotool")
-        .args(args)
-        .env("DISPLAY", display)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run xdotool (apt-get install xdotool): {e}"));
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
-
-fn regex_escape(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if "\\.+*?()|[]{}^$".contains(c) {
-                format!("\\{c}")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }

@@ -5,11 +5,14 @@
 
 use std::time::Duration;
 
+use backlight_e2e::harness::spine::{
+    assert_claim_items, assert_idle_span, assert_nowhere, assert_private_and_titleless,
+};
 use backlight_e2e::*;
 use serde_json::json;
 
 use super::desk::Desk;
-use super::{status, DesktopRun, Spine};
+use super::{status, DesktopRun};
 
 /// Strings that must never leave the desktop: in a private window's title, and in titles
 /// while the policy drops titles.
@@ -123,86 +126,10 @@ async fn desktop_capture_end_to_end() {
     desk.focus(&claim);
     sleep_ms(1_000).await;
 
-    let actions = format!(
-        "SELECT action, step, source FROM events FINAL WHERE device_id = '{device}' AND kind = 'work_item' \
-         AND item_id = 'CLM-1' ORDER BY seq"
-    );
-    let rows = wait_for(secs(30), "the work items in ClickHouse", async || {
-        let rows = db.tsv(&actions).await;
-        if rows.iter().filter(|r| r[0] == "completed").count() >= 1 && rows.len() >= 5 {
-            Ok(rows)
-        } else {
-            Err(format!("{rows:?}"))
-        }
-    })
-    .await;
-    let summary: Vec<String> = rows.iter().map(|r| format!("{} {}", r[0], r[1])).collect();
-    assert!(rows.iter().all(|r| r[2] == "rule"), "{rows:?}");
     // Titles set by xmessage are Latin-1 (WM_NAME): ASCII separators keep the regexes simple.
-    assert_eq!(
-        &summary[..5],
-        [
-            "started intake",
-            "resumed assess",
-            "paused assess",
-            "resumed assess",
-            "completed assess"
-        ],
-        "{summary:?}"
-    );
-
-    let idle = wait_for(secs(30), "the idle span", async || {
-        let rows = db
-            .tsv(&format!(
-                "SELECT time_ms, end_ms, app, item_id FROM events FINAL WHERE device_id = '{device}' \
-                 AND kind = 'activity_span' AND state = 'idle'"
-            ))
-            .await;
-        rows.into_iter().next().ok_or_else(|| "none yet".to_string())
-    })
-    .await;
-    let start: u64 = idle[0].parse().unwrap();
-    let end: u64 = idle[1].parse().unwrap();
-    assert!(
-        start.abs_diff(last_input) < 2_500,
-        "the idle stretch starts at the last input ({last_input}), not at the threshold: {idle:?}"
-    );
-    assert!(end - start >= 10_000, "{idle:?}");
-    assert_eq!(idle[3], "", "idle time is not work on the item: {idle:?}");
-
-    let on_item = db
-        .count(&format!(
-            "SELECT count() FROM events FINAL WHERE device_id = '{device}' AND kind = 'activity_span' \
-             AND state = 'active' AND item_id = 'CLM-1' AND step IN ('intake', 'assess')"
-        ))
-        .await;
-    assert!(
-        on_item >= 2,
-        "spans on the item with their steps: {on_item}"
-    );
-    let private = db
-        .tsv(&format!(
-            "SELECT item_id, ifNull(title, '') FROM events FINAL WHERE device_id = '{device}' \
-             AND kind = 'activity_span' AND app = 'private'"
-        ))
-        .await;
-    assert!(
-        !private.is_empty(),
-        "the private window's time is recorded as `private`"
-    );
-    assert!(
-        private.iter().all(|r| r[0].is_empty() && r[1].is_empty()),
-        "{private:?}"
-    );
-    assert_eq!(
-        db.count(&format!(
-            "SELECT count() FROM events FINAL WHERE device_id = '{device}' AND title IS NOT NULL"
-        ))
-        .await,
-        0,
-        "titles are dropped by default"
-    );
-    assert_nothing_secret_anywhere(&db).await;
+    assert_claim_items(&db, &device.to_string()).await;
+    assert_idle_span(&db, &device.to_string(), last_input).await;
+    assert_private_and_titleless(&db, &device.to_string(), &SECRETS).await;
 
     // ---- policy: a bad one is refused by the server with its reason; a new one applies live.
     let bad =
@@ -283,30 +210,5 @@ async fn desktop_capture_end_to_end() {
     );
 
     run.terminate().await;
-    assert_nothing_secret_anywhere(&db).await;
-}
-
-/// Greps every String column of every table in the test's database for [`SECRETS`].
-async fn assert_nothing_secret_anywhere(db: &Db) {
-    let columns = db
-        .tsv(&format!(
-            "SELECT table, name FROM system.columns WHERE database = '{}' AND type LIKE '%String%'",
-            db.name()
-        ))
-        .await;
-    assert!(
-        columns.iter().any(|c| c[0] == "events" && c[1] == "title"),
-        "{columns:?}"
-    );
-    for column in &columns {
-        for secret in SECRETS {
-            let hits = db
-                .count(&format!(
-                    "SELECT count() FROM `{}` WHERE positionCaseInsensitive(toString(`{}`), '{secret}') > 0",
-                    column[0], column[1]
-                ))
-                .await;
-            assert_eq!(hits, 0, "{secret:?} found in {}.{}", column[0], column[1]);
-        }
-    }
+    assert_nowhere(&db, &SECRETS).await;
 }

@@ -7,46 +7,11 @@
 mod desk;
 mod flow;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use backlight_e2e::harness::bins;
 use backlight_e2e::*;
-
-/// A ClickHouse, a server on its own database, one tenant and an enrollment key for it.
-pub struct Spine {
-    // Fields drop in order: the server goes before the ClickHouse it writes to.
-    pub server: Server,
-    pub ch: ClickHouse,
-    pub tenant: String,
-    pub key: String,
-}
-
-impl Spine {
-    pub async fn start(tenant_prefix: &str) -> Spine {
-        let ch = ClickHouse::start().await;
-        let server = Server::start_with(ch.fresh_db(), ServerOptions::default()).await;
-        let tenant = server.create_tenant(tenant_prefix).await;
-        let key = server.create_enrollment_key(&tenant).await;
-        Spine {
-            server,
-            ch,
-            tenant,
-            key,
-        }
-    }
-
-    /// `admin policy set --tenant T FILE` with `policy` written to `dir`; the raw output.
-    pub async fn set_policy(&self, dir: &Path, policy: &serde_json::Value) -> std::process::Output {
-        let file = dir.join(format!("policy-{}.json", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&file, policy.to_string()).expect("writing the policy file");
-        let file = file.display().to_string();
-        self.server
-            .try_admin(&["policy", "set", "--tenant", &self.tenant, &file])
-            .await
-    }
-}
 
 /// `backlight-agent run` on `display`, logging to the agent's log. The harness's `spawn_run`
 /// cannot set the environment, and the agent finds its X server through `DISPLAY`.

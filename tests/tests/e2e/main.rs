@@ -20,34 +20,6 @@ mod webhooks;
 
 use backlight_e2e::*;
 
-/// A ClickHouse, a server on its own database, one tenant and an enrollment key for it.
-pub struct Spine {
-    // Fields drop in order: the server goes before the ClickHouse it writes to.
-    pub server: Server,
-    pub ch: ClickHouse,
-    pub tenant: String,
-    pub key: String,
-}
-
-impl Spine {
-    pub async fn start(tenant_prefix: &str) -> Spine {
-        Spine::start_with(tenant_prefix, ServerOptions::default()).await
-    }
-
-    pub async fn start_with(tenant_prefix: &str, options: ServerOptions) -> Spine {
-        let ch = ClickHouse::start().await;
-        let server = Server::start_with(ch.fresh_db(), options).await;
-        let tenant = server.create_tenant(tenant_prefix).await;
-        let key = server.create_enrollment_key(&tenant).await;
-        Spine {
-            server,
-            ch,
-            tenant,
-            key,
-        }
-    }
-}
-
 /// `n` events with sequence numbers `first..first+n`, work items and spans alternating, all
 /// within the last minute.
 pub fn events(first: u64, n: u64) -> Vec<Event> {
