@@ -22,8 +22,9 @@
 //! - A backfill `INSERT INTO t SELECT … FROM s` runs once, through the `Distributed` tables:
 //!   every shard is read once and every row is written once, to the shard its key names.
 //! - `DROP TABLE IF EXISTS x` drops whatever the rewrite made of `x`, on every node.
-//! - `ALTER TABLE t …` changes `t_local` on every node (a mutation runs once per shard), and
-//!   column changes also `t`.
+//! - `ALTER TABLE t …` changes `t_local` on every node (a mutation runs once per shard); after
+//!   a column change `t` is dropped and made again from `t_local` (18.16 cannot `ALTER` a
+//!   `Distributed` table `ON CLUSTER` when the shards are replicated).
 //! - `CREATE VIEW` (a plain view) is created on every node.
 //!
 //! Every table name is written with the database (`` `db`.`t` ``), so a statement means the
@@ -67,6 +68,9 @@ pub struct ClusterDdl {
     cluster: ClusterName,
     database: String,
     catalog: HashMap<String, Object>,
+    /// The sharding key of every `Distributed` table made, to make it again after a column
+    /// change (see [`ClusterDdl::alter`]).
+    shard_keys: HashMap<String, String>,
 }
 
 impl ClusterDdl {
@@ -75,6 +79,7 @@ impl ClusterDdl {
             cluster,
             database: database.to_string(),
             catalog: HashMap::new(),
+            shard_keys: HashMap::new(),
         }
     }
 
@@ -147,8 +152,10 @@ impl ClusterDdl {
         Ok(out)
     }
 
-    /// `CREATE TABLE name AS name_local ENGINE = Distributed(…)`.
-    fn distributed(&self, if_not_exists: &str, name: &str, shard_key: &str) -> String {
+    /// `CREATE TABLE name AS name_local ENGINE = Distributed(…)`, its sharding key remembered.
+    fn distributed(&mut self, if_not_exists: &str, name: &str, shard_key: &str) -> String {
+        self.shard_keys
+            .insert(name.to_string(), shard_key.to_string());
         let local = format!("{name}{LOCAL_SUFFIX}");
         format!(
             "CREATE TABLE {if_not_exists}{} {} AS {} ENGINE = Distributed({}, {}, {}, {shard_key})",
@@ -269,6 +276,7 @@ impl ClusterDdl {
         }
         let local = format!("{name}{LOCAL_SUFFIX}");
         let view = format!("{name}{VIEW_SUFFIX}");
+        self.shard_keys.remove(&name);
         let objects: Vec<&str> = match self.catalog.remove(&name) {
             Some(Object::View | Object::PlainView) => vec![&name],
             Some(Object::ViewTable) => vec![&view, &name, &local],
@@ -299,31 +307,35 @@ impl ClusterDdl {
         if commands.is_empty() {
             return Err(stmt.unsupported("ALTER without a command"));
         }
-        // Column changes must reach the Distributed table too, or it would not show them.
-        let column_commands: Vec<String> = commands
-            .iter()
-            .filter(|&&(from, _)| {
-                stmt.keywords(from, &["ADD", "COLUMN"])
-                    || stmt.keywords(from, &["DROP", "COLUMN"])
-                    || stmt.keywords(from, &["MODIFY", "COLUMN"])
-                    || stmt.keywords(from, &["RENAME", "COLUMN"])
-                    || stmt.keywords(from, &["COMMENT", "COLUMN"])
-            })
-            .map(|&(from, to)| stmt.slice(from, to).to_string())
-            .collect();
+        let changes_columns = commands.iter().any(|&(from, _)| {
+            ["ADD", "DROP", "MODIFY", "RENAME", "COMMENT"]
+                .iter()
+                .any(|&verb| stmt.keywords(from, &[verb, "COLUMN"]))
+        });
         let mut out = vec![format!(
             "ALTER TABLE {} {} {}",
             self.qualified(&format!("{name}{LOCAL_SUFFIX}")),
             self.on_cluster(),
             stmt.slice(at, stmt.len())
         )];
-        if !column_commands.is_empty() {
+        if changes_columns {
+            // The Distributed table must show the new columns too. ClickHouse 18.16 refuses an
+            // `ALTER … ON CLUSTER` of a Distributed table on a cluster whose shards are
+            // replicated, so it is made again from the altered local table instead: it holds no
+            // rows (inserts through it are synchronous), and in the moment it is missing an
+            // insert fails and is retried by its sender, a read fails and is retried by its
+            // caller.
+            let shard_key = self
+                .shard_keys
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| stmt.unsupported(&format!("{name} has no Distributed table")))?;
             out.push(format!(
-                "ALTER TABLE {} {} {}",
+                "DROP TABLE IF EXISTS {} {}",
                 self.qualified(&name),
-                self.on_cluster(),
-                column_commands.join(", ")
+                self.on_cluster()
             ));
+            out.push(self.distributed("IF NOT EXISTS ", &name, &shard_key));
         }
         Ok(out)
     }
@@ -896,7 +908,7 @@ mod tests {
     }
 
     #[test]
-    fn alters_reach_every_node_and_column_changes_the_distributed_table() {
+    fn alters_reach_every_node_and_column_changes_remake_the_distributed_table() {
         let mut ddl = ddl();
         one(&mut ddl, "CREATE TABLE IF NOT EXISTS audit_log (tenant_id String, at_ms UInt64) ENGINE = MergeTree ORDER BY (tenant_id, at_ms)");
         assert_eq!(
@@ -907,7 +919,8 @@ mod tests {
             one(&mut ddl, "ALTER TABLE audit_log ADD COLUMN note String DEFAULT 'a, b', MODIFY SETTING index_granularity = 256"),
             vec![
                 "ALTER TABLE `bl`.`audit_log_local` ON CLUSTER backlight ADD COLUMN note String DEFAULT 'a, b', MODIFY SETTING index_granularity = 256",
-                "ALTER TABLE `bl`.`audit_log` ON CLUSTER backlight ADD COLUMN note String DEFAULT 'a, b'"
+                "DROP TABLE IF EXISTS `bl`.`audit_log` ON CLUSTER backlight",
+                "CREATE TABLE IF NOT EXISTS `bl`.`audit_log` ON CLUSTER backlight AS `bl`.`audit_log_local` ENGINE = Distributed(backlight, 'bl', 'audit_log_local', cityHash64(toString(tenant_id), toString(at_ms)))",
             ]
         );
     }
