@@ -26,6 +26,9 @@ use std::time::Duration;
 use backlight_e2e::harness::server::{admin, try_admin};
 use backlight_e2e::harness::{http_client, unique_name};
 use backlight_e2e::*;
+use backlight_server::clickhouse::{ClickHouseConfig, ClusterConfig, InsertQuorum};
+use backlight_server::storage::migrations::migrate_through;
+use clickhouse::Compression;
 use uuid::Uuid;
 
 /// Replicas of shard 1 and shard 2.
@@ -64,6 +67,27 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
         ready_timeout: Duration::from_secs(180),
         ..ServerOptions::default()
     };
+    // The upgrade path: the database is first made as a release before migration 16 made it,
+    // so the servers apply 16 (ADD COLUMN on `events`) to an existing cluster database.
+    let old_release = ClickHouseConfig {
+        url: cluster.node(2, 1).url(),
+        database: database.clone(),
+        user: Some("default".into()),
+        password: Some(cluster.node(2, 1).password().into()),
+        cluster: Some(ClusterConfig {
+            name: cluster.name().parse().unwrap(),
+            insert_quorum: InsertQuorum::Auto,
+        }),
+    };
+    migrate_through(
+        &old_release.client_without_database(Compression::None),
+        &database,
+        &old_release.client(Compression::None),
+        old_release.cluster.as_ref().map(|c| &c.name),
+        14,
+    )
+    .await
+    .expect("migrations 1 to 14 on the cluster");
     // Each server on the first replica of a shard: every server reads and writes the first
     // healthy replica of each shard, and 18.16 writes a node's own shard to that node, so a
     // server on a second replica would write where the others do not read yet.
@@ -90,6 +114,12 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
             ],
             "{id}"
         );
+        // Migration 16 reached the local and the Distributed table on every node.
+        let added = ch
+            .db(&database)
+            .tsv("SELECT table FROM system.columns WHERE database = currentDatabase() AND name = 'session_client' ORDER BY table")
+            .await;
+        assert_eq!(added, vec![vec!["events"], vec!["events_local"]], "{id}");
     }
 
     // The registry is shared: a tenant made through A, its key through B.
