@@ -21,6 +21,9 @@
 # several people share one. About 2 minutes plus the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH_NAME=bench-attacks
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
 
 AGENTS="${AGENTS:-32}"
 BATCH_EVENTS="${BATCH_EVENTS:-200}"
@@ -65,28 +68,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-bounded() {
-  local limit="$1"; shift
-  timeout --kill-after=10s "$limit" "$@" &
-  CHILD_PID=$!
-  local rc=0
-  wait "$CHILD_PID" || rc=$?
-  CHILD_PID=""
-  return "$rc"
-}
-
-free_port() {
-  local low=20000 high=32767 port
-  read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range || ephemeral=32768
-  if [ "$ephemeral" -le "$high" ]; then high=$((ephemeral - 1)); fi
-  for _ in $(seq 1 100); do
-    port=$(( low + RANDOM % (high - low) ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
-  done
-  echo "bench-attacks: no free port found" >&2
-  return 1
-}
 
 if [ "$SKIP_BUILD" != 1 ]; then
   echo "==> building release binaries"

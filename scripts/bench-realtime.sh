@@ -25,6 +25,9 @@
 #   to the stream or the ingest path with the defaults)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH_NAME=bench-realtime
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
 
 SAMPLES="${SAMPLES:-100}"
 PAUSE="${PAUSE:-500ms}"
@@ -78,31 +81,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# Runs a command in the background so the trap can stop it, bounded by `timeout`.
-bounded() {
-  local limit="$1"; shift
-  timeout --kill-after=10s "$limit" "$@" &
-  CHILD_PID=$!
-  local rc=0
-  wait "$CHILD_PID" || rc=$?
-  CHILD_PID=""
-  return "$rc"
-}
-
-# A port below the kernel's ephemeral range (the embedded ClickHouse takes kernel-chosen ports).
-free_port() {
-  local low=20000 high=32767 port
-  read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range || ephemeral=32768
-  if [ "$ephemeral" -le "$high" ]; then high=$((ephemeral - 1)); fi
-  if [ "$high" -le "$low" ]; then low=10000; fi
-  for _ in $(seq 1 100); do
-    port=$(( low + RANDOM % (high - low) ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
-  done
-  echo "bench-realtime: no free port found" >&2
-  return 1
-}
 
 if [ "$SKIP_BUILD" != 1 ]; then
   echo "==> building release binaries"

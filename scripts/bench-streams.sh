@@ -24,6 +24,9 @@
 #   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH_NAME=bench-streams
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
 
 STREAMS="${STREAMS:-1000}"
 CHANGE_RATE="${CHANGE_RATE:-10}"
@@ -75,18 +78,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-  local low=20000 high=32767 port
-  read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range || ephemeral=32768
-  if [ "$ephemeral" -le "$high" ]; then high=$((ephemeral - 1)); fi
-  for _ in $(seq 1 100); do
-    port=$(( low + RANDOM % (high - low) ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
-  done
-  echo "bench-streams: no free port found" >&2
-  return 1
-}
 
 # start_server BIN LOG ARGS... -> sets STARTED_URL and STARTED_PID
 start_server() {
