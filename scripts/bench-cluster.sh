@@ -92,9 +92,10 @@ chq() {
   curl -fsS -H "X-ClickHouse-User: default" -H "X-ClickHouse-Key: $pass" "$@"
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+BENCH_NAME=bench-cluster
+# free_port: one below the kernel's ephemeral range, which ClickHouse's nodes draw from.
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
 
 # CPU ticks (utime + stime) of the given pids, summed.
 ticks() {
