@@ -231,8 +231,16 @@ pub async fn migrate_through(
                 (Ok(()), _) => {}
                 // Another server starting at the same time added it first, or (on a cluster)
                 // replication brought it to a replica before the replica's own `ALTER` ran.
-                (Err(_), Some((table, column)))
-                    if column_exists(db, database, table, column).await? => {}
+                (Err(error), Some((table, column)))
+                    if column_exists(db, database, table, column).await? =>
+                {
+                    tracing::info!(
+                        table,
+                        column,
+                        %error,
+                        "the column was added meanwhile; the statement's error is ignored"
+                    );
+                }
                 (Err(e), _) => {
                     return Err(ClickHouseError::Schema(format!(
                         "migration {} ({}) failed: {e}\nstatement: {step}",
