@@ -50,12 +50,14 @@ async fn main() -> anyhow::Result<()> {
             database: "bench".into(),
             user: Some(embedded::USER.into()),
             password: Some(process.password().into()),
+            cluster: None,
         },
         None => ClickHouseConfig {
             url: external.clone().unwrap_or_default(),
             database: "bench".into(),
             user: std::env::var("BENCH_CLICKHOUSE_USER").ok(),
             password: std::env::var("BENCH_CLICKHOUSE_PASSWORD").ok(),
+            cluster: None,
         },
     };
     let store = Store::open(&config).await?;

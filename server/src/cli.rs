@@ -4,6 +4,8 @@
 //!   `./backlight-data`;
 //! - `--listen`, `--data-dir`, `--clickhouse-url` (and `BACKLIGHT_LISTEN`, `BACKLIGHT_DATA_DIR`,
 //!   `BACKLIGHT_CLICKHOUSE_URL`) override;
+//! - `--clickhouse-cluster NAME` (`BACKLIGHT_CLICKHOUSE_CLUSTER`): the database spans that
+//!   ClickHouse cluster (same binary, same queries; see `storage::cluster_ddl`);
 //! - `admin …` manages tenants, keys and devices.
 
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use uuid::Uuid;
 
+use crate::clickhouse::{ClusterName, InsertQuorum};
 use crate::http::access_limits::AccessLimits;
 use crate::tenancy::{Role, TenantId};
 
@@ -92,6 +95,21 @@ pub struct StorageArgs {
         global = true
     )]
     pub clickhouse_password: Option<String>,
+    /// The ClickHouse cluster (a name in <remote_servers>) that holds the database: tables are
+    /// created ON CLUSTER, replicated and sharded; reads and writes go through Distributed
+    /// tables. Needs --clickhouse-url (any node of the cluster, or a balancer in front of them).
+    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_CLUSTER", global = true)]
+    pub clickhouse_cluster: Option<ClusterName>,
+    /// On a cluster: how many replicas of a shard must hold ingested rows before the server
+    /// answers 200. `auto`: a majority of the smallest shard's replicas (on ClickHouse 20.10+;
+    /// older versions run quorum INSERTs one at a time, so there `auto` means 1).
+    #[arg(
+        long,
+        env = "BACKLIGHT_CLICKHOUSE_INSERT_QUORUM",
+        default_value = "auto",
+        global = true
+    )]
+    pub clickhouse_insert_quorum: InsertQuorum,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -561,6 +579,54 @@ mod tests {
         assert!(
             Cli::try_parse_from(["backlight-server", "admin", "tenant", "create", "Bad Name"])
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_cluster_has_a_safe_name_and_a_quorum() {
+        let cli = Cli::try_parse_from([
+            "backlight-server",
+            "--clickhouse-url",
+            "http://ch1:8123",
+            "--clickhouse-cluster",
+            "backlight",
+            "--clickhouse-insert-quorum",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.storage.clickhouse_cluster.map(|c| c.to_string()),
+            Some("backlight".to_string())
+        );
+        assert_eq!(
+            cli.storage.clickhouse_insert_quorum,
+            InsertQuorum::Replicas(2)
+        );
+        // Global: after `admin` as well as before it.
+        let cli = Cli::try_parse_from([
+            "backlight-server",
+            "--clickhouse-url",
+            "http://ch1:8123",
+            "admin",
+            "--clickhouse-cluster",
+            "backlight",
+            "tenant",
+            "list",
+        ])
+        .unwrap();
+        assert!(cli.storage.clickhouse_cluster.is_some());
+        assert!(Cli::try_parse_from([
+            "backlight-server",
+            "--clickhouse-url",
+            "http://ch1:8123",
+            "--clickhouse-cluster",
+            "x;DROP"
+        ])
+        .is_err());
+        let defaults = Cli::try_parse_from(["backlight-server"]).unwrap();
+        assert_eq!(
+            defaults.storage.clickhouse_insert_quorum,
+            InsertQuorum::Auto
         );
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::cli::StorageArgs;
 use crate::clickhouse::embedded::{self, ClickHouseProcess, Supervisor};
-use crate::clickhouse::ClickHouseConfig;
+use crate::clickhouse::{ClickHouseConfig, ClusterConfig};
 
 /// Keeps an embedded ClickHouse alive for as long as it is held.
 pub enum ClickHouseHandle {
@@ -41,6 +41,13 @@ fn config(storage: &StorageArgs, url: String) -> ClickHouseConfig {
         database: storage.clickhouse_database.clone(),
         user: storage.clickhouse_user.clone(),
         password: storage.clickhouse_password.clone(),
+        cluster: storage
+            .clickhouse_cluster
+            .clone()
+            .map(|name| ClusterConfig {
+                name,
+                insert_quorum: storage.clickhouse_insert_quorum,
+            }),
     }
 }
 
@@ -73,10 +80,23 @@ fn embedded_dir(storage: &StorageArgs) -> anyhow::Result<PathBuf> {
     Ok(data.join("clickhouse"))
 }
 
+/// A cluster is never the embedded ClickHouse (one local server).
+fn check_cluster_has_url(storage: &StorageArgs) -> anyhow::Result<()> {
+    if let (Some(cluster), None) = (&storage.clickhouse_cluster, &storage.clickhouse_url) {
+        anyhow::bail!(
+            "--clickhouse-cluster {cluster} needs --clickhouse-url: the URL of a node of the \
+             cluster (or of a load balancer in front of its nodes); the embedded ClickHouse is \
+             a single server"
+        );
+    }
+    Ok(())
+}
+
 /// For `serve`: the given URL, or a supervised embedded ClickHouse.
 pub async fn for_serve(
     storage: &StorageArgs,
 ) -> anyhow::Result<(ClickHouseConfig, ClickHouseHandle)> {
+    check_cluster_has_url(storage)?;
     if let Some(url) = &storage.clickhouse_url {
         return Ok((config(storage, url.clone()), ClickHouseHandle::External));
     }
@@ -96,6 +116,7 @@ pub async fn for_serve(
 pub async fn for_admin(
     storage: &StorageArgs,
 ) -> anyhow::Result<(ClickHouseConfig, ClickHouseHandle)> {
+    check_cluster_has_url(storage)?;
     if let Some(url) = &storage.clickhouse_url {
         return Ok((config(storage, url.clone()), ClickHouseHandle::External));
     }
@@ -120,4 +141,30 @@ pub async fn for_admin(
         embedded_config(storage, process.url(), process.password()),
         ClickHouseHandle::Temporary(process),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    #[tokio::test]
+    async fn a_cluster_without_a_url_is_refused_before_anything_starts() {
+        let cli =
+            Cli::try_parse_from(["backlight-server", "--clickhouse-cluster", "backlight"]).unwrap();
+        let error = for_admin(&cli.storage)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("needs --clickhouse-url"), "{error}");
+        let error = for_serve(&cli.storage)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("needs --clickhouse-url"), "{error}");
+    }
 }

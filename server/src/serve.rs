@@ -45,6 +45,7 @@ async fn serve_with(
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> anyhow::Result<()> {
     let store = open_store(config, args.clickhouse_wait).await?;
+    crate::storage::durability::report(store.durability());
     let limits = &args.limits;
     let writer = IngestWriter::spawn(
         store.client().clone(),
@@ -70,7 +71,7 @@ async fn serve_with(
         );
     }
     state.webhook_targets = TargetPolicy::allowing(webhooks.webhook_allow_hosts.iter().cloned());
-    crate::storage::retention::spawn(state.store.client().clone());
+    crate::storage::retention::spawn(state.store.client().clone(), state.store.cluster().cloned());
     let webhook_engine = WebhookEngine::spawn(
         state.clone(),
         WebhookConfig {

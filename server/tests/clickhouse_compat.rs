@@ -10,8 +10,6 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -94,28 +92,20 @@ async fn every_statement_runs_on_clickhouse_18_16_and_on_the_current_release() {
     // Its goodbye and last cursors are statements too.
     webhooks.stop().await;
     for table in DailyTable::ALL {
-        retention::drop_expired(app.store.client(), table)
+        retention::drop_expired(app.store.client(), None, table)
             .await
             .unwrap();
     }
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/clickhouse-compat.py");
-    let output = Command::new("python3")
-        .arg(&script)
-        .args(["--clickhouse-url", &clickhouse_url, "--database", DATABASE])
-        .env("BACKLIGHT_CLICKHOUSE_PASSWORD", &clickhouse.password)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("{report}");
-    assert!(
-        output.status.success(),
-        "SQL compatibility failed ({}):\n{report}",
-        output.status
+    support::run_check_script(
+        "clickhouse-compat.py",
+        &[
+            "--clickhouse-url".as_ref(),
+            clickhouse_url.as_ref(),
+            "--database".as_ref(),
+            DATABASE.as_ref(),
+        ],
+        &[("BACKLIGHT_CLICKHOUSE_PASSWORD", &clickhouse.password)],
     );
 }
 

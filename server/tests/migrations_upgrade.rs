@@ -22,7 +22,7 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
         config.client_without_database(Compression::None),
         config.client(Compression::None),
     );
-    migrate_through(&server, &config.database, &db, 8)
+    migrate_through(&server, &config.database, &db, None, 8)
         .await
         .unwrap();
     assert_eq!(missing_versions(&db).await.unwrap()[..3], [9, 10, 11]);
@@ -50,7 +50,7 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     db.query(&register("A", 1)).execute().await.unwrap();
     db.query(&register("A", 2)).execute().await.unwrap();
 
-    migrate(&server, &config.database, &db).await.unwrap();
+    migrate(&server, &config.database, &db, None).await.unwrap();
     assert!(missing_versions(&db).await.unwrap().is_empty());
     let distinct = "SELECT count() FROM (SELECT DISTINCT device_id, seq FROM item_events_v2)";
     assert_eq!(
@@ -124,7 +124,7 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     assert_eq!(newest_only, vec![("A".into(), 2), ("D".into(), 1)]);
 
     // Running the migrations again (a second server starting) changes nothing.
-    migrate(&server, &config.database, &db).await.unwrap();
+    migrate(&server, &config.database, &db, None).await.unwrap();
     assert_eq!(count(&db, distinct).await, 4);
     assert_eq!(count(&db, registrations).await, 2);
     // Identities, so merges (which may fold A's two registrations into one) change nothing.
@@ -151,7 +151,7 @@ async fn device_progress_is_backfilled_and_kept_in_step() {
         config.client_without_database(Compression::None),
         config.client(Compression::None),
     );
-    migrate_through(&server, &config.database, &db, 11)
+    migrate_through(&server, &config.database, &db, None, 11)
         .await
         .unwrap();
     let (one, two) = (
@@ -181,7 +181,7 @@ async fn device_progress_is_backfilled_and_kept_in_step() {
             .unwrap();
     }
 
-    migrate(&server, &config.database, &db).await.unwrap();
+    migrate(&server, &config.database, &db, None).await.unwrap();
     let stored = |tenant: &'static str, device: Uuid| {
         let db = db.clone();
         async move { stored_max_seq(&db, tenant, device).await.unwrap() }
@@ -203,7 +203,7 @@ async fn device_progress_is_backfilled_and_kept_in_step() {
         .unwrap();
     assert_eq!(stored("acme", two).await, 9);
     // Running the migrations again (another server starting) changes nothing.
-    migrate(&server, &config.database, &db).await.unwrap();
+    migrate(&server, &config.database, &db, None).await.unwrap();
     assert_eq!(
         (stored("acme", one).await, stored("acme", two).await),
         (7, 9)
@@ -220,7 +220,7 @@ async fn the_policy_saved_before_the_upgrade_starts_the_history() {
         config.client_without_database(Compression::None),
         config.client(Compression::None),
     );
-    migrate_through(&server, &config.database, &db, 11)
+    migrate_through(&server, &config.database, &db, None, 11)
         .await
         .unwrap();
     db.query(
@@ -230,7 +230,7 @@ async fn the_policy_saved_before_the_upgrade_starts_the_history() {
     .execute()
     .await
     .unwrap();
-    migrate(&server, &config.database, &db).await.unwrap();
+    migrate(&server, &config.database, &db, None).await.unwrap();
     let step = backlight_server::storage::migrations::MIGRATIONS
         .iter()
         .find(|m| m.name == "policy_history_and_key_limits")

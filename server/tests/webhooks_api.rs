@@ -159,7 +159,7 @@ async fn webhook_admin_api_validates_isolates_tenants_limits_and_deletes() {
         .execute()
         .await
         .unwrap();
-    let dropped = retention::drop_expired(client, DailyTable::ItemChanges)
+    let dropped = retention::drop_expired(client, None, DailyTable::ItemChanges)
         .await
         .unwrap();
     assert!(dropped >= 1, "the 2020 partition was not dropped");

@@ -31,9 +31,13 @@
 //!
 //! - [`harness::clickhouse`]: [`ClickHouse`] (start, stop, restart on the same ports with data
 //!   kept) and [`Db`], an HTTP query helper bound to one database.
+//! - [`harness::cluster`]: [`ClickHouseCluster`], shards and replicas of ClickHouse on loopback
+//!   with their own [`ZooKeeper`] ([`harness::zookeeper`]), any node killable and restartable.
 //! - [`harness::server`]: [`Server`], the real server binary (readiness, kill -9, restart on the
 //!   same port, logs printed when a test fails), and the `admin` command line.
 //! - [`harness::agent`]: [`Agent`], the real agent binary with its own data directory.
+//! - [`harness::file_agent`]: [`FileAgent`], an agent fed from a file of events, and the
+//!   exactly-once checks run after its uploads.
 //! - [`harness::ingest`]: hand-made events and batches, and posting them with reqwest.
 //! - [`harness::wait`]: polling with deadlines instead of sleeps.
 //! - [`harness::sse`]: reading the status stream over real HTTP.
@@ -50,6 +54,8 @@ pub mod harness;
 
 pub use harness::agent::{write_lines, Agent, AgentStatus};
 pub use harness::clickhouse::{ClickHouse, Db};
+pub use harness::cluster::{ClickHouseCluster, NodeId};
+pub use harness::file_agent::{assert_every_seq_once, assert_file_stored_once, FileAgent};
 pub use harness::ingest::{
     activity_span, batch, events_file_lines, work_item, zstd, Device, FileEvent, Posted,
 };
@@ -58,6 +64,7 @@ pub use harness::server::{Server, ServerOptions, TlsFiles};
 pub use harness::spine::Spine;
 pub use harness::sse::{SseEvent, SseStream};
 pub use harness::wait::{millis, secs, wait_for, wait_until};
+pub use harness::zookeeper::ZooKeeper;
 
 pub use backlight_shared::api::{EnrollResponse, ErrorBody, IngestResponse};
 pub use backlight_shared::batch::{limits, Batch};

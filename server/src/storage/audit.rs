@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 
 /// How often pending entries are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
@@ -132,9 +132,10 @@ impl Shared {
         if batch.is_empty() {
             return Ok(0);
         }
-        let result = with_timeout(async {
-            let mut insert = self.client.insert::<AuditRow>("audit_log").await?;
-            for row in &batch {
+        let (client, rows) = (&self.client, &batch);
+        let result = with_write_retry(|| async move {
+            let mut insert = client.insert::<AuditRow>("audit_log").await?;
+            for row in rows {
                 insert.write(row).await?;
             }
             insert.end().await

@@ -9,7 +9,7 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 
 /// One row of `events`. Field order must match the table's column order (RowBinary is
 /// positional and validation is off for 18.16).
@@ -349,7 +349,7 @@ pub async fn insert_encoded(
     client: &Client,
     chunks: &[&EncodedRows],
 ) -> Result<(), ClickHouseError> {
-    with_timeout(async {
+    with_write_retry(|| async move {
         let mut insert = client
             .insert_formatted_with(insert_encoded_sql())
             .buffered();

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::lookup_row::{self, LookupRow};
 use super::registry::Registry;
 use super::tenant_cache::TenantCache;
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::items::{HandleTimeStats, ItemEvent};
 use crate::tenancy::TenantId;
 
@@ -265,7 +265,7 @@ pub async fn insert_registrations(
     client: &Client,
     rows: &[ItemRow],
 ) -> Result<(), ClickHouseError> {
-    with_timeout(async {
+    with_write_retry(|| async move {
         let mut insert = client.insert::<ItemRow>("items").await?;
         for row in rows {
             insert.write(row).await?;
@@ -302,7 +302,7 @@ pub async fn insert_sla_classes(
     client: &Client,
     rows: &[SlaClassRow],
 ) -> Result<(), ClickHouseError> {
-    with_timeout(async {
+    with_write_retry(|| async move {
         let mut insert = client.insert::<SlaClassRow>("sla_classes").await?;
         for row in rows {
             insert.write(row).await?;

@@ -6,14 +6,15 @@
 //! starting at the same time, or a start interrupted half-way, are harmless. Applied versions are recorded in
 //! `schema_migrations`; `/readyz` reports not-ready until every step this build knows is recorded.
 //!
-//! **Architecture invariant:** table definitions exist only in these files. Engines are named
-//! once per table, so a clustered deployment (Replicated*MergeTree + Distributed) is a rewrite of
-//! the `ENGINE` clause applied by this runner, not a second copy of the schema.
+//! **Architecture invariant:** table definitions exist only in these files, written for one
+//! node. On a cluster (`--clickhouse-cluster`) the runner passes every statement through
+//! [`ClusterDdl`], which derives the replicated, sharded schema from it: not a second copy.
 
 use clickhouse::Client;
 use serde::Deserialize;
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError, ClusterName};
+use crate::storage::cluster_ddl::ClusterDdl;
 
 /// One migration step.
 pub struct Migration {
@@ -126,9 +127,46 @@ pub fn statements(sql: &str) -> Vec<String> {
         .collect()
 }
 
-/// Creates the database if needed and applies every migration not yet recorded.
-pub async fn migrate(server: &Client, database: &str, db: &Client) -> Result<(), ClickHouseError> {
-    migrate_through(server, database, db, u32::MAX).await
+/// Where the schema lives: one server, or every node of a cluster.
+pub enum Layout {
+    SingleNode,
+    /// Statements rewritten by [`ClusterDdl`], which must see every migration in order.
+    Cluster(ClusterDdl),
+}
+
+impl Layout {
+    pub fn new(database: &str, cluster: Option<&ClusterName>) -> Layout {
+        match cluster {
+            None => Layout::SingleNode,
+            Some(name) => Layout::Cluster(ClusterDdl::new(name.clone(), database)),
+        }
+    }
+
+    /// The statements that do what `statement` (written for one node) does in this layout.
+    pub fn statements(&mut self, statement: &str) -> Result<Vec<String>, ClickHouseError> {
+        match self {
+            Layout::SingleNode => Ok(vec![statement.to_string()]),
+            Layout::Cluster(ddl) => ddl
+                .rewrite(statement)
+                .map_err(|e| ClickHouseError::Schema(e.to_string())),
+        }
+    }
+}
+
+/// The table recording applied migrations, created by the runner itself.
+const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version UInt32, name String, applied_ms UInt64
+) ENGINE = ReplacingMergeTree(applied_ms) ORDER BY version";
+
+/// Creates the database if needed and applies every migration not yet recorded, on one server
+/// or (with `cluster`) on every node of the cluster.
+pub async fn migrate(
+    server: &Client,
+    database: &str,
+    db: &Client,
+    cluster: Option<&ClusterName>,
+) -> Result<(), ClickHouseError> {
+    migrate_through(server, database, db, cluster, u32::MAX).await
 }
 
 /// [`migrate`], but only the steps up to `last_version` (tests of an upgrade from an older
@@ -137,23 +175,28 @@ pub async fn migrate_through(
     server: &Client,
     database: &str,
     db: &Client,
+    cluster: Option<&ClusterName>,
     last_version: u32,
 ) -> Result<(), ClickHouseError> {
-    with_timeout(
-        server
-            .query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
-            .execute(),
-    )
-    .await?;
-    with_timeout(
-        db.query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                version UInt32, name String, applied_ms UInt64
-            ) ENGINE = ReplacingMergeTree(applied_ms) ORDER BY version",
-        )
-        .execute(),
-    )
-    .await?;
+    check_layout(server, database, cluster).await?;
+    let mut layout = Layout::new(database, cluster);
+    match &layout {
+        Layout::SingleNode => {
+            with_timeout(
+                server
+                    .query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
+                    .execute(),
+            )
+            .await?;
+        }
+        Layout::Cluster(ddl) => {
+            check_cluster(server, ddl.cluster()).await?;
+            run(server, &ddl.create_database()).await?;
+        }
+    }
+    for statement in layout.statements(SCHEMA_MIGRATIONS)? {
+        run(db, &statement).await?;
+    }
     // Apply every step not recorded yet (not just those above the highest recorded one), so a
     // step merged later with a lower number than one already applied still runs.
     #[derive(clickhouse::Row, Deserialize)]
@@ -168,49 +211,156 @@ pub async fn migrate_through(
     .into_iter()
     .map(|a| a.version)
     .collect();
-    let pending = MIGRATIONS
-        .iter()
-        .filter(|m| m.version <= last_version && !applied.contains(&m.version));
-    for migration in pending {
+    for (migration, steps) in planned(&mut layout, last_version)? {
+        if applied.contains(&migration.version) {
+            continue;
+        }
         tracing::info!(
             version = migration.version,
             name = migration.name,
             "applying migration"
         );
-        for statement in statements(migration.sql) {
-            let added = added_column(&statement);
+        for step in steps {
+            let added = added_column(&step);
             if let Some((table, column)) = added {
                 if column_exists(db, database, table, column).await? {
                     continue;
                 }
             }
-            // Not `with_timeout`: a backfill copies a whole table, which may take minutes.
-            let result = tokio::time::timeout(STATEMENT_TIMEOUT, db.query(&statement).execute())
-                .await
-                .map_err(|_| ClickHouseError::Timeout(STATEMENT_TIMEOUT))?;
-            match (result, added) {
+            match (run(db, &step).await, added) {
                 (Ok(()), _) => {}
-                // Another server starting at the same time added it first.
-                (Err(_), Some((table, column)))
-                    if column_exists(db, database, table, column).await? => {}
-                (Err(error), _) => return Err(error.into()),
+                // Another server starting at the same time added it first, or (on a cluster)
+                // replication brought it to a replica before the replica's own `ALTER` ran.
+                (Err(error), Some((table, column)))
+                    if column_exists(db, database, table, column).await? =>
+                {
+                    tracing::info!(
+                        table,
+                        column,
+                        %error,
+                        "the column was added meanwhile; the statement's error is ignored"
+                    );
+                }
+                (Err(e), _) => {
+                    return Err(ClickHouseError::Schema(format!(
+                        "migration {} ({}) failed: {e}\nstatement: {step}",
+                        migration.version, migration.name
+                    )))
+                }
             }
         }
-        with_timeout(
+        with_write_retry(|| {
             db.query("INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)")
                 .bind(migration.version)
                 .bind(migration.name)
                 .bind(backlight_shared::now_ms())
-                .execute(),
-        )
+                .execute()
+        })
         .await?;
     }
     Ok(())
 }
 
-/// `(table, column)` of an `ALTER TABLE t ADD COLUMN c …` statement (one column per
-/// statement). ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the runner makes such a
-/// statement harmless to repeat by skipping it when the column is there.
+/// Every migration up to `last_version` with the statements it runs in `layout`. All are
+/// rewritten, applied or not: on a cluster a later statement depends on what earlier ones made.
+fn planned(
+    layout: &mut Layout,
+    last_version: u32,
+) -> Result<Vec<(&'static Migration, Vec<String>)>, ClickHouseError> {
+    let mut plan = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| m.version <= last_version) {
+        let mut steps = Vec::new();
+        for statement in statements(migration.sql) {
+            steps.extend(layout.statements(&statement).map_err(|e| {
+                ClickHouseError::Schema(format!("migration {}: {e}", migration.version))
+            })?);
+        }
+        plan.push((migration, steps));
+    }
+    Ok(plan)
+}
+
+/// Every statement [`migrate`] runs to create a fresh database on `cluster`, in order (for
+/// review, and for checking them on other ClickHouse versions).
+pub fn cluster_statements(
+    cluster: &ClusterName,
+    database: &str,
+) -> Result<Vec<String>, ClickHouseError> {
+    let ddl = ClusterDdl::new(cluster.clone(), database);
+    let mut out = vec![ddl.create_database()];
+    let mut layout = Layout::Cluster(ddl);
+    out.extend(layout.statements(SCHEMA_MIGRATIONS)?);
+    for (_, steps) in planned(&mut layout, u32::MAX)? {
+        out.extend(steps);
+    }
+    Ok(out)
+}
+
+/// Runs one schema statement. Not `with_timeout`: a backfill copies a whole table, which may
+/// take minutes. `wait_end_of_query` makes ClickHouse answer only when the statement is done,
+/// so an error on a node of the cluster reaches us as an error, not as text after a 200.
+async fn run(client: &Client, statement: &str) -> Result<(), ClickHouseError> {
+    tokio::time::timeout(
+        STATEMENT_TIMEOUT,
+        client
+            .query(statement)
+            .with_setting("wait_end_of_query", "1")
+            .execute(),
+    )
+    .await
+    .map_err(|_| ClickHouseError::Timeout(STATEMENT_TIMEOUT))??;
+    Ok(())
+}
+
+/// The cluster must be one the ClickHouse we talk to knows.
+async fn check_cluster(server: &Client, cluster: &ClusterName) -> Result<(), ClickHouseError> {
+    let nodes: u64 = with_timeout(
+        server
+            .query("SELECT count() FROM system.clusters WHERE cluster = ?")
+            .bind(cluster.as_str())
+            .fetch_one(),
+    )
+    .await?;
+    if nodes == 0 {
+        return Err(ClickHouseError::Schema(format!(
+            "ClickHouse has no cluster named {cluster} in its <remote_servers> configuration \
+             (see deploy/clickhouse/cluster.d/ for an example)"
+        )));
+    }
+    Ok(())
+}
+
+/// A database is made for one server or for a cluster, and stays so: refuse the other.
+async fn check_layout(
+    server: &Client,
+    database: &str,
+    cluster: Option<&ClusterName>,
+) -> Result<(), ClickHouseError> {
+    let engine: Option<String> = with_timeout(
+        server
+            .query("SELECT engine FROM system.tables WHERE database = ? AND name = 'schema_migrations'")
+            .bind(database)
+            .fetch_optional(),
+    )
+    .await?;
+    match (engine.as_deref(), cluster) {
+        (Some("Distributed"), None) => Err(ClickHouseError::Schema(format!(
+            "database {database} was created on a cluster: pass --clickhouse-cluster with its name"
+        ))),
+        (Some(engine), Some(cluster)) if engine != "Distributed" => {
+            Err(ClickHouseError::Schema(format!(
+                "database {database} was created for a single ClickHouse server, not for cluster \
+                 {cluster}: a cluster needs a new database (deploy/README.md, \"A ClickHouse cluster\")"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `(table, column)` of an `ALTER TABLE t [ON CLUSTER n] ADD COLUMN c …` statement (one column
+/// per statement; `t` may be qualified with its database). ClickHouse 18.16 has no
+/// `ADD COLUMN IF NOT EXISTS`, so the runner makes such a statement harmless to repeat by
+/// skipping it when the column is there.
 pub fn added_column(statement: &str) -> Option<(&str, &str)> {
     let mut words = statement.split_whitespace();
     let head: Vec<&str> = words.by_ref().take(2).collect();
@@ -221,8 +371,17 @@ pub fn added_column(statement: &str) -> Option<(&str, &str)> {
     {
         return None;
     }
-    let table = words.next()?;
-    let add: Vec<&str> = words.by_ref().take(2).collect();
+    // `db`.`t` on a cluster: the table is what follows the last dot.
+    let table = words.next()?.rsplit('.').next()?;
+    let mut add: Vec<&str> = words.by_ref().take(2).collect();
+    if add
+        .iter()
+        .map(|w| w.to_ascii_uppercase())
+        .eq(["ON", "CLUSTER"])
+    {
+        words.next()?;
+        add = words.by_ref().take(2).collect();
+    }
     if !add
         .iter()
         .map(|w| w.to_ascii_uppercase())
@@ -328,6 +487,12 @@ mod tests {
         assert_eq!(
             added_column("alter table `events`\n  add column `x` UInt8"),
             Some(("events", "x"))
+        );
+        assert_eq!(
+            added_column(
+                "ALTER TABLE `bl`.`events_local` ON CLUSTER backlight ADD COLUMN session String"
+            ),
+            Some(("events_local", "session"))
         );
         assert_eq!(added_column("ALTER TABLE events DROP COLUMN x"), None);
         assert_eq!(added_column("CREATE TABLE IF NOT EXISTS a (x UInt8)"), None);

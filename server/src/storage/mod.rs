@@ -1,6 +1,8 @@
 //! Everything the server keeps lives in ClickHouse; this module is the only one that writes SQL.
 //!
-//! - [`migrations`]: the versioned schema, applied at start.
+//! - [`migrations`]: the versioned schema, applied at start; [`cluster_ddl`] derives the
+//!   replicated, sharded schema from it for `--clickhouse-cluster`; [`durability`] sets and
+//!   reports what an acknowledged INSERT promises (insert quorum, fsync).
 //! - [`registry`]: tenants, enrollment keys, devices, API keys, settings, assignments.
 //! - [`events`]: the events agents recorded, and per-device sequence progress.
 //! - [`items`], [`lookup_row`], [`item_reader`], [`tenant_cache`]: item status — registration,
@@ -19,6 +21,8 @@
 
 pub mod audit;
 pub mod changes;
+pub mod cluster_ddl;
+pub mod durability;
 pub mod events;
 pub mod item_reader;
 pub mod items;
@@ -35,13 +39,15 @@ pub mod webhooks;
 use clickhouse::Client;
 use serde::Deserialize;
 
-use crate::clickhouse::{with_timeout, ClickHouseConfig, ClickHouseError};
+use crate::clickhouse::{with_timeout, ClickHouseConfig, ClickHouseError, ClusterName};
 
 /// A connection to Backlight's database, migrated and self-tested.
 #[derive(Clone)]
 pub struct Store {
     client: Client,
     registry: registry::Registry,
+    durability: durability::Durability,
+    cluster: Option<ClusterName>,
 }
 
 impl Store {
@@ -53,14 +59,19 @@ impl Store {
             &config.client_without_database(compression),
             &config.database,
             &config.client(compression),
+            config.cluster.as_ref().map(|c| &c.name),
         )
         .await?;
+        let (config, durability) = durability::configure(config).await?;
+        let config = &config;
         let compression = config.negotiate_compression().await?;
-        tracing::info!(?compression, url = %config.url, database = %config.database, "ClickHouse ready");
+        tracing::info!(?compression, url = %config.url, database = %config.database, cluster = ?config.cluster, "ClickHouse ready");
         let client = config.client(compression);
         Ok(Store {
             registry: registry::Registry::new(client.clone()),
             client,
+            durability,
+            cluster: config.cluster.as_ref().map(|c| c.name.clone()),
         })
     }
 
@@ -70,6 +81,16 @@ impl Store {
 
     pub fn registry(&self) -> &registry::Registry {
         &self.registry
+    }
+
+    /// The cluster the database lives on (`--clickhouse-cluster`), if any.
+    pub fn cluster(&self) -> Option<&ClusterName> {
+        self.cluster.as_ref()
+    }
+
+    /// What an acknowledged INSERT promises with this ClickHouse (quorum, fsync).
+    pub fn durability(&self) -> &durability::Durability {
+        &self.durability
     }
 
     /// Whether ClickHouse answers and the schema is at the version this build needs. The

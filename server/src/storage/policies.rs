@@ -12,7 +12,7 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::tenancy::TenantId;
 
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -200,12 +200,17 @@ pub async fn save(
         saved_by: saved_by.to_string(),
         updated_ms: now,
     };
-    with_timeout(async {
+    let (row, history) = (&row, &history);
+    // One retry loop per table, so a retried `policies` INSERT does not write the history twice.
+    with_write_retry(|| async move {
         let mut insert = client.insert::<HistoryRow>("policy_history").await?;
-        insert.write(&history).await?;
-        insert.end().await?;
+        insert.write(history).await?;
+        insert.end().await
+    })
+    .await?;
+    with_write_retry(|| async move {
         let mut insert = client.insert::<PolicyRow>("policies").await?;
-        insert.write(&row).await?;
+        insert.write(row).await?;
         insert.end().await
     })
     .await?;

@@ -11,7 +11,7 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::secrets;
 use crate::tenancy::{Role, TenantId};
 
@@ -239,8 +239,9 @@ impl Registry {
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite,
     {
-        with_timeout(async {
-            let mut insert = self.client.insert::<T>(table).await?;
+        let client = &self.client;
+        with_write_retry(|| async move {
+            let mut insert = client.insert::<T>(table).await?;
             insert.write(row).await?;
             insert.end().await
         })

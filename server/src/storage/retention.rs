@@ -4,6 +4,10 @@
 //!
 //! Every server runs this now and then; dropping a partition that another server dropped a
 //! moment ago is harmless (the next listing no longer shows it).
+//!
+//! The expired days are read from the table itself (its day column, pruned by partition), so
+//! the same query lists them on one node and, through the `Distributed` table, on every shard
+//! of a cluster; there the partitions are dropped from the node-local tables `ON CLUSTER`.
 
 use std::time::Duration;
 
@@ -11,8 +15,9 @@ use backlight_shared::now_ms;
 use clickhouse::Client;
 use serde::Deserialize;
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
-use crate::reports::time::days_from_civil;
+use crate::clickhouse::{with_timeout, ClickHouseError, ClusterName};
+use crate::reports::time::{civil_from_days, days_from_civil};
+use crate::storage::cluster_ddl::LOCAL_SUFFIX;
 
 /// A table partitioned by day (`PARTITION BY <Date column>`) whose old days can go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,14 @@ impl DailyTable {
         }
     }
 
+    /// Its `Date` column, the partition key.
+    fn day_column(self) -> &'static str {
+        match self {
+            DailyTable::ItemChanges => "change_date",
+            DailyTable::WebhookDeliveries => "created_date",
+        }
+    }
+
     /// Whole days kept before today (UTC).
     pub fn keep_days(self) -> u64 {
         match self {
@@ -48,11 +61,11 @@ pub const EVERY: Duration = Duration::from_secs(3600);
 /// Drops expired partitions of every [`DailyTable`] now and every [`EVERY`], until the runtime
 /// stops. Failures are logged and retried at the next round (a day's partition more or less is
 /// no harm).
-pub fn spawn(client: Client) {
+pub fn spawn(client: Client, cluster: Option<ClusterName>) {
     tokio::spawn(async move {
         loop {
             for table in DailyTable::ALL {
-                if let Err(e) = drop_expired(&client, table).await {
+                if let Err(e) = drop_expired(&client, cluster.as_ref(), table).await {
                     tracing::warn!(table = table.table(), error = %e, "could not drop expired partitions; retrying later");
                 }
             }
@@ -61,23 +74,46 @@ pub fn spawn(client: Client) {
     });
 }
 
-/// Drops the partitions of `table` older than it keeps; returns how many were dropped.
-pub async fn drop_expired(client: &Client, table: DailyTable) -> Result<usize, ClickHouseError> {
+/// Drops the partitions of `table` older than it keeps (on every node of `cluster`, if the
+/// database is on one); returns how many were dropped.
+pub async fn drop_expired(
+    client: &Client,
+    cluster: Option<&ClusterName>,
+    table: DailyTable,
+) -> Result<usize, ClickHouseError> {
     #[derive(clickhouse::Row, Deserialize)]
     struct Partition {
         partition_id: String,
     }
+    let oldest_kept = day_number(now_ms()).saturating_sub(table.keep_days());
+    let (year, month, day) = civil_from_days(oldest_kept as i64);
+    // The table's names are ours; the cut-off day is bound.
     let partitions: Vec<Partition> = with_timeout(
         client
-            .query(
-                "SELECT DISTINCT partition_id FROM system.parts
-                 WHERE database = currentDatabase() AND table = ? AND active",
-            )
-            .bind(table.table())
+            .query(&format!(
+                "SELECT DISTINCT toString(toYYYYMMDD({day})) AS partition_id FROM {table}
+                 WHERE {day} < toDate(?)",
+                day = table.day_column(),
+                table = table.table(),
+            ))
+            .bind(format!("{year:04}-{month:02}-{day:02}"))
             .fetch_all(),
     )
     .await?;
-    let oldest_kept = day_number(now_ms()).saturating_sub(table.keep_days());
+    let target = match cluster {
+        // An ON CLUSTER statement runs on every node with that node's default database, so it
+        // names ours.
+        Some(cluster) if !partitions.is_empty() => {
+            let database: String =
+                with_timeout(client.query("SELECT currentDatabase()").fetch_one()).await?;
+            format!(
+                "`{}`.`{}{LOCAL_SUFFIX}` ON CLUSTER {cluster}",
+                database.replace('\\', "\\\\").replace('`', "\\`"),
+                table.table()
+            )
+        }
+        _ => table.table().to_string(),
+    };
     let mut dropped = 0;
     for p in partitions {
         // The id of a Date partition is its day as YYYYMMDD (on every version).
@@ -89,11 +125,7 @@ pub async fn drop_expired(client: &Client, table: DailyTable) -> Result<usize, C
             continue;
         }
         // DDL takes no bound parameters; the literal is built from digits we parsed.
-        let sql = format!(
-            "ALTER TABLE {} DROP PARTITION '{}'",
-            table.table(),
-            date.iso
-        );
+        let sql = format!("ALTER TABLE {target} DROP PARTITION '{}'", date.iso);
         with_timeout(client.query(&sql).execute()).await?;
         tracing::info!(table = table.table(), partition = %date.iso, "dropped an expired partition");
         dropped += 1;

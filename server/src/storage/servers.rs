@@ -5,7 +5,7 @@
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 
 /// One heartbeat. Field order matches the table (RowBinary).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -19,7 +19,7 @@ pub struct Heartbeat {
 }
 
 pub async fn beat(client: &Client, heartbeat: &Heartbeat) -> Result<(), ClickHouseError> {
-    with_timeout(async {
+    with_write_retry(|| async move {
         let mut insert = client.insert::<Heartbeat>("server_heartbeats").await?;
         insert.write(heartbeat).await?;
         insert.end().await

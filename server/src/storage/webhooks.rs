@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 
 /// One version of a webhook. Field order matches the table (RowBinary).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -127,7 +127,7 @@ where
     if rows.is_empty() {
         return Ok(());
     }
-    with_timeout(async {
+    with_write_retry(|| async move {
         let mut insert = client.insert::<T>(table).await?;
         for row in rows {
             insert.write(row).await?;

@@ -98,6 +98,7 @@ async fn start_clickhouse_with(
         database: database.into(),
         user: Some(backlight_server::clickhouse::embedded::USER.into()),
         password: Some(clickhouse.password().into()),
+        cluster: None,
     };
     (dir, clickhouse, config)
 }
@@ -307,4 +308,30 @@ pub fn ingest_request(device: &TestDevice, batch: &Batch) -> Request<Body> {
         .header(header::CONTENT_ENCODING, "zstd")
         .body(Body::from(body))
         .unwrap()
+}
+
+/// Runs `python3 scripts/<script> <args>` with `env` added (a check on the current ClickHouse
+/// engine, chDB), prints what it reported and fails the test, with the report, unless it
+/// succeeded.
+pub fn run_check_script(script: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script);
+    let output = std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{report}");
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n{report}",
+        output.status
+    );
 }

@@ -47,6 +47,25 @@ impl ClickHouse {
         }
     }
 
+    /// Starts ClickHouse with its state in `dir`, which the caller may have prepared (e.g. a
+    /// `config.d/` with more configuration, which ClickHouse merges into ours), on `ports`.
+    ///
+    /// Must run on the test's own thread (see `ClickHouseProcess::start`).
+    pub async fn start_in(dir: TempDir, ports: Ports) -> ClickHouse {
+        if let Err(e) = find_binary() {
+            panic!("the end-to-end tests need a real ClickHouse: {e}");
+        }
+        let process = ClickHouseProcess::start(dir.path(), Some(ports))
+            .await
+            .unwrap_or_else(|e| panic!("starting ClickHouse on {ports:?} failed: {e}"));
+        ClickHouse {
+            ports,
+            password: process.password().to_string(),
+            process: Some(process),
+            dir,
+        }
+    }
+
     /// `http://127.0.0.1:<port>`; stays the same across [`ClickHouse::restart`].
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.http)
@@ -58,6 +77,11 @@ impl ClickHouse {
 
     pub fn is_running(&self) -> bool {
         self.process.is_some()
+    }
+
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(|p| p.pid())
     }
 
     /// Stops ClickHouse cleanly (SIGTERM, then SIGKILL after a grace period).
@@ -126,6 +150,8 @@ impl Drop for ClickHouse {
 pub struct Db {
     url: String,
     name: String,
+    /// Extra URL parameters (ClickHouse settings) of every query, `&`-joined.
+    settings: String,
     /// The password of ClickHouse's `default` user, when it has one.
     password: Option<String>,
     http: reqwest::Client,
@@ -136,9 +162,17 @@ impl Db {
         Db {
             url,
             name,
+            settings: String::new(),
             password: None,
             http: http_client(),
         }
+    }
+
+    /// This handle with ClickHouse settings sent with every query, e.g.
+    /// `load_balancing=in_order` (URL parameters, `&`-joined).
+    pub fn with_settings(mut self, settings: &str) -> Db {
+        self.settings = format!("&{}", settings.trim_start_matches('&'));
+        self
     }
 
     /// The same database, reached as user `default` with `password`.
@@ -167,8 +201,8 @@ impl Db {
             // Database names are `[a-z0-9_]` (see `unique_name`): nothing to escape. Numbers
             // as numbers in JSON formats (UInt64 is quoted by default).
             .post(format!(
-                "{}/?database={}&output_format_json_quote_64bit_integers=0",
-                self.url, self.name
+                "{}/?database={}&output_format_json_quote_64bit_integers=0{}",
+                self.url, self.name, self.settings
             ))
             .body(sql.to_string());
         if let Some(password) = &self.password {

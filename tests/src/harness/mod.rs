@@ -3,6 +3,8 @@
 pub mod agent;
 pub mod bins;
 pub mod clickhouse;
+pub mod cluster;
+pub mod file_agent;
 pub mod ingest;
 pub mod process;
 pub mod receiver;
@@ -11,6 +13,7 @@ pub mod spine;
 pub mod sse;
 pub mod wait;
 pub mod xvfb;
+pub mod zookeeper;
 
 /// A unique, ClickHouse-safe name with the given prefix, e.g. `e2e_3f2a…`.
 pub fn unique_name(prefix: &str) -> String {

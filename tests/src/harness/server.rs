@@ -29,6 +29,10 @@ pub struct ServerOptions {
     pub insert_min_interval: String,
     /// Anything else to pass.
     pub extra_args: Vec<String>,
+    /// Storage flags for `serve` and `admin` alike (e.g. `--clickhouse-cluster NAME`).
+    pub storage_args: Vec<String>,
+    /// How long the server may take to answer `/readyz` (migrations on a cluster take longer).
+    pub ready_timeout: Duration,
     /// Environment variables to set, e.g. `BACKLIGHT_MAX_CONNECTIONS` (a build that does not
     /// know a setting ignores it, where it would refuse an unknown flag).
     pub env: Vec<(String, String)>,
@@ -65,6 +69,8 @@ impl Default for ServerOptions {
             auth_cache_ttl: "0s".into(),
             insert_min_interval: "20ms".into(),
             extra_args: Vec::new(),
+            storage_args: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
             env: Vec::new(),
             tls: None,
             metrics_token: TEST_METRICS_TOKEN.into(),
@@ -236,6 +242,7 @@ impl Server {
             args.push("--tls-key".into());
             args.push(tls.key.display().to_string());
         }
+        args.extend(self.options.storage_args.iter().cloned());
         args.extend(self.options.extra_args.iter().cloned());
         args
     }
@@ -243,7 +250,8 @@ impl Server {
     /// Waits (bounded) for `GET /readyz` to answer 200; `Err` with a reason if the process
     /// exits or the time runs out.
     pub async fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let timeout = self.options.ready_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let url = format!("{}/readyz", self.url());
         loop {
             let child = self.child.as_mut().ok_or("the server is not running")?;
@@ -266,7 +274,7 @@ impl Server {
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
-                    "GET /readyz did not answer 200 within {READY_TIMEOUT:?}; last: {last}"
+                    "GET /readyz did not answer 200 within {timeout:?}; last: {last}"
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -278,12 +286,22 @@ impl Server {
     /// Runs `backlight-server admin <args>` against this server's database and returns its
     /// stdout; panics with stderr if it fails.
     pub async fn admin(&self, args: &[&str]) -> String {
-        admin(&self.db, self.dir.path(), args).await
+        admin(&self.db, self.dir.path(), &self.with_storage_args(args)).await
     }
 
     /// Runs `backlight-server admin <args>` and returns the whole output, failed or not.
     pub async fn try_admin(&self, args: &[&str]) -> Output {
-        try_admin(&self.db, self.dir.path(), args).await
+        try_admin(&self.db, self.dir.path(), &self.with_storage_args(args)).await
+    }
+
+    /// `args` after the storage flags of the options (they are global, so they may come first).
+    fn with_storage_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        self.options
+            .storage_args
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect()
     }
 
     /// Creates tenant `prefix-<random>` and returns its id.

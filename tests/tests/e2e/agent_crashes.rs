@@ -4,7 +4,7 @@
 use backlight_e2e::*;
 use rand::{Rng, SeedableRng};
 
-use crate::{assert_every_seq_once, assert_file_stored_once, FileAgent, Spine};
+use crate::Spine;
 
 #[tokio::test]
 async fn agent_sigkilled_during_uploads_loses_nothing() {
@@ -17,7 +17,7 @@ async fn agent_sigkilled_during_uploads_loses_nothing() {
         },
     )
     .await;
-    let mut fa = FileAgent::enroll(&spine, 5_000).await;
+    let mut fa = FileAgent::enroll(&spine.server.url(), &spine.key, 5_000).await;
     let device = fa.device_id().await;
     let db = spine.server.db();
     let stored = async || {

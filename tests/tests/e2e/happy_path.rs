@@ -3,12 +3,12 @@
 
 use backlight_e2e::*;
 
-use crate::{assert_every_seq_once, assert_file_stored_once, FileAgent, Spine};
+use crate::Spine;
 
 #[tokio::test]
 async fn happy_path_agent_to_clickhouse() {
     let spine = Spine::start("happy").await;
-    let mut fa = FileAgent::enroll(&spine, 400).await;
+    let mut fa = FileAgent::enroll(&spine.server.url(), &spine.key, 400).await;
 
     let status = fa.agent.status().await;
     assert!(status.enrolled, "{status:?}");

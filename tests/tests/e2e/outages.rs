@@ -3,7 +3,7 @@
 
 use backlight_e2e::*;
 
-use crate::{assert_every_seq_once, assert_file_stored_once, events, FileAgent, Spine};
+use crate::{events, Spine};
 
 /// Upload flags for these tests: small batches, so an upload is going on when the outage hits.
 const UPLOAD: [&str; 5] = [
@@ -28,7 +28,7 @@ async fn clickhouse_outage_loses_nothing() {
     )
     .await;
     let probe = spine.server.enroll_device(&spine.key).await;
-    let mut fa = FileAgent::enroll(&spine, 12_000).await;
+    let mut fa = FileAgent::enroll(&spine.server.url(), &spine.key, 12_000).await;
     let device = fa.device_id().await;
     let db = spine.server.db();
 
@@ -93,20 +93,7 @@ async fn clickhouse_outage_loses_nothing() {
     // How much is left depends on how long ClickHouse took to stop (uploads go on meanwhile):
     // up to all 240 batches, each at least one 150 ms group commit, on a machine that may be
     // busy with other work.
-    fa.agent.wait_success(secs(120)).await;
-
-    let status = fa.agent.status().await;
-    assert_eq!(
-        (
-            status.spool_depth,
-            status.events_dropped,
-            status.events_rejected
-        ),
-        (0, 0, 0),
-        "{status:?}"
-    );
-    assert_every_seq_once(&db, device, status.last_seq).await;
-    assert_file_stored_once(&db, device, &fa.lines).await;
+    fa.assert_drained_once(&db, secs(120)).await;
     // Refused with 503 means not stored: the probe's batch is not there until it is resent.
     assert_eq!(
         db.events_final(probe.id).await,
@@ -131,7 +118,7 @@ async fn server_restart_mid_stream_loses_nothing() {
         },
     )
     .await;
-    let mut fa = FileAgent::enroll(&spine, 4_000).await;
+    let mut fa = FileAgent::enroll(&spine.server.url(), &spine.key, 4_000).await;
     let device = fa.device_id().await;
     let db = spine.server.db();
     let stored = async || {
@@ -163,18 +150,5 @@ async fn server_restart_mid_stream_loses_nothing() {
         tokio::time::sleep(millis(700)).await;
         spine.server.restart().await;
     }
-    fa.agent.wait_success(secs(60)).await;
-
-    let status = fa.agent.status().await;
-    assert_eq!(
-        (
-            status.spool_depth,
-            status.events_dropped,
-            status.events_rejected
-        ),
-        (0, 0, 0),
-        "{status:?}"
-    );
-    assert_every_seq_once(&db, device, status.last_seq).await;
-    assert_file_stored_once(&db, device, &fa.lines).await;
+    fa.assert_drained_once(&db, secs(60)).await;
 }

@@ -25,7 +25,7 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::clickhouse::{with_timeout, ClickHouseError};
+use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::reports::time::{civil_from_days, TzOffsets};
 use crate::reports::{GroupBy, TimeZone, BUCKET_MS, HANDLE_LOOKBACK_MS};
 
@@ -366,16 +366,21 @@ async fn rebuild(client: &Client, tenant: &str, chunk: &[Stale]) -> Result<(), C
         .collect();
     let first = chunk.iter().map(|s| s.day_number).min().unwrap_or(0);
     let last = chunk.iter().map(|s| s.day_number).max().unwrap_or(0);
-    let rebuild = client
-        .query(include_str!("rebuild.sql"))
-        .bind(version)
-        .bind(tenant)
-        .bind(device_strings(&devices))
-        .bind(day_str(first))
-        .bind(day_str(last))
-        .bind(pairs);
-    with_timeout(rebuild.execute()).await?;
-    with_timeout(async {
+    let devices = device_strings(&devices);
+    let (first, last) = (day_str(first), day_str(last));
+    with_write_retry(|| {
+        client
+            .query(include_str!("rebuild.sql"))
+            .bind(version)
+            .bind(tenant)
+            .bind(&devices)
+            .bind(&first)
+            .bind(&last)
+            .bind(&pairs)
+            .execute()
+    })
+    .await?;
+    with_write_retry(|| async move {
         let mut insert = client.insert::<StateRow>("report_rollup_state_v2").await?;
         for s in chunk {
             insert
