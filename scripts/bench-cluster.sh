@@ -63,7 +63,8 @@ cleanup() {
   # Servers first (they write into ClickHouse), then the ClickHouse setups.
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    # A setup removes its nodes' data on SIGTERM: millions of rows take a while to delete.
+    for _ in $(seq 1 240); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
