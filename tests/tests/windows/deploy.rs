@@ -110,11 +110,9 @@ pub async fn autostart_and_launcher(wine: &Wine, spine: &Spine) {
     );
 
     // ---- the credentials are the user's alone: a protected DACL with one entry.
+    let credentials = format!("{win_dir}\\credentials.json");
     let dacl = wine
-        .run(
-            &wine.bin("show_dacl.exe"),
-            &[&format!("{win_dir}\\credentials.json")],
-        )
+        .run(&wine.bin("dacl.exe"), &["show", &credentials])
         .await;
     let dacl = String::from_utf8_lossy(&dacl.stdout).trim().to_string();
     assert!(
@@ -125,12 +123,45 @@ pub async fn autostart_and_launcher(wine: &Wine, spine: &Spine) {
             && !dacl.contains(";AU)"),
         "credentials.json is readable by the user only: {dacl}"
     );
-    let dacl = wine.run(&wine.bin("show_dacl.exe"), &[&win_dir]).await;
-    let dacl = String::from_utf8_lossy(&dacl.stdout).trim().to_string();
+    let user = dacl
+        .split(";;;")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the user's SID in the credentials' DACL")
+        .to_string();
+    let dir_dacl = wine.run(&wine.bin("dacl.exe"), &["show", &win_dir]).await;
+    let dir_dacl = String::from_utf8_lossy(&dir_dacl.stdout).trim().to_string();
     assert!(
-        dacl.contains("(A;OICI;FA;;;S-1-5-21-") && !dacl.contains(";WD)"),
-        "the data directory is the user's alone, inherited by what is created in it: {dacl}"
+        dir_dacl.contains("(A;OICI;FA;;;S-1-5-21-") && !dir_dacl.contains(";WD)"),
+        "the data directory is the user's alone, inherited by what is created in it: {dir_dacl}"
     );
+
+    // ---- credentials others may read are refused, with the fix in the error; the agent
+    // trusts them again once they are the user's alone.
+    let opened = wine
+        .run(
+            &wine.bin("dacl.exe"),
+            &["set", &credentials, "D:P(A;;FA;;;WD)"],
+        )
+        .await;
+    assert!(opened.status.success(), "{:?}", opened);
+    let refused = agent.command(wine, &["status"]).await;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && said.contains("not private to this user")
+            && said.contains("Everyone (WD)")
+            && said.contains("icacls"),
+        "status with credentials open to Everyone: {refused:?}"
+    );
+    let closed = wine
+        .run(
+            &wine.bin("dacl.exe"),
+            &["set", &credentials, &format!("D:P(A;;FA;;;{user})")],
+        )
+        .await;
+    assert!(closed.status.success(), "{:?}", closed);
+    agent.ok(wine, &["status"]).await;
 
     // ---- install: the per-user Run value starts the silent launcher.
     let installed = agent.ok(wine, &["install", "--no-start"]).await;

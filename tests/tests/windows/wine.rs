@@ -28,7 +28,7 @@ const WINDOW_TIMEOUT: Duration = Duration::from_secs(30);
 const SHIM_C: &str = include_str!("../../windows/processprng_shim.c");
 const TEST_WINDOW_C: &str = include_str!("../../windows/test_window.c");
 const TEST_WINDOW_RC: &str = include_str!("../../windows/test_window.rc");
-const SHOW_DACL_C: &str = include_str!("../../windows/show_dacl.c");
+const DACL_C: &str = include_str!("../../windows/dacl.c");
 
 /// A real Win32 window of the desktop.
 pub struct Window {
@@ -165,7 +165,7 @@ impl Wine {
             ("processprng_shim.c", SHIM_C),
             ("test_window.c", TEST_WINDOW_C),
             ("test_window.rc", TEST_WINDOW_RC),
-            ("show_dacl.c", SHOW_DACL_C),
+            ("dacl.c", DACL_C),
         ] {
             std::fs::write(src.join(name), text).expect("writing a fixture source");
         }
@@ -215,11 +215,11 @@ impl Wine {
                 "-municode".as_ref(),
                 "-O2".as_ref(),
                 "-o".as_ref(),
-                &b("show_dacl.exe"),
-                &s("show_dacl.c"),
+                &b("dacl.exe"),
+                &s("dacl.c"),
                 "-ladvapi32".as_ref(),
             ],
-            "the DACL printer",
+            "the DACL reader and writer",
         );
     }
 

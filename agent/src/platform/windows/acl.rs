@@ -14,11 +14,14 @@ use std::path::Path;
 
 use windows_sys::Win32::Foundation::{CloseHandle, LocalFree, HANDLE, HLOCAL};
 use windows_sys::Win32::Security::Authorization::{
-    ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+    ConvertSecurityDescriptorToStringSecurityDescriptorW, ConvertSidToStringSidW,
+    ConvertStringSecurityDescriptorToSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1,
+    SE_FILE_OBJECT,
 };
 use windows_sys::Win32::Security::{
     GetTokenInformation, SetFileSecurityW, TokenUser, DACL_SECURITY_INFORMATION,
-    PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, TOKEN_QUERY, TOKEN_USER,
+    OWNER_SECURITY_INFORMATION, PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
+    TOKEN_QUERY, TOKEN_USER,
 };
 use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
 
@@ -82,6 +85,55 @@ fn set_dacl_from(path: &Path, descriptor: PSECURITY_DESCRIPTOR) -> io::Result<()
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// The owner and DACL of the open `file`, as SDDL text (`O:S-1-5-21-…D:P(A;;FA;;;S-1-5-21-…)`).
+/// Read from the handle, not the path, so the file judged is the file that will be read.
+pub fn security_descriptor_sddl(file: &std::fs::File) -> io::Result<String> {
+    use std::os::windows::io::AsRawHandle;
+    let which = OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION;
+    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `file` keeps the handle open for the call; the owner and DACL pointers are not
+    // requested (null) and point into `descriptor`, which the system allocates (freed below).
+    let status = unsafe {
+        GetSecurityInfo(
+            file.as_raw_handle() as HANDLE,
+            SE_FILE_OBJECT,
+            which,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut descriptor,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::from_raw_os_error(status as i32));
+    }
+    let mut text: *mut u16 = std::ptr::null_mut();
+    let mut len = 0u32;
+    // SAFETY: `descriptor` is valid until freed below; the system allocates `text`.
+    let ok = unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            descriptor,
+            SDDL_REVISION_1,
+            which,
+            &mut text,
+            &mut len,
+        )
+    } != 0;
+    let result = if ok {
+        // SAFETY: `text` holds `len` UTF-16 units (with the NUL) allocated by the system.
+        let sddl = unsafe { from_wide(std::slice::from_raw_parts(text, len as usize)) };
+        // SAFETY: `text` came from LocalAlloc inside the conversion.
+        unsafe { LocalFree(text as HLOCAL) };
+        Ok(sddl)
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    // SAFETY: `descriptor` came from LocalAlloc inside GetSecurityInfo.
+    unsafe { LocalFree(descriptor as HLOCAL) };
+    result
 }
 
 /// The string SID (`S-1-5-21-…`) of the user this process runs as.

@@ -6,8 +6,11 @@
 //! looks at the file already opened (`fstat`), so it cannot be swapped between check and read.
 //!
 //! Unix: the owner must be the effective user and the mode must give group and others nothing.
-//! Windows: files are created with an owner-only ACL by the installer and `credentials`; reading
-//! the ACL back is not done yet, so [`check`] accepts the file there (the seam for that check).
+//! Windows: the owner must be this user (or SYSTEM or the Administrators group, who can take
+//! any file anyway) and the access list may grant nobody else the right to read, change or
+//! delete the data or its access list ([`sddl`] judges the descriptor the system renders).
+
+pub mod sddl;
 
 use std::fs::File;
 use std::io;
@@ -49,8 +52,24 @@ pub fn check(path: &Path, file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// See the module documentation: the Windows ACL check is not written yet.
-#[cfg(not(unix))]
-pub fn check(_path: &Path, _file: &File) -> io::Result<()> {
-    Ok(())
+/// Refuses `file` (opened from `path`) unless its owner and access list keep it to this user.
+/// The error says what is wrong and how to fix it.
+#[cfg(windows)]
+pub fn check(path: &Path, file: &File) -> io::Result<()> {
+    use crate::platform::windows::acl::{current_user_sid, security_descriptor_sddl};
+    let sddl = security_descriptor_sddl(file)?;
+    sddl::judge(&sddl, &current_user_sid()?).map_err(|problem| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not private to this user: {problem}, so its secret may have leaked or \
+                 been replaced. Delete it (the agent creates a new one) or run \
+                 `icacls \"{}\" /inheritance:r /grant:r \"%USERNAME%:F\"` and remove the \
+                 other entries (and ask an admin to revoke and re-enroll the device if others \
+                 may have read it)",
+                path.display(),
+                path.display()
+            ),
+        )
+    })
 }
