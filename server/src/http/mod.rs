@@ -19,6 +19,7 @@
 //! | `GET /metrics` | Prometheus with the metrics token | counters, histograms, sequence gaps |
 
 pub mod access_limits;
+pub mod audit;
 pub mod enroll;
 pub mod error;
 pub mod ingest;

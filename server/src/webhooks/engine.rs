@@ -16,7 +16,7 @@ use super::events::{delivery_id, fired, Announced, EventType, Payload, PayloadDa
 use super::owner::{Membership, HEARTBEAT_EVERY};
 use super::WebhookConfig;
 use crate::clickhouse::ClickHouseError;
-use crate::http::items::ItemSnapshot;
+use crate::service::items::ItemSnapshot;
 use crate::http::AppState;
 use crate::items::{SlaState, Status};
 use crate::storage::changes::{self, ChangeMark, FeedChange, OVERLAP_MS};
@@ -528,7 +528,7 @@ fn new_delivery(
     webhook: &WebhookRow,
     event: EventType,
     previous: Option<Announced>,
-    doc: &crate::http::items::CcStatusDoc,
+    doc: &crate::service::items::CcStatusDoc,
     now: u64,
 ) -> Option<DeliveryRow> {
     let id = delivery_id(&webhook.webhook_id, event, doc);

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::http::items::CcStatusDoc;
+use crate::service::items::CcStatusDoc;
 use crate::items::{SlaState, Status};
 
 /// The events a webhook can subscribe to.
