@@ -19,7 +19,7 @@ use backlight_shared::batch::Batch;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::AuthError;
-use crate::ingest::accept::{Ingest, IngestError, Upload};
+use crate::ingest::accept::{IngestError, Upload};
 use crate::ingest::body::BodyError;
 use crate::ingest::budget::BudgetError;
 use crate::ingest::decode::DecodeError;
@@ -109,12 +109,6 @@ async fn ingest_inner(
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("(not ASCII)").to_string());
-    let ingest = Ingest {
-        controls: &state.ingest,
-        writer: &state.writer,
-        live: &state.live,
-        clock: backlight_shared::now_ms,
-    };
     let upload = Upload {
         device_id: device.device_id,
         tenant: device.tenant_id,
@@ -122,7 +116,7 @@ async fn ingest_inner(
         encoding,
         body,
     };
-    let response = ingest.accept(upload).await.map_err(ingest_error)?;
+    let response = state.ingestion().accept(upload).await.map_err(ingest_error)?;
     Ok(Json(response))
 }
 

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::audit::audited;
-use super::items::{item_id, service, READERS};
+use super::items::{item_id, READERS};
 use super::AppState;
 use crate::auth::ApiCaller;
 use crate::clickhouse::ClickHouseError;
@@ -121,7 +121,7 @@ impl ItemStream {
                 return Ok((context.clone(), stats.clone()));
             }
         }
-        let (context, stats) = service(&self.app).context(&self.caller.tenant).await?;
+        let (context, stats) = self.app.items().context(&self.caller.tenant).await?;
         self.context = Some((Instant::now(), context.clone(), stats.clone()));
         Ok((context, stats))
     }
@@ -263,7 +263,7 @@ pub(super) async fn stream(
     // Watch before the first read: a change stored in between is then not missed.
     let updates = app.live.watch(caller.tenant.as_str(), &id);
     let first_read = async {
-        let loaded = service(&app).load(&caller.tenant, &id).await?;
+        let loaded = app.items().load(&caller.tenant, &id).await?;
         Ok(loaded.map(|Loaded { snapshot, context, stats }| {
             let doc = snapshot.document(&id, caller.role, &context, &stats, true, now_ms());
             (snapshot, doc)

@@ -37,7 +37,7 @@ use crate::auth::ApiCaller;
 use crate::items::register::{self, PutSlaClasses, RegisterItems};
 use crate::items::{SlaState, Status};
 use crate::service::items::{
-    ItemDoc, Items, ItemsError, SearchDoc, SearchFilter, Timeline, DEFAULT_SEARCH_LIMIT,
+    ItemDoc, ItemsError, SearchDoc, SearchFilter, Timeline, DEFAULT_SEARCH_LIMIT,
     MAX_SEARCH_LIMIT,
 };
 use crate::tenancy::Role;
@@ -54,18 +54,6 @@ pub fn routes() -> Router<AppState> {
             "/v1/sla-classes",
             get(list_sla_classes).put(put_sla_classes),
         )
-}
-
-/// The item service over this server's storage handles.
-pub(super) fn service(app: &AppState) -> Items<'_> {
-    Items {
-        client: app.store.client(),
-        reader: &app.item_reader,
-        lookup_context: &app.lookup_context,
-        handle_times: &app.handle_times,
-        live: &app.live,
-        clock: backlight_shared::now_ms,
-    }
 }
 
 fn items_error(e: ItemsError) -> ApiError {
@@ -112,7 +100,7 @@ async fn lookup(
         &caller,
         "item_lookup",
         &id,
-        service(&app).lookup(&caller.tenant, caller.role, &id),
+        app.items().lookup(&caller.tenant, caller.role, &id),
     )
     .await?;
     Ok(Json(doc))
@@ -144,7 +132,7 @@ async fn timeline(
     caller.require(&READERS)?;
     let _turn = app.query_share.enter(&caller.key_id, Work::Lookup)?;
     let id = item_id(path)?;
-    let read = service(&app).timeline(&caller.tenant, caller.role, &id);
+    let read = app.items().timeline(&caller.tenant, caller.role, &id);
     let doc = audited(&app, &caller, "item_timeline", &id, read).await?;
     Ok(Json(doc))
 }
@@ -249,7 +237,7 @@ async fn search(
     };
     let read = async {
         let _turn = app.item_reads.enter().await?;
-        let doc = service(&app)
+        let doc = app.items()
             .search(&caller.tenant, caller.role, &filter)
             .await?;
         Ok(Some(doc))
@@ -290,7 +278,7 @@ async fn register_items(
 ) -> Result<Json<Registered>, ApiError> {
     caller.require(&[Role::Admin])?;
     let _turn = app.query_share.enter(&caller.key_id, Work::Write)?;
-    let items = service(&app);
+    let items = app.items();
     let registration = items
         .prepare_registration(&caller.tenant, request)
         .await
@@ -329,7 +317,7 @@ async fn list_sla_classes(
     caller: ApiCaller,
 ) -> Result<Json<SlaClassesDoc>, ApiError> {
     caller.require(&[Role::Wfm, Role::Admin])?;
-    let classes = service(&app).sla_classes(&caller.tenant).await?;
+    let classes = app.items().sla_classes(&caller.tenant).await?;
     Ok(Json(SlaClassesDoc { classes }))
 }
 
@@ -360,7 +348,7 @@ async fn put_sla_classes(
 ) -> Result<Json<SlaClassesDoc>, ApiError> {
     caller.require(&[Role::Admin])?;
     let _turn = app.query_share.enter(&caller.key_id, Work::Write)?;
-    let items = service(&app);
+    let items = app.items();
     let classes = items
         .prepare_sla_classes(&caller.tenant, request)
         .map_err(items_error)?;
