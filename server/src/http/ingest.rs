@@ -116,7 +116,11 @@ async fn ingest_inner(
         encoding,
         body,
     };
-    let response = state.ingestion().accept(upload).await.map_err(ingest_error)?;
+    let response = state
+        .ingestion()
+        .accept(upload)
+        .await
+        .map_err(ingest_error)?;
     Ok(Json(response))
 }
 

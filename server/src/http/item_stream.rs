@@ -30,8 +30,8 @@ use backlight_shared::now_ms;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::error::ApiError;
 use super::audit::audited;
+use super::error::ApiError;
 use super::items::{item_id, READERS};
 use super::AppState;
 use crate::auth::ApiCaller;
@@ -264,10 +264,16 @@ pub(super) async fn stream(
     let updates = app.live.watch(caller.tenant.as_str(), &id);
     let first_read = async {
         let loaded = app.items().load(&caller.tenant, &id).await?;
-        Ok(loaded.map(|Loaded { snapshot, context, stats }| {
-            let doc = snapshot.document(&id, caller.role, &context, &stats, true, now_ms());
-            (snapshot, doc)
-        }))
+        Ok(loaded.map(
+            |Loaded {
+                 snapshot,
+                 context,
+                 stats,
+             }| {
+                let doc = snapshot.document(&id, caller.role, &context, &stats, true, now_ms());
+                (snapshot, doc)
+            },
+        ))
     };
     let (snapshot, first) = audited(&app, &caller, "item_stream", &id, first_read).await?;
     let start = Instant::now();

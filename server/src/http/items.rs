@@ -37,8 +37,7 @@ use crate::auth::ApiCaller;
 use crate::items::register::{self, PutSlaClasses, RegisterItems};
 use crate::items::{SlaState, Status};
 use crate::service::items::{
-    ItemDoc, ItemsError, SearchDoc, SearchFilter, Timeline, DEFAULT_SEARCH_LIMIT,
-    MAX_SEARCH_LIMIT,
+    ItemDoc, ItemsError, SearchDoc, SearchFilter, Timeline, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT,
 };
 use crate::tenancy::Role;
 
@@ -237,7 +236,8 @@ async fn search(
     };
     let read = async {
         let _turn = app.item_reads.enter().await?;
-        let doc = app.items()
+        let doc = app
+            .items()
             .search(&caller.tenant, caller.role, &filter)
             .await?;
         Ok(Some(doc))

@@ -9,11 +9,11 @@ use axum::{Json, Router};
 use backlight_shared::policy::{Policy, POLICY_PATH};
 
 use super::access_limits::Work;
+use super::audit;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::auth::{ApiCaller, AuthError};
-use super::audit;
 use crate::storage::policies::{PolicyError, StoredPolicy};
 use crate::tenancy::{Role, TenantId};
 

@@ -10,7 +10,6 @@ use serde::Serialize;
 use super::visibility::Audience;
 use crate::items::{Eta, SlaState, Status};
 
-
 /// Who has the item: always the team, the person only where the tenant shows names.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HandlerDoc {
