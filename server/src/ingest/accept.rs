@@ -10,10 +10,11 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use backlight_shared::api::IngestResponse;
 use backlight_shared::batch::limits;
 use backlight_shared::validate::{validate_batch, ValidationError};
+use bytes::Bytes;
+use http_body::Body as HttpBody;
 use uuid::Uuid;
 
 use super::body::{self, BodyError};
@@ -47,15 +48,16 @@ pub struct Ingest<'a> {
     pub clock: Clock,
 }
 
-/// A batch as it arrives, from a device whose credential was checked.
-pub struct Upload {
+/// A batch as it arrives, from a device whose credential was checked; `B` is the body as a
+/// stream of bytes (the server's HTTP body, or bytes in a test).
+pub struct Upload<B> {
     pub device_id: Uuid,
     pub tenant: String,
     /// `Content-Length`, when the client sent one.
     pub declared: Option<usize>,
     /// `Content-Encoding`, when the client sent one.
     pub encoding: Option<String>,
-    pub body: Body,
+    pub body: B,
 }
 
 /// Why a batch was not stored. Nothing of it was.
@@ -85,7 +87,11 @@ pub enum IngestError {
 impl Ingest<'_> {
     /// Checks, decodes and stores one batch; the answer says how many events it had and its
     /// highest `seq` (events stored before count as accepted: the first copy wins).
-    pub async fn accept(self, upload: Upload) -> Result<IngestResponse, IngestError> {
+    pub async fn accept<B>(self, upload: Upload<B>) -> Result<IngestResponse, IngestError>
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+        B::Error: std::error::Error + 'static,
+    {
         let Upload {
             device_id,
             tenant,
@@ -207,7 +213,7 @@ impl Ingest<'_> {
 /// Reads and discards a body we will not use (at most the body cap, for at most
 /// [`DRAIN_TIMEOUT`]): closing a connection with unread data resets it, and the client would
 /// lose the answer.
-async fn drain(body: Body) {
+async fn drain<B: HttpBody<Data = Bytes> + Unpin>(body: B) {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut left = limits::MAX_COMPRESSED_BODY_BYTES;
@@ -221,4 +227,109 @@ async fn drain(body: Body) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::writer::WriterConfig;
+    use crate::ingest::IngestLimits;
+    use crate::live::LiveConfig;
+    use crate::storage::item_reader::ItemReader;
+    use crate::storage::registry::Registry;
+    use backlight_shared::batch::Batch;
+    use http_body_util::Full;
+
+    /// The path over a ClickHouse that is not there: what these tests check is decided before
+    /// anything is read or written.
+    struct Parts {
+        controls: IngestControls,
+        writer: IngestWriter,
+        live: LiveHub,
+    }
+
+    fn parts() -> Parts {
+        let client = clickhouse::Client::default().with_url("http://127.0.0.1:9");
+        let reader = ItemReader::spawn(client.clone(), 1);
+        Parts {
+            controls: IngestControls::new(
+                IngestLimits::default(),
+                client.clone(),
+                Duration::from_secs(1),
+            ),
+            writer: IngestWriter::spawn(client.clone(), WriterConfig::default()),
+            live: LiveHub::spawn(
+                LiveConfig::default(),
+                client.clone(),
+                reader,
+                Registry::new(client),
+            ),
+        }
+    }
+
+    fn ingest(p: &Parts) -> Ingest<'_> {
+        Ingest {
+            controls: &p.controls,
+            writer: &p.writer,
+            live: &p.live,
+            clock: || 1_000_000,
+        }
+    }
+
+    fn upload(device_id: Uuid, declared: Option<usize>, body: Vec<u8>) -> Upload<Full<Bytes>> {
+        Upload {
+            device_id,
+            tenant: "acme".into(),
+            declared,
+            encoding: None,
+            body: Full::new(Bytes::from(body)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_for_another_device_is_refused_naming_both() {
+        let p = parts();
+        let (credential, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let batch = Batch {
+            protocol: backlight_shared::PROTOCOL_VERSION,
+            device_id: other,
+            events: Vec::new(),
+        };
+        let body = serde_json::to_vec(&batch).unwrap();
+        let error = ingest(&p)
+            .accept(upload(credential, Some(body.len()), body))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, IngestError::DeviceMismatch { batch, credential: c } if batch == other && c == credential),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_declared_over_the_cap_is_refused_before_it_is_read() {
+        let p = parts();
+        let error = ingest(&p)
+            .accept(upload(
+                Uuid::from_u128(1),
+                Some(limits::MAX_COMPRESSED_BODY_BYTES + 1),
+                Vec::new(),
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, IngestError::TooLarge(n) if n == limits::MAX_COMPRESSED_BODY_BYTES),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_a_decode_error() {
+        let p = parts();
+        let error = ingest(&p)
+            .accept(upload(Uuid::from_u128(1), None, b"{not json".to_vec()))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, IngestError::Decode(_)), "{error:?}");
+    }
 }
