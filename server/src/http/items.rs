@@ -16,10 +16,13 @@
 //! 503 and no data (see [`crate::storage::audit`]).
 //!
 //! **Privacy invariant:** a contact-center agent reads where an item stands, never how a person
-//! works. cc_agent keys get their own document types ([`CcStatusDoc`], [`CcTimelineEntry`]),
-//! which have no field for a person's name, handle time, touches or activity spans; only wfm
-//! and admin get [`StatusDoc`]. Person names appear (to wfm and admin) only where the tenant
-//! enabled `show_person_names`.
+//! works: the documents a role gets are decided by [`crate::service::items`] (see its
+//! `documents` and `visibility` modules), from the caller's role and the tenant's
+//! `show_person_names`; this module only passes the role on.
+//!
+//! The handlers parse, authorize, take their share of the key's query capacity, record the
+//! call in the audit log ([`super::audit`]) and render; [`crate::service::items::Items`] does
+//! the work.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, RawQuery, State};

@@ -1,6 +1,10 @@
 //! The HTTP API. [`router`] builds the whole app from an [`AppState`], so tests drive it
-//! in-process and the binary serves the very same router. Handlers parse, authorize and
-//! render; the work is done by [`crate::service`] (reports) or, still, by the handler.
+//! in-process and the binary serves the very same router. Handlers parse, authorize, record
+//! the call in the audit log ([`audit`]) and render; the work is done by [`crate::service`]
+//! (items, registry, reports) and [`crate::ingest::accept`], each built per request from the
+//! [`AppState`]'s handles ([`AppState::items`], [`AppState::registry`],
+//! [`AppState::ingestion`]). A storage error reaches the client only as a generic 503 with an
+//! error id ([`error::ApiError::storage_unavailable`]).
 //!
 //! | route | who | what |
 //! |---|---|---|
