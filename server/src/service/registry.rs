@@ -118,3 +118,53 @@ impl Registry<'_> {
         Ok(stored)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(revoked: u8, expires_ms: u64) -> EnrollmentKeyRow {
+        EnrollmentKeyRow {
+            key_id: "k1".into(),
+            tenant_id: "acme".into(),
+            secret_hash: String::new(),
+            note: String::new(),
+            created_ms: 0,
+            expires_ms,
+            revoked,
+            updated_ms: 0,
+        }
+    }
+
+    /// An unusable key is refused by the service's clock before anything is written (the
+    /// ClickHouse here is not there: reaching it would fail with a storage error instead).
+    #[tokio::test]
+    async fn a_revoked_or_expired_key_enrolls_nothing() {
+        let client = clickhouse::Client::default().with_url("http://127.0.0.1:9");
+        let storage = store::Registry::new(client.clone());
+        let registry = Registry {
+            registry: &storage,
+            client: &client,
+            clock: || 2_000,
+        };
+        let device = || NewDevice {
+            hostname: "desk",
+            os: "linux",
+            agent_version: "1",
+        };
+        for (row, reason) in [
+            (key(1, 0), "enrollment key revoked"),
+            (key(0, 2_000), "enrollment key expired"),
+        ] {
+            match registry.enroll(&row, device()).await {
+                Err(EnrollmentError::Unusable(r)) => assert_eq!(r, reason),
+                other => panic!("{reason}: {other:?}"),
+            }
+        }
+        // Expiring after the clock's now: usable, so the service goes on to storage.
+        assert!(matches!(
+            registry.enroll(&key(0, 2_001), device()).await,
+            Err(EnrollmentError::Storage(_))
+        ));
+    }
+}
