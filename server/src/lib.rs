@@ -1,5 +1,5 @@
-//! Backlight server: enrolls devices, ingests their batches into ClickHouse, and (in later
-//! modules) serves item status and performance data. The binary (`main.rs`) only parses the
+//! Backlight server: enrolls devices, ingests their batches into ClickHouse, and serves item
+//! status and performance data. The binary (`main.rs`) only parses the
 //! command line and calls [`serve::serve`] or [`admin::run`].
 //!
 //! Code map:
@@ -7,10 +7,13 @@
 //! - [`serve`] / [`admin`]: the two things the binary does.
 //! - [`launch`]: which ClickHouse to use (external URL or embedded and supervised).
 //! - [`clickhouse`]: client configuration, the embedded ClickHouse process.
-//! - [`storage`]: all SQL — migrations, registry, events.
-//! - [`ingest`]: decoding batches and group-committing them into ClickHouse.
-//! - [`http`]: the axum router and handlers: parse, authorize, render.
-//! - [`service`]: the work between a handler and storage, per domain (reports so far).
+//! - [`storage`]: all SQL — migrations, registry, events, items, reports, audit.
+//! - [`items`], [`reports`]: pure domain logic (item status, SLA, ETA; report figures).
+//! - [`ingest`]: the ingest path — shares, body, decoding, first copy, group commit — and
+//!   [`ingest::accept`], which runs one batch through it.
+//! - [`http`]: the axum router and handlers: parse, authorize, audit, render.
+//! - [`service`]: the work between a handler and storage, per domain (items, registry,
+//!   reports).
 //! - [`live`]: change notification for open status streams.
 //! - [`webhooks`]: outbound webhooks (evaluation, signing, delivery, retries).
 //! - [`auth`], [`secrets`], [`tenancy`]: who may do what.

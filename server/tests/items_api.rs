@@ -876,3 +876,73 @@ async fn cc_agent_reads_no_per_person_performance() {
     let (_, found) = t.get("/v1/items?customer_ref=C-1", &admin).await;
     assert_eq!(found["items"][0]["handler"]["person"], "Ann", "{found}");
 }
+
+/// A failing ClickHouse answers 503 with an error id to quote, never ClickHouse's own words
+/// (they name databases, tables, hosts and queries): item reads, SLA classes, the policy and
+/// enrollment each map their storage error to the same generic message.
+#[tokio::test]
+async fn storage_failures_answer_with_a_generic_message() {
+    let t = TestApp::start().await;
+    let tenant = t.tenant("acme").await;
+    let admin = t.key(&tenant, Role::Admin).await;
+    let enrollment_key = t
+        .store
+        .registry()
+        .create_enrollment_key(&tenant, None, "test")
+        .await
+        .unwrap();
+    // Credentials cached, so the calls below get past authentication to their own reads.
+    let state = AppState::new(
+        t.store.clone(),
+        t.state.writer.clone(),
+        Duration::from_secs(600),
+    );
+    let app = TestApp {
+        app: router(state.clone()),
+        store: t.store.clone(),
+        state,
+        _clickhouse: t._clickhouse,
+        _dir: t._dir,
+    };
+    let (status, _) = app.get("/v1/items/CLM-1", &admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Every statement from now on fails inside ClickHouse with a message naming the database.
+    app.store
+        .client()
+        .query("DROP DATABASE backlight_test")
+        .execute()
+        .await
+        .expect("dropping the database");
+
+    let enroll = json!({"enrollment_key": enrollment_key.to_string(), "hostname": "desk", "agent_version": "0.1.0", "os": "linux"});
+    for (method, uri, auth, body) in [
+        (Method::GET, "/v1/items/CLM-1", Some(&admin), None),
+        (Method::GET, "/v1/items/CLM-1/timeline", Some(&admin), None),
+        (Method::GET, "/v1/items?queue=claims", Some(&admin), None),
+        (Method::GET, "/v1/sla-classes", Some(&admin), None),
+        (Method::GET, "/v1/admin/policy", Some(&admin), None),
+        (Method::POST, "/v1/enroll", None, Some(enroll.clone())),
+    ] {
+        let (status, body) = app
+            .call(method.clone(), uri, auth.map(String::as_str), body)
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {uri}: {body}"
+        );
+        assert_eq!(body["error"], "unavailable", "{method} {uri}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("storage unavailable, retry later (error id "),
+            "{method} {uri}: {body}"
+        );
+        for leak in ["backlight_test", "Code:", "Exception", "127.0.0.1"] {
+            assert!(
+                !body.to_string().contains(leak),
+                "{method} {uri} shows {leak:?}: {body}"
+            );
+        }
+    }
+}

@@ -5,13 +5,12 @@ use axum::Json;
 use backlight_shared::api::{EnrollRequest, EnrollResponse};
 use backlight_shared::batch::limits;
 use backlight_shared::credential::{SecretKind, Token};
-use backlight_shared::now_ms;
 
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
-use crate::secrets;
-use crate::storage::registry::{EnrollError, NewDevice};
+use crate::service::registry::EnrollmentError;
+use crate::storage::registry::NewDevice;
 
 /// Trade an enrollment key for a device credential.
 ///
@@ -62,22 +61,14 @@ pub async fn enroll(
             ApiError::unauthorized(format!("invalid enrollment key: {e}"))
                 .with_field("enrollment_key")
         })?;
-    let registry = state.store.registry();
+    let registry = state.registry();
     let key = registry
-        .enrollment_key(&token.id)
-        .await?
-        .filter(|k| secrets::verify(&token, &k.secret_hash))
-        .ok_or_else(|| {
-            ApiError::unauthorized("unknown enrollment key").with_field("enrollment_key")
-        })?;
+        .enrollment_key(&token)
+        .await
+        .map_err(enrollment_error)?;
     state.enroll_limits.key(&key.key_id)?;
-    if let Some(reason) = key.unusable_reason(now_ms()) {
-        return Err(
-            ApiError::forbidden("enrollment_key_unusable", reason).with_field("enrollment_key")
-        );
-    }
     let enrolled = registry
-        .enroll_device(
+        .enroll(
             &key,
             NewDevice {
                 hostname: &request.hostname,
@@ -85,23 +76,24 @@ pub async fn enroll(
                 agent_version: &request.agent_version,
             },
         )
-        .await;
-    let (device_id, credential) = match enrolled {
-        Ok(enrolled) => enrolled,
-        Err(e @ EnrollError::UsedUp { .. }) => {
-            return Err(
-                ApiError::forbidden("enrollment_key_unusable", e.to_string())
-                    .with_field("enrollment_key"),
-            )
-        }
-        Err(e @ EnrollError::Unconfirmed) => return Err(ApiError::unavailable(e.to_string())),
-        Err(EnrollError::ClickHouse(e)) => return Err(e.into()),
-    };
-    tracing::info!(%device_id, tenant = %key.tenant_id, hostname = %request.hostname, "device enrolled");
-    metrics::counter!("backlight_devices_enrolled_total").increment(1);
+        .await
+        .map_err(enrollment_error)?;
     Ok(Json(EnrollResponse {
-        device_id,
-        tenant_id: key.tenant_id,
-        device_credential: credential.to_string(),
+        device_id: enrolled.device_id,
+        tenant_id: enrolled.tenant_id,
+        device_credential: enrolled.credential.to_string(),
     }))
+}
+
+fn enrollment_error(e: EnrollmentError) -> ApiError {
+    match e {
+        EnrollmentError::UnknownKey => {
+            ApiError::unauthorized(e.to_string()).with_field("enrollment_key")
+        }
+        EnrollmentError::Unusable(reason) => {
+            ApiError::forbidden("enrollment_key_unusable", reason).with_field("enrollment_key")
+        }
+        EnrollmentError::Unconfirmed(_) => ApiError::unavailable(e.to_string()),
+        EnrollmentError::Storage(e) => e.into(),
+    }
 }

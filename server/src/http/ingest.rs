@@ -1,11 +1,8 @@
 //! `POST /v1/ingest`: an authenticated batch from one device.
 //!
-//! Order of checks, cheapest first: credential, declared size, the device's fair share
-//! (requests at once and per second), then the body (read within a minimum rate, its bytes
-//! counted as they arrive), room in the group commit, decoding on the blocking pool (the
-//! device's decoded bytes per second checked before parsing), device ownership, protocol rules,
-//! and what of the batch is stored already. Only a batch that passes all of them is written,
-//! and the answer is 200 only after ClickHouse accepted every row.
+//! The handler checks the device credential, reads the headers, and hands the body to
+//! [`crate::ingest::accept`], which checks, decodes and stores the batch (its module docs give
+//! the order of checks); then it renders the outcome.
 //!
 //! A client over its own share gets 429 with `Retry-After`; 503 means the server as a whole is
 //! short (group commit full, ClickHouse down), never that someone else is misbehaving.
@@ -17,33 +14,20 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use backlight_shared::api::IngestResponse;
-use backlight_shared::batch::{limits, Batch};
-use backlight_shared::now_ms;
-use backlight_shared::validate::validate_batch;
+use backlight_shared::batch::Batch;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::AuthError;
-use crate::ingest::body::{self, BodyError};
+use crate::ingest::accept::{IngestError, Upload};
+use crate::ingest::body::BodyError;
 use crate::ingest::budget::BudgetError;
 use crate::ingest::decode::DecodeError;
-use crate::ingest::decoder::DecodeFailure;
 use crate::ingest::devices::OverShare;
 use crate::ingest::writer::WriteError;
-use crate::storage::changes::ChangeMark;
-use crate::storage::events::EncodedRows;
-
-/// Estimated bytes of RowBinary per byte of a compressed body, for the room a request reserves
-/// before decoding it (zstd-3 JSON from agents measures ≈ 3.4; a plain JSON body ≈ 0.75, so 1).
-/// Trued up to the real size once the rows are encoded.
-const ROWS_PER_COMPRESSED_BYTE: usize = 4;
 
 /// How long a refusal with 429 waits before it is sent (at most its `Retry-After`).
 const OVER_SHARE_PAUSE: Duration = Duration::from_secs(1);
-
-/// Longest a request turned away before reading its body spends reading (and discarding) it,
-/// so the client gets the answer instead of a reset connection.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Upload a batch of events.
 ///
@@ -118,128 +102,42 @@ async fn ingest_inner(
             ),
             other => other.into(),
         })?;
-    let tenant = device.tenant_id.as_str();
-
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limits::MAX_COMPRESSED_BODY_BYTES) {
-        return Err(too_large(limits::MAX_COMPRESSED_BODY_BYTES));
-    }
-    let controls = &state.ingest;
-    // The device's share first, before its body costs anything.
-    let turn = match controls.devices.enter(device.device_id) {
-        Ok(turn) => turn,
-        Err(over) => {
-            drain(body).await;
-            return Err(over_share(over));
-        }
-    };
-    // The body: only what has arrived counts against memory, and it must keep arriving.
-    let (bytes, body_held) = body::read(
-        body,
-        declared,
-        &controls.body_limits,
-        &controls.bodies,
-        tenant,
-    )
-    .await
-    .map_err(body_error)?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("(not ASCII)").to_string());
-    // Room in the group commit before decoding, so that a request that has to wait holds only
-    // its body as sent.
-    let per_byte = if encoding.is_some() {
-        ROWS_PER_COMPRESSED_BYTE
-    } else {
-        1
+    let upload = Upload {
+        device_id: device.device_id,
+        tenant: device.tenant_id,
+        declared,
+        encoding,
+        body,
     };
-    let reservation = state
-        .writer
-        .reserve(tenant, bytes.len().saturating_mul(per_byte))
+    let response = state
+        .ingestion()
+        .accept(upload)
         .await
-        .map_err(write_error)?;
-    let devices = controls.devices.clone();
-    let device_id = device.device_id;
-    let batch = controls
-        .decoder
-        .decode(encoding, bytes, move |json_bytes| {
-            devices.charge_decoded(device_id, json_bytes)
-        })
-        .await
-        .map_err(|e| match e {
-            DecodeFailure::Invalid(e) => decode_error(e),
-            DecodeFailure::Refused(over) => over_share(over),
-            DecodeFailure::Unavailable => ApiError::unavailable("the decoder is not available"),
-        })?;
-    drop(body_held);
-
-    if batch.device_id != device.device_id {
-        return Err(ApiError::forbidden(
-            "device_mismatch",
-            format!(
-                "batch is for device {}, but the credential belongs to device {}",
-                batch.device_id, device.device_id
-            ),
-        )
-        .with_field("device_id"));
-    }
-    let received_ms = now_ms();
-    validate_batch(&batch, received_ms)
-        .map_err(|e| ApiError::invalid_field(e.field.clone(), e.to_string()))?;
-
-    let response = IngestResponse {
-        accepted: batch.events.len(),
-        max_seq: batch.events.last().map_or(0, |e| e.seq),
-    };
-    metrics::histogram!("backlight_ingest_batch_events").record(batch.events.len() as f64);
-
-    // From reading what is stored to committing, this device's requests take turns: the first
-    // copy of a seq wins (see `ingest::first_copy`).
-    let mut batch = batch;
-    let _in_order = turn.in_order().await;
-    let first_copy = &controls.first_copy;
-    let stored_max = first_copy.stored_max(tenant, device.device_id).await?;
-    let reaching_back: Vec<u64> = batch
-        .events
-        .iter()
-        .take_while(|e| e.seq <= stored_max)
-        .map(|e| e.seq)
-        .collect();
-    if !reaching_back.is_empty() {
-        let stored = first_copy
-            .stored_among(tenant, device.device_id, &reaching_back)
-            .await?;
-        batch.events.retain(|e| !stored.contains(&e.seq));
-        metrics::counter!("backlight_ingest_events_already_stored_total")
-            .increment(stored.len() as u64);
-    }
-    if batch.events.is_empty() {
-        return Ok(Json(response));
-    }
-    // The items open streams on this server watch, told once the rows are stored.
-    let watched = state.live.watched_in(&device.tenant_id, &batch.events);
-    // Encode the rows and let the parsed batch go before waiting on ClickHouse: a thousand
-    // requests in flight each hold only their rows' RowBinary (≈ 30 KB for 200 events).
-    let rows = EncodedRows::encode(tenant, batch.device_id, &batch.events, received_ms);
-    drop(batch);
-    state
-        .writer
-        .write_reserved(reservation, rows)
-        .await
-        .map_err(write_error)?;
-    controls
-        .first_copy
-        .stored(tenant, device.device_id, response.max_seq);
-    state.live.changed(
-        &device.tenant_id,
-        watched
-            .into_iter()
-            .map(|(item, seq)| (item, ChangeMark::events(received_ms, device.device_id, seq))),
-    );
+        .map_err(ingest_error)?;
     Ok(Json(response))
+}
+
+fn ingest_error(e: IngestError) -> ApiError {
+    match e {
+        IngestError::TooLarge(limit) => too_large(limit),
+        IngestError::OverShare(over) => over_share(over),
+        IngestError::Body(e) => body_error(e),
+        IngestError::Decode(e) => decode_error(e),
+        IngestError::DecoderUnavailable => ApiError::unavailable(e.to_string()),
+        IngestError::DeviceMismatch { .. } => {
+            ApiError::forbidden("device_mismatch", e.to_string()).with_field("device_id")
+        }
+        IngestError::Invalid(e) => ApiError::invalid_field(e.field.clone(), e.to_string()),
+        IngestError::Write(e) => write_error(e),
+        IngestError::Storage(e) => e.into(),
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -294,25 +192,6 @@ fn write_error(e: WriteError) -> ApiError {
         // ClickHouse's own words stay in the log.
         WriteError::Unavailable(_) => ApiError::storage_unavailable(&e),
     }
-}
-
-/// Reads and discards a body we will not use (at most the body cap, for at most
-/// [`DRAIN_TIMEOUT`]): closing a connection with unread data resets it, and the client would
-/// lose the answer.
-async fn drain(body: Body) {
-    use http_body_util::BodyExt;
-    let mut body = body;
-    let mut left = limits::MAX_COMPRESSED_BODY_BYTES;
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            let len = frame.data_ref().map_or(0, |d| d.len());
-            match left.checked_sub(len) {
-                Some(rest) => left = rest,
-                None => break,
-            }
-        }
-    })
-    .await;
 }
 
 fn decode_error(e: DecodeError) -> ApiError {

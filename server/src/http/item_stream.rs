@@ -30,13 +30,15 @@ use backlight_shared::now_ms;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::audit::audited;
 use super::error::ApiError;
-use super::items::{audited, item_id, ItemDoc, ItemSnapshot, READERS};
+use super::items::{item_id, READERS};
 use super::AppState;
 use crate::auth::ApiCaller;
 use crate::clickhouse::ClickHouseError;
 use crate::items::HandleTimeStats;
 use crate::live::{StreamPermit, StreamRefused, StreamStanding, Subscription, Update};
+use crate::service::items::{ItemDoc, ItemSnapshot, Loaded};
 use crate::storage::items::LookupContext;
 
 /// Longest a status stream stays open; the client reconnects after the `end` event.
@@ -119,12 +121,7 @@ impl ItemStream {
                 return Ok((context.clone(), stats.clone()));
             }
         }
-        let client = self.app.store.client();
-        let tenant = self.caller.tenant.as_str();
-        let (context, stats) = tokio::try_join!(
-            self.app.lookup_context.get(client, tenant),
-            self.app.handle_times.get(client, tenant),
-        )?;
+        let (context, stats) = self.app.items().context(&self.caller.tenant).await?;
         self.context = Some((Instant::now(), context.clone(), stats.clone()));
         Ok((context, stats))
     }
@@ -266,17 +263,17 @@ pub(super) async fn stream(
     // Watch before the first read: a change stored in between is then not missed.
     let updates = app.live.watch(caller.tenant.as_str(), &id);
     let first_read = async {
-        let client = app.store.client();
-        let tenant = caller.tenant.as_str();
-        let (read, context, stats) = tokio::try_join!(
-            app.item_reader.read(tenant, &id),
-            app.lookup_context.get(client, tenant),
-            app.handle_times.get(client, tenant),
-        )?;
-        Ok(ItemSnapshot::from_read(read).map(|snapshot| {
-            let doc = snapshot.document(&id, caller.role, &context, &stats, true, now_ms());
-            (snapshot, doc)
-        }))
+        let loaded = app.items().load(&caller.tenant, &id).await?;
+        Ok(loaded.map(
+            |Loaded {
+                 snapshot,
+                 context,
+                 stats,
+             }| {
+                let doc = snapshot.document(&id, caller.role, &context, &stats, true, now_ms());
+                (snapshot, doc)
+            },
+        ))
     };
     let (snapshot, first) = audited(&app, &caller, "item_stream", &id, first_read).await?;
     let start = Instant::now();

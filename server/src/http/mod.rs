@@ -1,6 +1,10 @@
 //! The HTTP API. [`router`] builds the whole app from an [`AppState`], so tests drive it
-//! in-process and the binary serves the very same router. Handlers parse, authorize and
-//! render; the work is done by [`crate::service`] (reports) or, still, by the handler.
+//! in-process and the binary serves the very same router. Handlers parse, authorize, record
+//! the call in the audit log ([`audit`]) and render; the work is done by [`crate::service`]
+//! (items, registry, reports) and [`crate::ingest::accept`], each built per request from the
+//! [`AppState`]'s handles ([`AppState::items`], [`AppState::registry`],
+//! [`AppState::ingestion`]). A storage error reaches the client only as a generic 503 with an
+//! error id ([`error::ApiError::storage_unavailable`]).
 //!
 //! | route | who | what |
 //! |---|---|---|
@@ -19,6 +23,7 @@
 //! | `GET /metrics` | Prometheus with the metrics token | counters, histograms, sequence gaps |
 
 pub mod access_limits;
+pub mod audit;
 pub mod enroll;
 pub mod error;
 pub mod ingest;
@@ -129,6 +134,37 @@ impl ReadLimit {
 }
 
 impl AppState {
+    /// The item service over this server's handles (see [`crate::service::items`]).
+    pub fn items(&self) -> crate::service::items::Items<'_> {
+        crate::service::items::Items {
+            client: self.store.client(),
+            reader: &self.item_reader,
+            lookup_context: &self.lookup_context,
+            handle_times: &self.handle_times,
+            live: &self.live,
+            clock: backlight_shared::now_ms,
+        }
+    }
+
+    /// Enrollment and policies over this server's handles (see [`crate::service::registry`]).
+    pub fn registry(&self) -> crate::service::registry::Registry<'_> {
+        crate::service::registry::Registry {
+            registry: self.store.registry(),
+            client: self.store.client(),
+            clock: backlight_shared::now_ms,
+        }
+    }
+
+    /// The ingest path over this server's handles (see [`crate::ingest::accept`]).
+    pub fn ingestion(&self) -> crate::ingest::accept::Ingest<'_> {
+        crate::ingest::accept::Ingest {
+            controls: &self.ingest,
+            writer: &self.writer,
+            live: &self.live,
+            clock: backlight_shared::now_ms,
+        }
+    }
+
     /// `auth_cache_ttl`: how long credential lookups are cached (see [`crate::auth`]); it also
     /// bounds how long item lookups reuse a tenant's settings and assignments.
     pub fn new(store: Store, writer: IngestWriter, auth_cache_ttl: Duration) -> AppState {

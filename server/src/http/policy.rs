@@ -9,12 +9,12 @@ use axum::{Json, Router};
 use backlight_shared::policy::{Policy, POLICY_PATH};
 
 use super::access_limits::Work;
+use super::audit;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::auth::{ApiCaller, AuthError};
-use crate::storage::audit::AuditEntry;
-use crate::storage::policies::{self, PolicyError, StoredPolicy};
+use crate::storage::policies::{PolicyError, StoredPolicy};
 use crate::tenancy::{Role, TenantId};
 
 pub fn routes() -> Router<AppState> {
@@ -62,7 +62,7 @@ async fn agent_policy(
         .tenant_id
         .parse()
         .map_err(|_| ApiError::from(AuthError::Unknown))?;
-    let stored = policies::current(state.store.client(), &tenant).await?;
+    let stored = state.registry().policy(&tenant).await?;
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -97,9 +97,7 @@ async fn admin_policy(
     caller: ApiCaller,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
-    Ok(with_etag(
-        policies::current(state.store.client(), &caller.tenant).await?,
-    ))
+    Ok(with_etag(state.registry().policy(&caller.tenant).await?))
 }
 
 /// `PUT /v1/admin/policy`: validates and saves a new policy; agents pick it up on their next
@@ -131,40 +129,28 @@ async fn save_policy(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let _turn = state.query_share.enter(&caller.key_id, Work::Write)?;
-    let client = state.store.client();
-    let change = match policies::prepare(client, &caller.tenant, policy).await {
-        Ok(change) => change,
-        Err(PolicyError::Invalid(e)) => {
-            return Err(ApiError::invalid_field(e.field.clone(), e.to_string()))
-        }
-        Err(PolicyError::ClickHouse(e)) => return Err(e.into()),
-    };
+    let registry = state.registry();
+    let change = registry
+        .prepare_policy(&caller.tenant, policy)
+        .await
+        .map_err(policy_error)?;
     // Audited before it takes effect: a change that cannot be audited is not made.
     let summary = change.summary();
-    state
-        .audit
-        .record(AuditEntry::by(
-            &caller,
-            "policy_save",
-            summary.clone(),
-            "ok",
-        ))
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    audit::record(&state, &caller, "policy_save", &summary, "ok")?;
     let saved_by = format!("api-key:{} ({})", caller.key_id, caller.key_name);
-    match policies::save(client, &change, &saved_by).await {
-        Ok(stored) => {
-            tracing::info!(tenant = %caller.tenant, version = stored.policy.version, by = %saved_by, changes = %summary, "policy saved");
-            Ok(with_etag(stored))
-        }
+    match registry.save_policy(&change, &saved_by).await {
+        Ok(stored) => Ok(with_etag(stored)),
         Err(e) => {
             // The audit says `ok` already; record that it did not happen after all.
-            let _ = state
-                .audit
-                .record(AuditEntry::by(&caller, "policy_save", summary, "error"));
-            Err(match e {
-                PolicyError::Invalid(e) => ApiError::invalid_field(e.field.clone(), e.to_string()),
-                PolicyError::ClickHouse(e) => e.into(),
-            })
+            let _ = audit::record(&state, &caller, "policy_save", &summary, "error");
+            Err(policy_error(e))
         }
+    }
+}
+
+fn policy_error(e: PolicyError) -> ApiError {
+    match e {
+        PolicyError::Invalid(e) => ApiError::invalid_field(e.field.clone(), e.to_string()),
+        PolicyError::ClickHouse(e) => e.into(),
     }
 }

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
@@ -54,13 +54,17 @@ pub enum BodyError {
 
 /// Reads `body` of `tenant` within `limits`, its bytes held from `budget`. The bytes stay
 /// counted until the returned [`Held`] is dropped.
-pub async fn read(
-    body: Body,
+pub async fn read<B>(
+    body: B,
     declared: Option<usize>,
     limits: &BodyLimits,
     budget: &Budget,
     tenant: &str,
-) -> Result<(Bytes, Option<Held>), BodyError> {
+) -> Result<(Bytes, Option<Held>), BodyError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + 'static,
+{
     let allowance = limits.allowance(declared.unwrap_or(limits.max).min(limits.max));
     let deadline = Instant::now() + allowance;
     let too_slow = || BodyError::TooSlow(allowance, limits.min_rate);
@@ -77,7 +81,7 @@ pub async fn read(
         let frame = match tokio::time::timeout(wait, body.frame()).await {
             Ok(Some(Ok(frame))) => frame,
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(broken(e)),
+            Ok(Some(Err(e))) => return Err(broken(&e)),
             Err(_) if Instant::now() >= deadline => return Err(too_slow()),
             Err(_) => return Err(BodyError::Stalled(limits.idle)),
         };
@@ -108,9 +112,8 @@ pub async fn read(
 
 /// A stalled body can also be cut off by the router's body timeout (`--body-read-timeout`);
 /// that reaches here as an error of the body.
-fn broken(e: axum::Error) -> BodyError {
-    use std::error::Error as _;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
+fn broken(e: &(dyn std::error::Error + 'static)) -> BodyError {
+    let mut source = Some(e);
     while let Some(cause) = source {
         if cause.is::<tower_http::timeout::TimeoutError>() {
             return BodyError::Stalled(Duration::ZERO);
@@ -123,6 +126,7 @@ fn broken(e: axum::Error) -> BodyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
     use futures_util::stream;
 
     const LIMITS: BodyLimits = BodyLimits {

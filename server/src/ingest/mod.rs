@@ -1,5 +1,7 @@
 //! The ingest path: from an HTTP body to rows acknowledged by ClickHouse.
 //!
+//! - [`accept`]: one batch through the path, in order (the handler in `http/ingest.rs` only
+//!   authenticates, reads headers and renders the outcome).
 //! - [`devices`]: each device's fair share (requests at once, per second, decoded bytes per
 //!   second); over it, 429 with `Retry-After`.
 //! - [`body`]: reading a body within size, time (minimum rate) and a shared memory budget.
@@ -14,6 +16,7 @@
 //! the batch (or holds it from an earlier copy). Rows wait in this process's memory only while
 //! their request is still open, so a crash loses nothing the agent has not kept.
 
+pub mod accept;
 pub mod body;
 pub mod budget;
 pub mod decode;

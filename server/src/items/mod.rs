@@ -1,6 +1,7 @@
 //! Item status for the contact center: pure functions from an item's events (and its
 //! registration) to what an agent on the phone is shown. No I/O here: [`crate::storage::items`]
-//! reads the rows, [`crate::http::items`] serves the result.
+//! reads the rows, [`crate::service::items`] builds the documents, [`crate::http::items`] serves
+//! them.
 //!
 //! - [`derive`]: events → status, current step, handler device, times, handle time, touches,
 //!   timeline. Events may arrive twice and out of order; derivation dedupes by

@@ -50,7 +50,6 @@ use clickhouse::Client;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::clickhouse::ClickHouseError;
 use crate::storage::changes::{self, ChangeMark, OVERLAP_MS};
 use crate::storage::item_reader::ItemReader;
 use crate::storage::items::ItemRead;
@@ -439,9 +438,4 @@ async fn poll_feed(inner: &Inner, client: &Client) {
                 .extend(new);
         }
     }
-}
-
-/// The error a stream shows while its item cannot be read.
-pub fn unavailable_message(e: &ClickHouseError) -> String {
-    format!("storage unavailable; the stream keeps trying ({e})")
 }

@@ -120,7 +120,7 @@ pub async fn changed_since(
     };
     // `IN (subquery)` on tenant_id uses the primary key (tenant_id, received_ms).
     let sql = format!(
-        "SELECT tenant_id, item_id, received_ms, device_id, seq, what
+        "SELECT ?fields
          FROM item_changes
          WHERE tenant_id IN (SELECT arrayJoin(?))
            AND change_date >= toDate(toDateTime(intDiv(?, 1000)))

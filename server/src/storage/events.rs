@@ -383,8 +383,7 @@ pub async fn stored_max_seq(
     .await
 }
 
-/// Which of `seqs` are stored for `device` of `tenant` (at most a batch's worth; the numbers
-/// are written into the query, as `?` binds one value at a time).
+/// Which of `seqs` are stored for `device` of `tenant` (at most a batch's worth).
 pub async fn stored_seqs(
     client: &Client,
     tenant: &str,
@@ -394,19 +393,15 @@ pub async fn stored_seqs(
     if seqs.is_empty() {
         return Ok(Vec::new());
     }
-    let list = seqs
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let sql = format!(
-        "SELECT DISTINCT seq FROM events WHERE tenant_id = ? AND device_id = ? AND seq IN ({list})"
-    );
+    // `IN (subquery)` uses the primary key, as a literal list does; `has(array, seq)` would not.
+    // 18.16 wants the same type on both sides of IN (a bound array of small numbers is UInt8).
+    let sql = "SELECT DISTINCT seq FROM events WHERE tenant_id = ? AND device_id = ? AND seq IN (SELECT toUInt64(arrayJoin(?)))";
     with_timeout(
         client
-            .query(&sql)
+            .query(sql)
             .bind(tenant)
             .bind(device.to_string())
+            .bind(seqs)
             .fetch_all::<u64>(),
     )
     .await
@@ -448,10 +443,11 @@ pub async fn progress_summary(
     let totals = with_timeout(
         client
             .query(
-                "SELECT count() AS devices, countIf(gap > 0) AS devices_with_gaps,
-                        sum(gap) AS missing
-                 FROM (SELECT max(seq) - uniqExact(seq) AS gap
-                       FROM events GROUP BY tenant_id, device_id)",
+                "SELECT ?fields FROM (
+                     SELECT count() AS devices, countIf(gap > 0) AS devices_with_gaps,
+                            sum(gap) AS missing
+                     FROM (SELECT max(seq) - uniqExact(seq) AS gap
+                           FROM events GROUP BY tenant_id, device_id))",
             )
             .fetch_one::<ProgressTotals>(),
     )
@@ -459,9 +455,10 @@ pub async fn progress_summary(
     let worst = if limit == 0 || totals.devices_with_gaps == 0 {
         Vec::new()
     } else {
-        let sql = "SELECT tenant_id, device_id, max(seq) AS max_seq, uniqExact(seq) AS received,
-                          max_seq - received AS missing, max(received_ms) AS last_received_ms
-                   FROM events GROUP BY tenant_id, device_id HAVING missing > 0
+        let sql = "SELECT ?fields FROM (
+                       SELECT tenant_id, device_id, max(seq) AS max_seq, uniqExact(seq) AS received,
+                              max_seq - received AS missing, max(received_ms) AS last_received_ms
+                       FROM events GROUP BY tenant_id, device_id HAVING missing > 0)
                    ORDER BY missing DESC, tenant_id, device_id LIMIT ?";
         with_timeout(client.query(sql).bind(limit).fetch_all()).await?
     };
@@ -474,10 +471,12 @@ pub async fn device_progress(
     tenant: Option<&str>,
 ) -> Result<Vec<DeviceProgress>, ClickHouseError> {
     // Sequences start at 1, so everything in 1..=max_seq not received is missing.
-    let sql = "SELECT tenant_id, device_id, max(seq) AS max_seq, uniqExact(seq) AS received,
-                      max_seq - received AS missing, max(received_ms) AS last_received_ms
-               FROM events WHERE (? = '' OR tenant_id = ?)
-               GROUP BY tenant_id, device_id ORDER BY tenant_id, device_id";
+    let sql = "SELECT ?fields FROM (
+                   SELECT tenant_id, device_id, max(seq) AS max_seq, uniqExact(seq) AS received,
+                          max_seq - received AS missing, max(received_ms) AS last_received_ms
+                   FROM events WHERE (? = '' OR tenant_id = ?)
+                   GROUP BY tenant_id, device_id)
+               ORDER BY tenant_id, device_id";
     let tenant = tenant.unwrap_or("");
     with_timeout(client.query(sql).bind(tenant).bind(tenant).fetch_all()).await
 }
@@ -499,12 +498,15 @@ pub async fn device_sessions(
     tenant: &str,
 ) -> Result<Vec<DeviceSession>, ClickHouseError> {
     // argMax by seq: the newest report wins; a re-sent copy carries the same values. The
-    // aliases differ from the columns (ClickHouse would apply them inside WHERE too); the row
-    // is read by position.
-    let sql = "SELECT device_id, toString(argMax(session, seq)) AS latest_session,
-                      argMax(session_client, seq) AS latest_client
-               FROM events WHERE tenant_id = ? AND kind = 'health' AND session != ''
-               GROUP BY device_id ORDER BY device_id";
+    // innermost query renames the columns, so that the aggregates can carry the row's field
+    // names (read by name, `?fields`) without ClickHouse applying them inside WHERE too.
+    let sql = "SELECT ?fields FROM (
+                   SELECT device_id, toString(argMax(s, seq)) AS session,
+                          argMax(c, seq) AS session_client
+                   FROM (SELECT device_id, seq, session AS s, session_client AS c
+                         FROM events WHERE tenant_id = ? AND kind = 'health' AND session != '')
+                   GROUP BY device_id)
+               ORDER BY device_id";
     with_timeout(client.query(sql).bind(tenant).fetch_all()).await
 }
 

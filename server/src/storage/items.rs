@@ -142,7 +142,7 @@ async fn read_lookup_rows(
     };
     // `IN (subquery)` uses the primary key; `has(array, item_id)` would scan the tenant.
     let sql = format!(
-        "SELECT item_id, row FROM item_lookup WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?)) {only} LIMIT ? {POINT_READ}"
+        "SELECT ?fields FROM item_lookup WHERE tenant_id = ? AND item_id IN (SELECT arrayJoin(?)) {only} LIMIT ? {POINT_READ}"
     );
     let limit = MAX_EVENTS_PER_ITEM * item_ids.len() as u64;
     let rows: Vec<Packed> = with_timeout(
@@ -188,19 +188,24 @@ pub async fn search_registrations(
     queue: &str,
     limit: u64,
 ) -> Result<Vec<ItemRow>, ClickHouseError> {
-    // Aliases differ from column names: ClickHouse resolves aliases first, and
-    // `argMax(queue, …) AS queue` would refer to itself.
-    let sql = "SELECT any(tenant_id) AS t, item_id, argMax(queue, updated_ms) AS q, argMax(priority, updated_ms) AS p,
-                      argMax(sla_due_ms, updated_ms) AS d, argMax(sla_class, updated_ms) AS c,
-                      argMax(customer_ref, updated_ms) AS r, argMax(registered_ms, updated_ms) AS g,
-                      max(updated_ms) AS u
-               FROM items
-               WHERE tenant_id = ? AND item_id IN (
-                   SELECT item_id FROM items
-                   WHERE tenant_id = ? AND (? = '' OR customer_ref = ?) AND (? = '' OR queue = ?))
-               GROUP BY item_id
-               HAVING (? = '' OR r = ?) AND (? = '' OR q = ?)
-               ORDER BY g DESC, item_id
+    // The innermost query renames the columns: ClickHouse resolves aliases first, and
+    // `argMax(queue, …) AS queue` over the table would refer to itself. The aggregates then
+    // carry the row's field names, read by name (`?fields`).
+    let sql = "SELECT ?fields FROM (
+                   SELECT any(tn) AS tenant_id, item_id, argMax(qu, up) AS queue,
+                          argMax(pr, up) AS priority, argMax(du, up) AS sla_due_ms,
+                          argMax(cl, up) AS sla_class, argMax(cr, up) AS customer_ref,
+                          argMax(rg, up) AS registered_ms, max(up) AS updated_ms
+                   FROM (SELECT tenant_id AS tn, item_id, queue AS qu, priority AS pr,
+                                sla_due_ms AS du, sla_class AS cl, customer_ref AS cr,
+                                registered_ms AS rg, updated_ms AS up
+                         FROM items
+                         WHERE tenant_id = ? AND item_id IN (
+                             SELECT item_id FROM items
+                             WHERE tenant_id = ? AND (? = '' OR customer_ref = ?) AND (? = '' OR queue = ?)))
+                   GROUP BY item_id
+                   HAVING (? = '' OR customer_ref = ?) AND (? = '' OR queue = ?))
+               ORDER BY registered_ms DESC, item_id
                LIMIT ?";
     with_timeout(
         client
@@ -241,7 +246,7 @@ pub async fn sla_clock_changes(
     }
     // At risk from due - window/5 + 1 at the latest; breached from due + 1 (window: registered
     // to due, empty when registered after the due time).
-    let sql = "SELECT DISTINCT tenant_id, item_id FROM items
+    let sql = "SELECT DISTINCT ?fields FROM items
                WHERE tenant_id IN (SELECT arrayJoin(?)) AND sla_due_ms > 0 AND (
                    (sla_due_ms - intDiv(sla_due_ms - least(registered_ms, sla_due_ms), 5) + 1 > ?
                     AND sla_due_ms - intDiv(sla_due_ms - least(registered_ms, sla_due_ms), 5) + 1 <= ?)
@@ -282,20 +287,27 @@ pub async fn sla_classes(
 ) -> Result<HashMap<String, u64>, ClickHouseError> {
     #[derive(clickhouse::Row, Deserialize)]
     struct Class {
-        name: String,
+        sla_class: String,
         target_ms: u64,
     }
+    // Renamed inside so that `argMax(…) AS target_ms` does not refer to itself.
     let rows: Vec<Class> = with_timeout(
         client
             .query(
-                "SELECT sla_class AS name, argMax(target_ms, updated_ms) AS t FROM sla_classes
-                 WHERE tenant_id = ? GROUP BY sla_class ORDER BY sla_class",
+                "SELECT ?fields FROM (
+                     SELECT sla_class, argMax(t, updated_ms) AS target_ms
+                     FROM (SELECT sla_class, target_ms AS t, updated_ms FROM sla_classes WHERE tenant_id = ?)
+                     GROUP BY sla_class)
+                 ORDER BY sla_class",
             )
             .bind(tenant)
             .fetch_all(),
     )
     .await?;
-    Ok(rows.into_iter().map(|c| (c.name, c.target_ms)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|c| (c.sla_class, c.target_ms))
+        .collect())
 }
 
 pub async fn insert_sla_classes(
@@ -327,7 +339,7 @@ pub async fn handle_time_samples(
     }
     let spans_from = now_ms.saturating_sub(ETA_SPAN_LOOKBACK_MS);
     let completed_from = now_ms.saturating_sub(ETA_WINDOW_MS);
-    let sql = "SELECT queue, handle_ms FROM (
+    let sql = "SELECT ?fields FROM (
                    SELECT item_id,
                           sumIf(end_ms - time_ms, state = 'active') AS handle_ms,
                           argMaxIf(action, time_ms, kind = 'work_item') AS last_action,

@@ -13,7 +13,11 @@
 //!   heartbeats, webhook registrations and deliveries, dropping expired partitions.
 //!
 //! Storage depends on the domain types (`items`, `reports`, `tenancy`) and on nothing of the
-//! HTTP layer.
+//! HTTP layer. Errors are typed ([`ClickHouseError`], and per module where a caller must tell
+//! cases apart, e.g. `registry::EnrollError`, `policies::PolicyError`); their text is for the
+//! log, never for a client. Rows are read by column name: a query selects `?fields`, which the
+//! `clickhouse` crate replaces with the Row struct's field names (an inner query renames a
+//! column where an aggregate must carry its name), and every value is bound with `?`.
 //!
 //! **Architecture invariant:** the server holds no state of its own. Anything one server knows
 //! (a device, a revocation, an accepted event) another server behind the same load balancer

@@ -96,6 +96,10 @@ impl PolicyChange {
         &self.policy
     }
 
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
     /// The changes in one line for the audit log (`version 2 → 3; title_policy drop → send`).
     pub fn summary(&self) -> String {
         let mut text = if self.changes.is_empty() {

@@ -16,9 +16,9 @@ use super::events::{delivery_id, fired, Announced, EventType, Payload, PayloadDa
 use super::owner::{Membership, HEARTBEAT_EVERY};
 use super::WebhookConfig;
 use crate::clickhouse::ClickHouseError;
-use crate::http::items::ItemSnapshot;
 use crate::http::AppState;
 use crate::items::{SlaState, Status};
+use crate::service::items::ItemSnapshot;
 use crate::storage::changes::{self, ChangeMark, FeedChange, OVERLAP_MS};
 use crate::storage::items as item_store;
 use crate::storage::webhooks::{
@@ -528,7 +528,7 @@ fn new_delivery(
     webhook: &WebhookRow,
     event: EventType,
     previous: Option<Announced>,
-    doc: &crate::http::items::CcStatusDoc,
+    doc: &crate::service::items::CcStatusDoc,
     now: u64,
 ) -> Option<DeliveryRow> {
     let id = delivery_id(&webhook.webhook_id, event, doc);
