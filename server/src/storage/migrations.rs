@@ -251,18 +251,20 @@ pub async fn migrate_through(
         for statement in &step.statements {
             apply(db, database, &step, statement).await?;
         }
-        for migration in &step.versions {
-            with_write_retry(|| {
-                db.query(
-                    "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)",
-                )
-                .bind(migration.version)
-                .bind(migration.name)
-                .bind(backlight_shared::now_ms())
-                .execute()
-            })
-            .await?;
-        }
+        // One INSERT (one block) for all of a step's versions, so a crash cannot record a part
+        // of the baseline and have the next start take the database for an old release's.
+        let rows = vec!["(?, ?, ?)"; step.versions.len()].join(", ");
+        let sql =
+            format!("INSERT INTO schema_migrations (version, name, applied_ms) VALUES {rows}");
+        let now = backlight_shared::now_ms();
+        with_write_retry(|| {
+            let mut query = db.query(&sql);
+            for migration in &step.versions {
+                query = query.bind(migration.version).bind(migration.name).bind(now);
+            }
+            query.execute()
+        })
+        .await?;
     }
     Ok(())
 }
