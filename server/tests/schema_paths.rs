@@ -1,14 +1,16 @@
 //! A new database gets the baseline schema in one step; a database made by an earlier release
 //! runs the migrations it lacks. Both must end in the same schema, and an upgrade must keep
-//! every row the API reads. Real ClickHouse 18.16 (fails loudly without `clickhouse-server`).
+//! every row the API reads. Real ClickHouse 18.16 (fails loudly without `clickhouse-server`),
+//! and the current release in-process (chDB, `scripts/clickhouse-schema-paths.py`).
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 
 use axum::http::StatusCode;
 use backlight_server::storage::migrations::{
-    migrate, migrate_through, missing_versions, statements, MIGRATIONS,
+    migrate, migrate_through, missing_versions, statements, BASELINE_SQL, MIGRATIONS,
 };
 use backlight_server::tenancy::Role;
 use clickhouse::{Client, Compression};
@@ -306,5 +308,25 @@ async fn rows_written_before_the_upgrade_are_read_by_the_api_after_it() {
     assert_eq!(
         count("SELECT count() FROM item_events WHERE item_id = 'C'").await,
         1
+    );
+}
+
+/// Both paths on the current ClickHouse: every statement runs, and the schemas agree.
+#[test]
+fn a_new_database_and_an_upgraded_one_agree_on_the_current_release() {
+    let write = |statements: Vec<String>| {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        for statement in statements {
+            writeln!(file, "{}", serde_json::to_string(&statement).unwrap()).unwrap();
+        }
+        file.flush().unwrap();
+        file
+    };
+    let new = write(statements(BASELINE_SQL));
+    let upgrade = write(MIGRATIONS.iter().flat_map(|m| statements(m.sql)).collect());
+    support::run_check_script(
+        "clickhouse-schema-paths.py",
+        &[new.path().as_os_str(), upgrade.path().as_os_str()],
+        &[],
     );
 }
