@@ -14,7 +14,8 @@ async fn count(client: &clickhouse::Client, sql: &str) -> u64 {
 /// Migration 9 moves the item-keyed copy of events to `item_events_v2`: events ingested before
 /// the upgrade must be there afterwards, and events ingested after it too (through the new
 /// view, once: the old view is gone). Migration 10 copies registrations the same way, and
-/// migration 11 packs both into `item_lookup`, which lookups read through the server's parser.
+/// migration 11 packs both into `item_lookup`, which lookups read through the server's parser;
+/// migration 17 gives `item_events_v2` its plain name back and drops what nothing reads.
 #[tokio::test]
 async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     let (_dir, clickhouse, config) = support::start_clickhouse("upgrade_test").await;
@@ -50,8 +51,10 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     db.query(&register("A", 1)).execute().await.unwrap();
     db.query(&register("A", 2)).execute().await.unwrap();
 
-    migrate(&server, &config.database, &db, None).await.unwrap();
-    assert!(missing_versions(&db).await.unwrap().is_empty());
+    migrate_through(&server, &config.database, &db, None, 11)
+        .await
+        .unwrap();
+    assert_eq!(missing_versions(&db).await.unwrap()[..1], [12]);
     let distinct = "SELECT count() FROM (SELECT DISTINCT device_id, seq FROM item_events_v2)";
     assert_eq!(
         count(&db, distinct).await,
@@ -123,10 +126,29 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     newest_only.sort();
     assert_eq!(newest_only, vec![("A".into(), 2), ("D".into(), 1)]);
 
-    // Running the migrations again (a second server starting) changes nothing.
-    migrate(&server, &config.database, &db, None).await.unwrap();
-    assert_eq!(count(&db, distinct).await, 4);
-    assert_eq!(count(&db, registrations).await, 2);
+    // The rest of the migrations, twice (a second server starting): 17 renames
+    // `item_events_v2` to `item_events` (the old one dropped) and drops `item_registrations`.
+    for _ in 0..2 {
+        migrate(&server, &config.database, &db, None).await.unwrap();
+        assert!(missing_versions(&db).await.unwrap().is_empty());
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count() FROM (SELECT DISTINCT device_id, seq FROM item_events)"
+            )
+            .await,
+            4
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count() FROM system.tables WHERE database = currentDatabase()
+                 AND name IN ('item_events_v2', 'item_registrations')"
+            )
+            .await,
+            0
+        );
+    }
     // Identities, so merges (which may fold A's two registrations into one) change nothing.
     let lookup_rows =
         "SELECT count() FROM (SELECT DISTINCT item_id, device_id, seq FROM item_lookup)";

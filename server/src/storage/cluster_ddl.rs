@@ -25,6 +25,8 @@
 //! - `ALTER TABLE t …` changes `t_local` on every node (a mutation runs once per shard); after
 //!   a column change `t` is dropped and made again from `t_local` (18.16 cannot `ALTER` a
 //!   `Distributed` table `ON CLUSTER` when the shards are replicated).
+//! - `RENAME TABLE a TO b, …` renames the `_local` tables on every node, then drops and makes
+//!   again the `Distributed` tables of every name involved, over the renamed local tables.
 //! - `CREATE VIEW` (a plain view) is created on every node.
 //!
 //! Every table name is written with the database (`` `db`.`t` ``), so a statement means the
@@ -114,8 +116,10 @@ impl ClusterDdl {
             self.drop(&stmt)
         } else if stmt.keywords(0, &["ALTER", "TABLE"]) {
             self.alter(&stmt)
+        } else if stmt.keywords(0, &["RENAME", "TABLE"]) {
+            self.rename(&stmt)
         } else {
-            Err(unsupported("only CREATE TABLE / VIEW / MATERIALIZED VIEW, INSERT … SELECT, DROP TABLE and ALTER TABLE are rewritten"))
+            Err(unsupported("only CREATE TABLE / VIEW / MATERIALIZED VIEW, INSERT … SELECT, DROP TABLE, ALTER TABLE and RENAME TABLE are rewritten"))
         }
     }
 
@@ -336,6 +340,85 @@ impl ClusterDdl {
                 self.on_cluster()
             ));
             out.push(self.distributed("IF NOT EXISTS ", &name, &shard_key));
+        }
+        Ok(out)
+    }
+
+    /// `RENAME TABLE a TO b[, …]` of tables: the node-local tables are renamed on every node, in
+    /// one statement as written; then the `Distributed` tables of every name involved are
+    /// dropped and made again over the renamed local ones (a `Distributed` table names its
+    /// local table, which the rename moved). In that moment reads and inserts of those tables
+    /// fail and are retried by their callers, as after an `ADD COLUMN` ([`ClusterDdl::alter`]).
+    /// The replicated tables keep their ZooKeeper paths, which name them as they were created.
+    fn rename(&mut self, stmt: &Statement) -> Result<Vec<String>, DdlError> {
+        let mut renames = Vec::new();
+        let mut at = 2;
+        loop {
+            let (from, after) = stmt.name(at)?;
+            if !stmt.keywords(after, &["TO"]) {
+                return Err(stmt.unsupported("expected RENAME TABLE a TO b"));
+            }
+            let (to, after) = stmt.name(after + 1)?;
+            check_name(stmt, &to)?;
+            renames.push((from, to));
+            if after == stmt.len() {
+                break;
+            }
+            if !stmt.is_punct(after, ',') {
+                return Err(stmt.unsupported("unexpected text after a rename"));
+            }
+            at = after + 1;
+        }
+        let mut involved: Vec<String> = Vec::new();
+        for (from, to) in &renames {
+            match self.catalog.get(from) {
+                Some(Object::Table) => {}
+                _ => {
+                    return Err(stmt.unsupported(&format!(
+                        "{from} is not a table made by a migration (only tables are renamed)"
+                    )))
+                }
+            }
+            if self.catalog.contains_key(to) {
+                return Err(stmt.unsupported(&format!("the name {to} is taken")));
+            }
+            let object = self.catalog.remove(from).expect("checked above");
+            self.catalog.insert(to.clone(), object);
+            if let Some(key) = self.shard_keys.remove(from) {
+                self.shard_keys.insert(to.clone(), key);
+            }
+            for name in [from, to] {
+                if !involved.contains(name) {
+                    involved.push(name.clone());
+                }
+            }
+        }
+        let locals: Vec<String> = renames
+            .iter()
+            .map(|(from, to)| {
+                format!(
+                    "{} TO {}",
+                    self.qualified(&format!("{from}{LOCAL_SUFFIX}")),
+                    self.qualified(&format!("{to}{LOCAL_SUFFIX}"))
+                )
+            })
+            .collect();
+        let mut out = vec![format!(
+            "RENAME TABLE {} {}",
+            locals.join(", "),
+            self.on_cluster()
+        )];
+        for name in &involved {
+            out.push(format!(
+                "DROP TABLE IF EXISTS {} {}",
+                self.qualified(name),
+                self.on_cluster()
+            ));
+        }
+        for name in &involved {
+            if let Some(key) = self.shard_keys.get(name).cloned() {
+                out.push(self.distributed("IF NOT EXISTS ", name, &key));
+            }
         }
         Ok(out)
     }
@@ -792,7 +875,7 @@ impl<'a> Statement<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::migrations::{statements, MIGRATIONS};
+    use crate::storage::migrations::{statements, BASELINE_SQL, MIGRATIONS};
 
     fn ddl() -> ClusterDdl {
         ClusterDdl::new("backlight".parse().unwrap(), "bl")
@@ -972,6 +1055,75 @@ mod tests {
             out,
             vec![r"INSERT INTO `bl`.`we\`ird` SELECT 'FROM nowhere', 1 FROM `bl`.`we\`ird`"]
         );
+    }
+
+    #[test]
+    fn a_rename_renames_the_local_tables_and_remakes_the_distributed_ones() {
+        let mut ddl = ddl();
+        for t in ["r", "r_v2"] {
+            one(&mut ddl, &format!("CREATE TABLE IF NOT EXISTS {t} (tenant_id String, day Date) ENGINE = MergeTree ORDER BY (tenant_id, day)"));
+        }
+        let distributed = |t: &str| {
+            format!("CREATE TABLE IF NOT EXISTS `bl`.`{t}` ON CLUSTER backlight AS `bl`.`{t}_local` ENGINE = Distributed(backlight, 'bl', '{t}_local', cityHash64(toString(tenant_id), toString(day)))")
+        };
+        let drop = |t: &str| format!("DROP TABLE IF EXISTS `bl`.`{t}` ON CLUSTER backlight");
+        assert_eq!(
+            one(&mut ddl, "RENAME TABLE r_v2 TO r_next, r TO r_unread,\n r_next TO r"),
+            vec![
+                "RENAME TABLE `bl`.`r_v2_local` TO `bl`.`r_next_local`, `bl`.`r_local` TO `bl`.`r_unread_local`, `bl`.`r_next_local` TO `bl`.`r_local` ON CLUSTER backlight".to_string(),
+                drop("r_v2"),
+                drop("r_next"),
+                drop("r"),
+                drop("r_unread"),
+                distributed("r"),
+                distributed("r_unread"),
+            ]
+        );
+        // Later statements see the new names.
+        assert_eq!(
+            one(&mut ddl, "DROP TABLE IF EXISTS r_unread"),
+            vec![drop("r_unread"), drop("r_unread_local")]
+        );
+        assert!(ddl.rewrite("INSERT INTO r_v2 SELECT * FROM r").is_err());
+        one(&mut ddl, "INSERT INTO r SELECT * FROM r");
+        for (sql, reason) in [
+            (
+                "RENAME TABLE nowhere TO x",
+                "not a table made by a migration",
+            ),
+            ("RENAME TABLE r TO r", "is taken"),
+            ("RENAME TABLE r TO x_local", "names ending in _local"),
+            ("RENAME TABLE r x", "expected RENAME TABLE a TO b"),
+        ] {
+            let error = ddl.rewrite(sql).expect_err(sql).to_string();
+            assert!(error.contains(reason), "{sql}: {error}");
+        }
+    }
+
+    /// A new database (the baseline) and one upgraded through every migration know the same
+    /// objects with the same sharding keys, so later migrations rewrite alike on both.
+    #[test]
+    fn the_baseline_and_the_migrations_make_the_same_cluster_objects() {
+        let mut fresh = ddl();
+        for s in statements(BASELINE_SQL) {
+            one(&mut fresh, &s);
+        }
+        let mut upgraded = ddl();
+        for m in MIGRATIONS {
+            for s in statements(m.sql) {
+                one(&mut upgraded, &s);
+            }
+        }
+        let sorted = |ddl: &ClusterDdl| {
+            let mut objects: Vec<_> = ddl
+                .catalog
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone(), ddl.shard_keys.get(k).cloned()))
+                .collect();
+            objects.sort_by(|a, b| a.0.cmp(&b.0));
+            objects
+        };
+        assert_eq!(sorted(&fresh), sorted(&upgraded));
     }
 
     /// Every migration there is, fed in order, rewrites for a cluster: a migration the rewrite

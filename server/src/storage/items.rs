@@ -345,7 +345,7 @@ pub async fn handle_time_samples(
                           argMaxIf(action, time_ms, kind = 'work_item') AS last_action,
                           maxIf(time_ms, action = 'completed') AS completed_ms
                    FROM (SELECT DISTINCT item_id, device_id, seq, kind, state, action, time_ms, end_ms
-                         FROM item_events_v2
+                         FROM item_events
                          WHERE tenant_id = ? AND event_date >= toDate(toDateTime(intDiv(?, 1000)))
                            AND time_ms >= ?)
                    GROUP BY item_id

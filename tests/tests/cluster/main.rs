@@ -27,7 +27,7 @@ use backlight_e2e::harness::server::{admin, try_admin};
 use backlight_e2e::harness::{http_client, unique_name};
 use backlight_e2e::*;
 use backlight_server::clickhouse::{ClickHouseConfig, ClusterConfig, InsertQuorum};
-use backlight_server::storage::migrations::migrate_through;
+use backlight_server::storage::migrations::{migrate, migrate_through};
 use clickhouse::Compression;
 use uuid::Uuid;
 
@@ -68,7 +68,8 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
         ..ServerOptions::default()
     };
     // The upgrade path: the database is first made as a release before migration 16 made it,
-    // so the servers apply 16 (ADD COLUMN on `events`) to an existing cluster database.
+    // so the servers apply 16 (ADD COLUMN on `events`) and 17 (RENAME, DROP) to an existing
+    // cluster database.
     let old_release = ClickHouseConfig {
         url: cluster.node(2, 1).url(),
         database: database.clone(),
@@ -120,6 +121,63 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
             .tsv("SELECT table FROM system.columns WHERE database = currentDatabase() AND name = 'session_client' ORDER BY table")
             .await;
         assert_eq!(added, vec![vec!["events"], vec!["events_local"]], "{id}");
+        // Migration 17 renamed the `_v2` tables (local and Distributed) and dropped the
+        // tables nothing reads, on every node.
+        let renamed = ch
+            .db(&database)
+            .tsv("SELECT name, engine FROM system.tables WHERE database = currentDatabase() AND (name LIKE 'item_events%' OR name LIKE 'item_registrations%' OR name LIKE 'report_rollup%') ORDER BY name")
+            .await;
+        let expected: Vec<Vec<String>> = [
+            ("item_events", "Distributed"),
+            ("item_events_local", "ReplicatedReplacingMergeTree"),
+            ("item_events_mv", "MaterializedView"),
+            ("report_rollup", "Distributed"),
+            ("report_rollup_local", "ReplicatedReplacingMergeTree"),
+            ("report_rollup_state", "Distributed"),
+            ("report_rollup_state_local", "ReplicatedReplacingMergeTree"),
+        ]
+        .iter()
+        .map(|(name, engine)| vec![name.to_string(), engine.to_string()])
+        .collect();
+        assert_eq!(renamed, expected, "{id}");
+    }
+    // A new database (the baseline, rewritten for the cluster) has the same tables, engines,
+    // keys and columns on every node as the upgraded one (only ZooKeeper paths differ).
+    let new_database = unique_name("cluster_new");
+    let new_release = ClickHouseConfig {
+        database: new_database.clone(),
+        ..old_release.clone()
+    };
+    migrate(
+        &new_release.client_without_database(Compression::None),
+        &new_database,
+        &new_release.client(Compression::None),
+        new_release.cluster.as_ref().map(|c| &c.name),
+    )
+    .await
+    .expect("a new database on the cluster");
+    for (id, ch) in cluster.nodes() {
+        let schema = |database: String| {
+            let ch = ch.db(&database);
+            async move {
+                ch.tsv("SELECT kind, a, b, c, d, e FROM (
+                          SELECT 'table' AS kind, name AS a, engine AS b, sorting_key AS c, partition_key AS d, '' AS e
+                          FROM system.tables WHERE database = currentDatabase()
+                          UNION ALL
+                          SELECT 'column' AS kind, table AS a, name AS b, type AS c, default_kind AS d, default_expression AS e
+                          FROM system.columns WHERE database = currentDatabase()
+                        ) ORDER BY kind, a, b")
+                    .await
+            }
+        };
+        let new = schema(new_database.clone()).await;
+        assert!(
+            new.iter()
+                .any(|row| row[..3]
+                    == ["table", "item_events_local", "ReplicatedReplacingMergeTree"]),
+            "{id}: {new:?}"
+        );
+        assert_eq!(new, schema(database.clone()).await, "{id}");
     }
 
     // The registry is shared: a tenant made through A, its key through B.

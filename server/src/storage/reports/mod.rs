@@ -2,14 +2,14 @@
 //! and `0008_report_rollup_by_device.sql`, definitions in `docs/metrics.md`).
 //!
 //! Reading 30 days of raw `events` with a dedupe (FINAL, or GROUP BY device, seq) costs seconds
-//! on 18.16 at 10M rows. Reports therefore read `report_rollup_v2`: deduplicated span time and
+//! on 18.16 at 10M rows. Reports therefore read `report_rollup`: deduplicated span time and
 //! completions per (device, 15-minute UTC bucket, item), sorted by device so a team's report
 //! reads only its devices. [`refresh`] keeps it exact:
 //!
 //! 1. `report_day_rows` (a materialized view) counts every row inserted into `events` per
 //!    (tenant, device, UTC day), duplicates included.
 //! 2. A (device, day) whose count differs from the count its newest rollup build recorded in
-//!    `report_rollup_state_v2` is rebuilt from `events`, deduplicated by (device, seq), as a new
+//!    `report_rollup_state` is rebuilt from `events`, deduplicated by (device, seq), as a new
 //!    version; its state row is written after its rows.
 //! 3. Readers use only rows of the newest version of each (device, day).
 //!
@@ -149,9 +149,9 @@ impl ReportQuery {
         self.from_ms.saturating_sub(HANDLE_LOOKBACK_MS)
     }
 
-    /// `report_rollup_v2` rows of the newest build, UTC days of `[lo, to)`.
+    /// `report_rollup` rows of the newest build, UTC days of `[lo, to)`.
     fn current_rollup(&self, sql: &mut Sql, lo: u64) {
-        sql.push("report_rollup_v2 WHERE ");
+        sql.push("report_rollup WHERE ");
         self.current_rollup_conditions(sql, lo);
     }
 
@@ -163,7 +163,7 @@ impl ReportQuery {
             .str(&utc_day(lo))
             .push(") AND day <= toDate(")
             .str(&utc_day(self.to_ms - 1))
-            .push(") AND (device_id, day, version) IN (SELECT device_id, day, max(version) FROM report_rollup_state_v2 WHERE tenant_id = ")
+            .push(") AND (device_id, day, version) IN (SELECT device_id, day, max(version) FROM report_rollup_state WHERE tenant_id = ")
             .str(&self.tenant)
             .push(" AND day >= toDate(")
             .str(&utc_day(lo))
@@ -381,7 +381,7 @@ async fn rebuild(client: &Client, tenant: &str, chunk: &[Stale]) -> Result<(), C
     })
     .await?;
     with_write_retry(|| async move {
-        let mut insert = client.insert::<StateRow>("report_rollup_state_v2").await?;
+        let mut insert = client.insert::<StateRow>("report_rollup_state").await?;
         for s in chunk {
             insert
                 .write(&StateRow {
@@ -521,7 +521,7 @@ pub async fn item_figures(
     counted(&mut sql);
     sql.push(") AS gs0, groupArrayIf(completed_ms, ");
     counted(&mut sql);
-    sql.push(") AS ds FROM report_rollup_v2");
+    sql.push(") AS ds FROM report_rollup");
     // A team's items are a small share of all: PREWHERE reads only `item_id` to find their
     // rows, and the other columns only of granules that hold some.
     if q.devices.is_some() {
@@ -582,13 +582,13 @@ pub async fn backlog(
     if let Some(queue) = queue {
         sql.push(" AND queue = ").str(queue);
     }
-    // `item_events_v2` holds every event naming an item, sorted by item: the completions are a
+    // `item_events` holds every event naming an item, sorted by item: the completions are a
     // narrow read there. Duplicates of a re-sent batch cannot change "completed or not".
     // Items are matched by a 64-bit hash of their id: a set of integers is built and probed
     // about twice as fast as one of strings on 18.16. An open item would be missed only if its
     // hash equalled a completed item's: about n_open × n_completed / 2^64, under 10^-8 per
     // report at a million items (docs/metrics.md, "Backlog").
-    sql.push(" AND cityHash64(item_id) NOT IN (SELECT cityHash64(item_id) FROM item_events_v2 WHERE tenant_id = ")
+    sql.push(" AND cityHash64(item_id) NOT IN (SELECT cityHash64(item_id) FROM item_events WHERE tenant_id = ")
         .str(tenant)
         .push(" AND action = 'completed' AND time_ms < ")
         .u64(to_ms)

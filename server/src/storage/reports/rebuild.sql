@@ -3,7 +3,7 @@
 -- started on that day - 7 or later.
 -- Binds: version, tenant, devices (array of UUID strings, never empty), first day, last day
 -- ('YYYY-MM-DD'), pairs (array of (UUID string, 'YYYY-MM-DD') tuples).
-INSERT INTO report_rollup_v2 (tenant_id, device_id, day, bucket_ms, item_id, active_ms, idle_ms, completed_ms, version)
+INSERT INTO report_rollup (tenant_id, device_id, day, bucket_ms, item_id, active_ms, idle_ms, completed_ms, version)
 SELECT tenant_id, device_id, day, bucket_ms, item_id, sum(active), sum(idle),
        if(min(done) = 18446744073709551615, 0, min(done)), toUInt64(?)
 FROM (

@@ -5,7 +5,7 @@ SELECT device_id, toUInt16(day) AS day_number, rows FROM
   (SELECT device_id, day, sum(rows) AS rows FROM report_day_rows
    WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day) AS counted
 ANY LEFT JOIN
-  (SELECT device_id, day, argMax(source_rows, version) AS built FROM report_rollup_state_v2
+  (SELECT device_id, day, argMax(source_rows, version) AS built FROM report_rollup_state
    WHERE tenant_id = ? AND day >= toDate(?) AND day <= toDate(?) GROUP BY device_id, day) AS rollup_state
 USING (device_id, day)
 WHERE built != rows
