@@ -30,7 +30,7 @@
 //! # Map
 //!
 //! - [`harness::clickhouse`]: [`ClickHouse`] (start, stop, restart on the same ports with data
-//!   kept) and [`Db`], an HTTP query helper bound to one database.
+//!   kept) and [`Db`], SQL against one database through the server's own ClickHouse client.
 //! - [`harness::cluster`]: [`ClickHouseCluster`], shards and replicas of ClickHouse on loopback
 //!   with their own [`ZooKeeper`] ([`harness::zookeeper`]), any node killable and restartable.
 //! - [`harness::server`]: [`Server`], the real server binary (readiness, kill -9, restart on the
