@@ -976,7 +976,8 @@ impl QueryCpu {
 }
 
 /// Sums `UserTimeMicroseconds + SystemTimeMicroseconds` of the finished queries the server
-/// (the `clickhouse` crate's user agent) started in `[from_ms, to_ms)`.
+/// started in `[from_ms, to_ms)`: the `clickhouse` crate's user agent without the harness's
+/// product name (this generator's own probes use the same crate through the harness).
 async fn query_log_cpu(ch: &Db, (from_ms, to_ms): (u64, u64)) -> Result<QueryCpu> {
     ch.try_query("SYSTEM FLUSH LOGS").await?;
     let sql = format!(
@@ -988,11 +989,13 @@ async fn query_log_cpu(ch: &Db, (from_ms, to_ms): (u64, u64)) -> Result<QueryCpu
                                       ProfileEvents.Names, ProfileEvents.Values)))
          FROM system.query_log
          WHERE type = 2 AND http_user_agent LIKE '%clickhouse-rs/%'
+           AND http_user_agent NOT LIKE '%{harness}/%'
            AND event_date >= toDate(toDateTime({from_s})) AND query_start_time >= toDateTime({from_s})
            AND query_start_time < toDateTime({to_s})
          GROUP BY kind FORMAT TSV",
         from_s = from_ms / 1000,
         to_s = to_ms / 1000,
+        harness = backlight_e2e::harness::clickhouse::PRODUCT,
     );
     let text = ch.try_query(&sql).await?;
     let mut cpu = QueryCpu::default();

@@ -160,6 +160,9 @@ pub struct Db {
     client: Client,
 }
 
+/// The product name [`Db`] adds to its User-Agent (`backlight-e2e/0.1.0 clickhouse-rs/…`).
+pub const PRODUCT: &str = "backlight-e2e";
+
 /// A query of [`Db`] failed; says which statement and which ClickHouse.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -197,11 +200,14 @@ impl Db {
     }
 
     fn client(config: &ClickHouseConfig, settings: &[(String, String)]) -> Client {
-        settings
-            .iter()
-            .fold(config.client(Compression::None), |client, (name, value)| {
-                client.with_setting(name.clone(), value.clone())
-            })
+        // The product name in the User-Agent tells the harness's and the load generators'
+        // queries from the server's in `system.query_log` (see lookupgen's `--query-log`).
+        let client = config
+            .client(Compression::None)
+            .with_product_info(PRODUCT, env!("CARGO_PKG_VERSION"));
+        settings.iter().fold(client, |client, (name, value)| {
+            client.with_setting(name.clone(), value.clone())
+        })
     }
 
     fn rebuild(&mut self) {
