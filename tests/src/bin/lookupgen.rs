@@ -951,12 +951,12 @@ async fn time_eta_scan(ch: &Db, tenant: &str) -> Result<f64> {
                   argMaxIf(action, time_ms, kind = 'work_item') AS last_action,
                   maxIf(time_ms, action = 'completed') AS completed_ms
            FROM (SELECT DISTINCT item_id, device_id, seq, kind, state, action, time_ms, end_ms
-                 FROM item_events_v2 WHERE tenant_id = {t}
+                 FROM item_events WHERE tenant_id = {t}
                    AND event_date >= toDate(toDateTime(intDiv({spans_from}, 1000))) AND time_ms >= {spans_from})
            GROUP BY item_id HAVING last_action = 'completed' AND completed_ms >= {}
            ORDER BY completed_ms DESC LIMIT 20000
-         ) ANY LEFT JOIN (SELECT item_id, argMax(queue, updated_ms) AS queue FROM items
-                          WHERE tenant_id = {t} GROUP BY item_id) USING item_id)",
+         ) AS completed ANY LEFT JOIN (SELECT item_id, argMax(queue, updated_ms) AS queue FROM items
+                          WHERE tenant_id = {t} GROUP BY item_id) AS registered USING item_id)",
         now - 30 * DAY_MS
     );
     timed(ch, &sql).await
