@@ -36,60 +36,28 @@ KEEP="${KEEP:-0}"
 RESULTS="${RESULTS:-}"
 SERVER_ARGS="${SERVER_ARGS:-}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+BUILD_PROFILE=release # build_bins: this script runs release builds only
 
-for tool in curl timeout; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "bench-attacks: $tool is required" >&2; exit 1; }
-done
+require curl timeout
 
 WORK="$(mktemp -d -t backlight-attacks.XXXXXX)"
 DATA="$WORK/data"
 SERVER_PID=""
 CHILD_PID=""
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [ -n "$CHILD_PID" ] && kill -0 "$CHILD_PID" 2>/dev/null; then
-    kill -TERM "$CHILD_PID" 2>/dev/null || true
-  fi
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    # The server stops its embedded ClickHouse itself after a TERM.
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  wait 2>/dev/null || true
-  if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
-    echo "bench-attacks: work directory kept: $WORK (server log: $WORK/server.log)" >&2
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_traps "server log: $WORK/server.log"
 
-if [ "$SKIP_BUILD" != 1 ]; then
-  echo "==> building release binaries"
-  bounded 3600 cargo build --release -p backlight-server -p backlight-e2e \
-    --bin backlight-server --bin backlight-attackgen
-fi
+build_bins -p backlight-server -p backlight-e2e \
+  --bin backlight-server --bin backlight-attackgen
 SERVER_BIN="${SERVER_BIN:-$TARGET_DIR/release/backlight-server}"
 ATTACKGEN_BIN="$TARGET_DIR/release/backlight-attackgen"
 
 mkdir -p "$DATA"
 echo "==> starting $SERVER_BIN; ClickHouse: embedded, under $DATA/clickhouse"
-PORT="$(free_port)"
-URL="http://127.0.0.1:$PORT"
 # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags.
-"$SERVER_BIN" --data-dir "$DATA" --listen "127.0.0.1:$PORT" $SERVER_ARGS >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 240); do
-  curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited:"; tail -20 "$WORK/server.log"; exit 1; }
-  sleep 0.5
-done
-curl -fsS "$URL/readyz" >/dev/null || { echo "server not ready after 120 s:"; tail -20 "$WORK/server.log"; exit 1; }
+start_server "$SERVER_BIN" "$WORK/server.log" --data-dir "$DATA" $SERVER_ARGS
+URL="$STARTED_URL"
+SERVER_PID="$STARTED_PID"
 echo "    listening on $URL (pid $SERVER_PID)"
 
 bounded 60 "$SERVER_BIN" --data-dir "$DATA" admin tenant create attacks >/dev/null

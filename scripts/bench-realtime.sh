@@ -42,10 +42,9 @@ SKIP_BUILD="${SKIP_BUILD:-0}"
 KEEP="${KEEP:-0}"
 RESULTS="${RESULTS:-}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+BUILD_PROFILE=release # build_bins: this script runs release builds only
 
-for tool in curl jq timeout pgrep; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "bench-realtime: $tool is required" >&2; exit 1; }
-done
+require curl jq timeout pgrep
 
 WORK="$(mktemp -d -t backlight-realtime.XXXXXX)"
 DATA="$WORK/data"
@@ -63,71 +62,28 @@ stop() { # stop PID SECONDS: TERM, wait, KILL
   kill -KILL "$pid" 2>/dev/null || true
 }
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop "$CHILD_PID" 5
+# What bench_exit stops before the servers.
+stop_more() {
   stop "$LOAD_PID" 5
   stop "$AGENT_PID" 15
-  # The server stops its embedded ClickHouse itself after a TERM.
-  stop "$SERVER_PID" 30
-  wait 2>/dev/null || true
-  if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
-    echo "bench-realtime: work directory kept: $WORK (logs: server.log, agent.log, load.log)" >&2
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_traps "logs: server.log, agent.log, load.log"
 
-if [ "$SKIP_BUILD" != 1 ]; then
-  echo "==> building release binaries"
-  bounded 3600 cargo build --release -p backlight-server -p backlight-agent -p backlight-e2e
-fi
+build_bins -p backlight-server -p backlight-agent -p backlight-e2e
 SERVER_BIN="${SERVER_BIN:-$TARGET_DIR/release/backlight-server}"
 AGENT_BIN="${AGENT_BIN:-$TARGET_DIR/release/backlight-agent}"
 REALTIME_BIN="$TARGET_DIR/release/backlight-realtime"
 LOADGEN_BIN="$TARGET_DIR/release/backlight-loadgen"
 
-# The load generator enrolls 1,000 simulated desktops within seconds: lift the enrollment rate
-# limits (docs/security.md) as bench-ingest.sh does, and give it the /metrics token it reads the
-# server's INSERT counters with (an older SERVER_BIN ignores these variables).
-export BACKLIGHT_ENROLL_RATE=100000 BACKLIGHT_ENROLL_KEY_RATE=100000
-BACKLIGHT_METRICS_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-export BACKLIGHT_METRICS_TOKEN
+load_generator_env
 mkdir -p "$DATA"
 echo "==> starting backlight-server; ClickHouse: embedded, under $DATA/clickhouse"
-for attempt in 1 2 3; do
-  PORT="$(free_port)"
-  URL="http://127.0.0.1:$PORT"
-  # The simulated agents are connections from 127.0.0.1 like the measuring tool: lift the
-  # per-address cap (256) that a real fleet, each desktop on its own address, never meets.
-  "$SERVER_BIN" --data-dir "$DATA" --listen "127.0.0.1:$PORT" --max-connections-per-ip 10000 \
-    >"$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 240); do
-    curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.5
-  done
-  if curl -fsS "$URL/readyz" >/dev/null 2>&1; then break; fi
-  if kill -0 "$SERVER_PID" 2>/dev/null; then echo "server not ready after 120 s:"; tail -20 "$WORK/server.log"; exit 1; fi
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
-  if [ "$attempt" -lt 3 ] && grep -q "Address already in use" "$WORK/server.log"; then
-    echo "    port $PORT was taken meanwhile; trying another"
-    sleep 3
-    continue
-  fi
-  echo "server exited:"; tail -20 "$WORK/server.log"; exit 1
-done
-CH_URL="$(cat "$DATA/clickhouse/endpoint")"
-# The embedded ClickHouse's password (0600 in its directory); the generator reads it here.
-BACKLIGHT_CLICKHOUSE_PASSWORD="$(cat "$DATA/clickhouse/password" 2>/dev/null || true)"
-export BACKLIGHT_CLICKHOUSE_PASSWORD
-CH_VERSION="$(curl -fsS -H "X-ClickHouse-User: default" -H "X-ClickHouse-Key: $BACKLIGHT_CLICKHOUSE_PASSWORD" --data-binary 'SELECT version()' "$CH_URL/")"
+# The simulated agents are connections from 127.0.0.1 like the measuring tool: lift the
+# per-address cap (256) that a real fleet, each desktop on its own address, never meets.
+start_server "$SERVER_BIN" "$WORK/server.log" --data-dir "$DATA" --max-connections-per-ip 10000
+URL="$STARTED_URL"
+SERVER_PID="$STARTED_PID"
+embedded_clickhouse "$DATA" "$SERVER_PID"
 echo "    listening on $URL; server pid $SERVER_PID; ClickHouse $CH_VERSION"
 
 echo "==> tenant 'bench', an enrollment key and a cc_agent API key"

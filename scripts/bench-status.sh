@@ -47,9 +47,7 @@ RESULTS="${RESULTS:-}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BUILD_PROFILE="${BUILD_PROFILE:-release}"
 
-for tool in curl jq timeout pgrep; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "bench-status: $tool is required" >&2; exit 1; }
-done
+require curl jq timeout pgrep
 if [ "$RUNS" -lt 1 ] || [ "$RUNS" -gt 10 ]; then echo "bench-status: RUNS must be 1..10" >&2; exit 1; fi
 
 WORK="$(mktemp -d -t backlight-status.XXXXXX)"
@@ -58,50 +56,13 @@ SERVER_PID=""
 CH_PID=""
 CHILD_PID=""
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [ -n "$CHILD_PID" ] && kill -0 "$CHILD_PID" 2>/dev/null; then
-    kill -TERM "$CHILD_PID" 2>/dev/null || true
-  fi
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    # The server stops its embedded ClickHouse itself after a TERM.
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  if [ -n "$CH_PID" ] && kill -0 "$CH_PID" 2>/dev/null; then
-    for _ in $(seq 1 30); do kill -0 "$CH_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$CH_PID" 2>/dev/null || true
-  fi
-  wait 2>/dev/null || true
-  if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
-    echo "bench-status: work directory kept: $WORK (server log: $WORK/server.log)" >&2
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_traps "server log: $WORK/server.log"
 
-if [ "$SKIP_BUILD" != 1 ]; then
-  echo "==> building $BUILD_PROFILE binaries"
-  if [ "$BUILD_PROFILE" = release ]; then
-    bounded 3600 cargo build --release -p backlight-server -p backlight-e2e
-  else
-    bounded 3600 cargo build -p backlight-server -p backlight-e2e
-  fi
-fi
+build_bins -p backlight-server -p backlight-e2e
 SERVER_BIN="${SERVER_BIN:-$TARGET_DIR/$BUILD_PROFILE/backlight-server}"
 LOOKUPGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-lookupgen"
 
-# The load generator enrolls hundreds of simulated desktops within seconds: lift the enrollment
-# rate limits (docs/security.md) so the run measures capacity, not the limit. It reads the
-# server's /metrics with the same token (an older SERVER_BIN ignores both variables).
-export BACKLIGHT_ENROLL_RATE=100000 BACKLIGHT_ENROLL_KEY_RATE=100000
-BACKLIGHT_METRICS_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-export BACKLIGHT_METRICS_TOKEN
+load_generator_env
 mkdir -p "$DATA"
 if [ "$QUERY_LOG" = 1 ]; then
   # ClickHouse merges users.d/*.xml into the users.xml the server writes for it.
@@ -110,34 +71,10 @@ if [ "$QUERY_LOG" = 1 ]; then
     >"$DATA/clickhouse/users.d/log_queries.xml"
 fi
 echo "==> starting backlight-server ($BUILD_PROFILE); ClickHouse: embedded, under $DATA/clickhouse"
-for attempt in 1 2 3; do
-  PORT="$(free_port)"
-  URL="http://127.0.0.1:$PORT"
-  "$SERVER_BIN" --data-dir "$DATA" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 240); do
-    curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.5
-  done
-  if curl -fsS "$URL/readyz" >/dev/null 2>&1; then break; fi
-  if kill -0 "$SERVER_PID" 2>/dev/null; then echo "server not ready after 120 s:"; tail -20 "$WORK/server.log"; exit 1; fi
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
-  if [ "$attempt" -lt 3 ] && grep -q "Address already in use" "$WORK/server.log"; then
-    echo "    port $PORT was taken meanwhile; trying another"
-    sleep 3
-    continue
-  fi
-  echo "server exited:"; tail -20 "$WORK/server.log"; exit 1
-done
-CH_URL="$(cat "$DATA/clickhouse/endpoint")"
-# The embedded ClickHouse's password (0600 in its directory); the load generator reads it here.
-BACKLIGHT_CLICKHOUSE_PASSWORD="$(cat "$DATA/clickhouse/password" 2>/dev/null || true)"
-export BACKLIGHT_CLICKHOUSE_PASSWORD
-CH_AUTH=(-H "X-ClickHouse-User: default" -H "X-ClickHouse-Key: $BACKLIGHT_CLICKHOUSE_PASSWORD")
-CH_PID="$(pgrep -P "$SERVER_PID" | head -1 || true)"
-CH_VERSION="$(curl -fsS "${CH_AUTH[@]}" --data-binary 'SELECT version()' "$CH_URL/")"
+start_server "$SERVER_BIN" "$WORK/server.log" --data-dir "$DATA"
+URL="$STARTED_URL"
+SERVER_PID="$STARTED_PID"
+embedded_clickhouse "$DATA" "$SERVER_PID"
 echo "    listening on $URL; server pid $SERVER_PID; ClickHouse $CH_VERSION pid ${CH_PID:-?}"
 
 echo "==> creating tenant 'bench', an enrollment key and API keys (admin, cc_agent)"

@@ -43,69 +43,13 @@ RESULTS="${RESULTS:-}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BUILD_PROFILE="${BUILD_PROFILE:-release}"
 
-for tool in curl jq timeout pgrep; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "bench-streams: $tool is required" >&2; exit 1; }
-done
+require curl jq timeout pgrep
 if [ "$RUNS" -lt 1 ] || [ "$RUNS" -gt 10 ]; then echo "bench-streams: RUNS must be 1..10" >&2; exit 1; fi
 
 WORK="$(mktemp -d -t backlight-streams.XXXXXX)"
-PIDS=()
+bench_traps "server logs: $WORK/*.log"
 
-stop_servers() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    # A TERMed server stops its embedded ClickHouse itself.
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  stop_servers
-  wait 2>/dev/null || true
-  if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
-    echo "bench-streams: work directory kept: $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start_server BIN LOG ARGS... -> sets STARTED_URL and STARTED_PID
-start_server() {
-  local bin="$1" log="$2"; shift 2
-  local port url pid
-  port="$(free_port)"
-  url="http://127.0.0.1:$port"
-  "$bin" --listen "127.0.0.1:$port" "$@" >"$log" 2>&1 &
-  pid=$!
-  PIDS+=("$pid")
-  for _ in $(seq 1 240); do
-    curl -fsS "$url/readyz" >/dev/null 2>&1 && break
-    kill -0 "$pid" 2>/dev/null || { echo "server exited:"; tail -20 "$log"; exit 1; }
-    sleep 0.5
-  done
-  curl -fsS "$url/readyz" >/dev/null || { echo "server not ready:"; tail -20 "$log"; exit 1; }
-  STARTED_URL="$url"
-  STARTED_PID="$pid"
-}
-
-if [ "$SKIP_BUILD" != 1 ]; then
-  echo "==> building $BUILD_PROFILE binaries"
-  if [ "$BUILD_PROFILE" = release ]; then
-    timeout 3600 cargo build --release -p backlight-server -p backlight-e2e
-  else
-    timeout 3600 cargo build -p backlight-server -p backlight-e2e
-  fi
-fi
+build_bins -p backlight-server -p backlight-e2e
 THIS_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-server"
 STREAMGEN_BIN="$TARGET_DIR/$BUILD_PROFILE/backlight-streamgen"
 
@@ -124,11 +68,9 @@ for build in "${builds[@]}"; do
   # shellcheck disable=SC2046 # the extra flags are words on purpose
   start_server "$bin" "$WORK/$name-a.log" --data-dir "$data" $(extra_args "$name")
   URL_A="$STARTED_URL"; PID_A="$STARTED_PID"
-  CH_URL="$(cat "$data/clickhouse/endpoint")"
-  CH_PID="$(pgrep -P "$PID_A" | head -1 || true)"
-  # The embedded ClickHouse's password, when this build sets one (0600 in its directory):
-  # server B and the generator read it from the environment.
-  BACKLIGHT_CLICKHOUSE_PASSWORD="$(cat "$data/clickhouse/password" 2>/dev/null || true)"
+  embedded_clickhouse "$data" "$PID_A"
+  # The embedded ClickHouse's password, when this build sets one: server B and the generator
+  # read it from the environment.
   if [ -n "$BACKLIGHT_CLICKHOUSE_PASSWORD" ]; then
     export BACKLIGHT_CLICKHOUSE_PASSWORD BACKLIGHT_CLICKHOUSE_USER=default
   else
@@ -137,7 +79,7 @@ for build in "${builds[@]}"; do
   # shellcheck disable=SC2046
   start_server "$bin" "$WORK/$name-b.log" --data-dir "$WORK/$name-data-b" --clickhouse-url "$CH_URL" $(extra_args "$name")
   URL_B="$STARTED_URL"
-  echo "    A $URL_A (pid $PID_A), B $URL_B, ClickHouse $CH_URL (pid ${CH_PID:-?}) $(curl -fsS -H "X-ClickHouse-User: default" -H "X-ClickHouse-Key: ${BACKLIGHT_CLICKHOUSE_PASSWORD:-}" --data-binary 'SELECT version()' "$CH_URL/")"
+  echo "    A $URL_A (pid $PID_A), B $URL_B, ClickHouse $CH_URL (pid ${CH_PID:-?}) $CH_VERSION"
 
   admin() { timeout 60 "$bin" --data-dir "$data" admin "$@" 2>/dev/null; }
   admin tenant create bench >/dev/null

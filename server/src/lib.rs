@@ -6,7 +6,8 @@
 //! - [`cli`]: the command-line contract.
 //! - [`serve`] / [`admin`]: the two things the binary does.
 //! - [`launch`]: which ClickHouse to use (external URL or embedded and supervised).
-//! - [`clickhouse`]: client configuration, the embedded ClickHouse process.
+//! - [`clickhouse`]: client configuration (every ClickHouse client of the project, the tools'
+//!   included, is built there), the embedded ClickHouse process.
 //! - [`storage`]: all SQL — migrations, registry, events, items, reports, audit.
 //! - [`items`], [`reports`]: pure domain logic (item status, SLA, ETA; report figures).
 //! - [`ingest`]: the ingest path — shares, body, decoding, first copy, group commit — and

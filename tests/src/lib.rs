@@ -30,7 +30,7 @@
 //! # Map
 //!
 //! - [`harness::clickhouse`]: [`ClickHouse`] (start, stop, restart on the same ports with data
-//!   kept) and [`Db`], an HTTP query helper bound to one database.
+//!   kept) and [`Db`], SQL against one database through the server's own ClickHouse client.
 //! - [`harness::cluster`]: [`ClickHouseCluster`], shards and replicas of ClickHouse on loopback
 //!   with their own [`ZooKeeper`] ([`harness::zookeeper`]), any node killable and restartable.
 //! - [`harness::server`]: [`Server`], the real server binary (readiness, kill -9, restart on the
@@ -47,13 +47,18 @@
 //!   secret anywhere" check of the desktop tests.
 //! - [`harness::xvfb`]: a throwaway X server and `xdotool`, for the desktop tests.
 //!
+//! [`loadkit`] is what the load generators (`src/bin/`) share beyond the harness: readiness,
+//! enrollment and `/metrics` of a server, a loopback-only [`Db`], CPU and memory from `/proc`,
+//! percentiles.
+//!
 //! **Invariant:** a missing ClickHouse or binary fails the test loudly with what to do about it;
 //! nothing here ever skips a test.
 
 pub mod harness;
+pub mod loadkit;
 
 pub use harness::agent::{write_lines, Agent, AgentStatus};
-pub use harness::clickhouse::{ClickHouse, Db};
+pub use harness::clickhouse::{ClickHouse, Db, DbError};
 pub use harness::cluster::{ClickHouseCluster, NodeId};
 pub use harness::file_agent::{assert_every_seq_once, assert_file_stored_once, FileAgent};
 pub use harness::ingest::{

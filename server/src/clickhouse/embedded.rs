@@ -1213,6 +1213,7 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clickhouse::{ClickHouseConfig, ClickHouseError, QUERY_TIMEOUT};
 
     /// Starts a child or fails the test with the full error (e.g. the install hint when the
     /// binary is missing): these tests must never silently skip.
@@ -1222,17 +1223,28 @@ mod tests {
             .unwrap_or_else(|e| panic!("starting ClickHouse failed: {e}"))
     }
 
-    /// Runs `sql` over HTTP as [`USER`] with the password of the ClickHouse under `dir` and
-    /// returns the body, failing the test on a non-200 answer.
+    /// Runs `sql` as [`USER`] with the password of the ClickHouse under `dir` (through the
+    /// product's own client) and returns the answer, failing the test on an error.
     async fn query_in(dir: &Path, url: &str, sql: &str) -> String {
         let password = read_password(dir).expect("the password file");
-        let path = format!("/?user={USER}&password={password}");
-        let (status, body) = http_exchange(url, "POST", &path, sql.as_bytes())
+        fetch_text(&config(url, Some(password)), sql)
             .await
-            .unwrap_or_else(|e| panic!("query {sql:?} failed: {e}"));
-        let body = String::from_utf8_lossy(&body).into_owned();
-        assert_eq!(status, 200, "query {sql:?} answered {status}: {body}");
-        body
+            .unwrap_or_else(|e| panic!("query {sql:?} failed: {e}"))
+    }
+
+    fn config(url: &str, password: Option<String>) -> ClickHouseConfig {
+        ClickHouseConfig {
+            url: url.to_string(),
+            database: "default".into(),
+            user: password.is_some().then(|| USER.to_string()),
+            password,
+            cluster: None,
+        }
+    }
+
+    async fn fetch_text(config: &ClickHouseConfig, sql: &str) -> Result<String, ClickHouseError> {
+        let client = config.client(clickhouse::Compression::None);
+        crate::clickhouse::raw::fetch_text(&client, sql, "TSV", QUERY_TIMEOUT).await
     }
 
     fn process_exists(pid: u32) -> bool {
@@ -1246,10 +1258,8 @@ mod tests {
     async fn only_the_password_from_the_private_directory_opens_it() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ch = start(tmp.path(), None).await;
-        let (status, body) = http_exchange(&ch.url(), "POST", "/", b"SELECT 1")
-            .await
-            .expect("answer");
-        assert_ne!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let refused = fetch_text(&config(&ch.url(), None), "SELECT 1").await;
+        assert!(refused.is_err(), "{refused:?}");
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&tmp.path().join(PASSWORD_FILE)), 0o600);
         assert_eq!(mode(&tmp.path().join("users.xml")), 0o600);

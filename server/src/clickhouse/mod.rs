@@ -6,9 +6,13 @@
 //! crate sends for it) and is the one place that chooses compression, after a round-trip
 //! self-test proved that choice works against the server at hand. On a cluster it is also the
 //! one place that sets how every query and INSERT treats the cluster ([`ClusterConfig`]), so
-//! every writer (ingest, registry, audit, rollup) gets the same guarantees.
+//! every writer (ingest, registry, audit, rollup) gets the same guarantees. The tools around
+//! the server (the `admin` command, the end-to-end harness, the load generators) build their
+//! clients here too and send hand-written SQL through [`raw::fetch_text`]: there is no second
+//! HTTP client for ClickHouse (only [`embedded`]'s `/ping`, before a client is worth building).
 
 pub mod embedded;
+pub mod raw;
 
 use std::fmt;
 use std::str::FromStr;
@@ -135,6 +139,9 @@ pub enum ClickHouseError {
     /// The database or the cluster does not fit this configuration, or a migration failed.
     #[error("{0}")]
     Schema(String),
+    /// A text answer ([`raw::fetch_text`]) that is not UTF-8.
+    #[error("ClickHouse's answer is not UTF-8 text: {0}")]
+    NotText(std::str::Utf8Error),
 }
 
 impl ClickHouseConfig {

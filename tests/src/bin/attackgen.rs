@@ -27,9 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use backlight_e2e::loadkit::{self, procfs::sample_memory};
 use backlight_e2e::{activity_span, batch, now_ms, work_item, zstd, Device, ItemAction};
 use backlight_server::cli::parse_duration;
-use backlight_shared::api::{EnrollRequest, EnrollResponse, ENROLL_PATH, INGEST_PATH};
+use backlight_shared::api::INGEST_PATH;
 use clap::Parser;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::json;
@@ -199,20 +200,14 @@ async fn main() -> Result<()> {
 }
 
 async fn enroll(http: &reqwest::Client, args: &Args) -> Result<Device> {
-    let request = EnrollRequest {
-        enrollment_key: args.enrollment_key.clone(),
-        hostname: "attackgen".into(),
-        agent_version: "0.0.0-attackgen".into(),
-        os: "linux".into(),
-    };
-    let answer: EnrollResponse = http
-        .post(format!("{}{ENROLL_PATH}", args.server))
-        .json(&request)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let answer = loadkit::server::enroll(
+        http,
+        &args.server,
+        &args.enrollment_key,
+        "attackgen".into(),
+        "0.0.0-attackgen",
+    )
+    .await?;
     Ok(Device {
         id: answer.device_id,
         tenant: answer.tenant_id,
@@ -560,20 +555,9 @@ async fn measure(
 
 /// Highest VmRSS of `pid` until `until`, in MB.
 async fn sample_rss(pid: u32, until: Instant) -> f64 {
-    let mut peak_kb = 0u64;
-    while Instant::now() < until {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak_kb = peak_kb.max(kb);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    peak_kb as f64 / 1024.0
+    let never = Arc::new(AtomicBool::new(false));
+    let [memory] = sample_memory([Some(pid)], Duration::from_millis(100), never, until).await;
+    memory.peak_rss_kb as f64 / 1024.0
 }
 
 /// `GET /healthz` every 50 ms on a kept-alive connection: (max ms, p99 ms, failures).

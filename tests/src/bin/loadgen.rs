@@ -33,11 +33,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use backlight_e2e::loadkit::args::Watched;
+use backlight_e2e::loadkit::clickhouse::tsv_counters;
+use backlight_e2e::loadkit::procfs::{sample_memory, CpuSample, CpuUse, Memory};
+use backlight_e2e::loadkit::server::{enroll_all, wait_healthy, Device, Metrics};
+use backlight_e2e::loadkit::{raise_fd_limit, stats::rounded_position};
+use backlight_e2e::Db;
 use backlight_server::cli::parse_duration;
 use backlight_server::storage::events::{EncodedRows, EventRow};
-use backlight_shared::api::{
-    EnrollRequest, EnrollResponse, IngestResponse, ENROLL_PATH, INGEST_PATH,
-};
+use backlight_shared::api::{IngestResponse, INGEST_PATH};
 use backlight_shared::batch::Batch;
 use backlight_shared::event::{
     ActivitySpan, ActivityState, AgentHealth, Event, EventBody, ItemAction, ItemSource,
@@ -64,6 +68,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Longest a ClickHouse HTTP query (the counts) may take.
 const CLICKHOUSE_QUERY_TIMEOUT: Duration = Duration::from_secs(120);
+/// What ClickHouse holds, once copies collapsed: what the run is checked against.
+const EVENTS_FINAL: &str = "SELECT count() FROM events FINAL";
 /// Upper bounds that keep a mistyped flag from turning into a runaway process.
 const MAX_AGENTS: usize = 20_000;
 const MAX_RUN: Duration = Duration::from_secs(600);
@@ -110,25 +116,8 @@ struct Args {
     /// Client-side timeout of one request.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
-    /// Process whose memory is sampled (the backlight-server).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// The ClickHouse server process, for its CPU and memory.
-    #[arg(long)]
-    clickhouse_pid: Option<u32>,
-    /// ClickHouse HTTP URL, to confirm what was stored (load) and to run DDL (baseline).
-    #[arg(long)]
-    clickhouse_url: Option<String>,
-    /// Password of ClickHouse's `default` user (the embedded one keeps it in
-    /// `DATA_DIR/clickhouse/password`).
-    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
-    clickhouse_password: Option<String>,
-    /// The server's `--metrics-token`, to read its /metrics (the server's own figures).
-    #[arg(long, env = "BACKLIGHT_METRICS_TOKEN", hide_env_values = true)]
-    metrics_token: Option<String>,
-    /// ClickHouse database holding `events`.
-    #[arg(long, default_value = "backlight")]
-    clickhouse_database: String,
+    #[command(flatten)]
+    watched: Watched,
     /// A label copied into the JSON line (e.g. the run number).
     #[arg(long, default_value = "")]
     label: String,
@@ -212,22 +201,6 @@ fn main() -> Result<()> {
     // Requests still open after their deadline must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(2));
     outcome
-}
-
-/// 1000 agents need 1000 sockets; lift the soft limit to the hard one.
-fn raise_fd_limit() {
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 // -----------------------------------------------------------------------------------------
@@ -432,11 +405,6 @@ fn encode_batch(batch: &Batch) -> Result<(Vec<u8>, usize)> {
 // Load mode
 // -----------------------------------------------------------------------------------------
 
-struct Device {
-    device_id: Uuid,
-    bearer: String,
-}
-
 /// What one agent saw.
 #[derive(Default)]
 struct AgentResult {
@@ -478,23 +446,22 @@ async fn load(args: &Args) -> Result<()> {
     wait_healthy(&client, &server).await?;
 
     let enroll_started = Instant::now();
-    let devices = enroll_all(&client, &server, &key, args.agents, args.enroll_concurrency).await?;
+    let devices = enroll_all(
+        &client,
+        &server,
+        &key,
+        args.agents,
+        args.enroll_concurrency,
+        |i| format!("bench-desktop-{i:05}"),
+        "0.1.0-loadgen",
+    )
+    .await?;
     let enroll_secs = enroll_started.elapsed().as_secs_f64();
     eprintln!("enrolled {} devices in {enroll_secs:.1} s", devices.len());
 
-    let clickhouse = args
-        .clickhouse_url
-        .as_ref()
-        .map(|url| {
-            ClickHouseHttp::new(
-                url,
-                &args.clickhouse_database,
-                args.clickhouse_password.as_deref(),
-            )
-        })
-        .transpose()?;
+    let clickhouse = args.watched.clickhouse(CLICKHOUSE_QUERY_TIMEOUT)?;
     let stored_before = match &clickhouse {
-        Some(ch) => Some(ch.count_final("events").await?),
+        Some(ch) => Some(ch.try_count(EVENTS_FINAL).await?),
         None => None,
     };
 
@@ -507,7 +474,8 @@ async fn load(args: &Args) -> Result<()> {
     let acked_total = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn(sample_memory(
-        [args.server_pid, args.clickhouse_pid],
+        [args.watched.server_pid, args.watched.clickhouse_pid],
+        RSS_SAMPLE_EVERY,
         stop.clone(),
         timeline.end + args.request_timeout + Duration::from_secs(10),
     ));
@@ -534,12 +502,18 @@ async fn load(args: &Args) -> Result<()> {
 
     // CPU and server counters over exactly the window.
     tokio::time::sleep_until(timeline.window_start.into()).await;
-    let cpu_before = CpuSample::take(args);
-    let metrics_before = server_metrics(&client, &server, args.metrics_token.as_deref()).await;
+    let cpu_before = CpuSample::take(args.watched.server_pid, args.watched.clickhouse_pid);
+    let metrics_before = Metrics::scrape(&client, &server, args.watched.metrics_token.as_deref())
+        .await
+        .as_ref()
+        .map(ServerMetrics::of);
     let ch_before = clickhouse_events(clickhouse.as_ref()).await;
     tokio::time::sleep_until(timeline.end.into()).await;
-    let cpu_after = CpuSample::take(args);
-    let metrics_after = server_metrics(&client, &server, args.metrics_token.as_deref()).await;
+    let cpu_after = CpuSample::take(args.watched.server_pid, args.watched.clickhouse_pid);
+    let metrics_after = Metrics::scrape(&client, &server, args.watched.metrics_token.as_deref())
+        .await
+        .as_ref()
+        .map(ServerMetrics::of);
     let ch_after = clickhouse_events(clickhouse.as_ref()).await;
     let ch_work = ch_before.zip(ch_after).map(|(a, b)| {
         b.into_iter()
@@ -574,7 +548,7 @@ async fn load(args: &Args) -> Result<()> {
     let memory = sampler.await.unwrap_or_default();
 
     let stored_after = match &clickhouse {
-        Some(ch) => Some(ch.count_final("events").await?),
+        Some(ch) => Some(ch.try_count(EVENTS_FINAL).await?),
         None => None,
     };
 
@@ -594,78 +568,6 @@ async fn load(args: &Args) -> Result<()> {
         },
     );
     Ok(())
-}
-
-async fn wait_healthy(client: &reqwest::Client, server: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.get(format!("{server}/healthz")).send().await {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-            Ok(r) => bail!("{server}/healthz answered {}", r.status()),
-            Err(e) => bail!("{server} not reachable: {e}"),
-        }
-    }
-}
-
-async fn enroll_all(
-    client: &reqwest::Client,
-    server: &str,
-    key: &str,
-    agents: usize,
-    concurrency: usize,
-) -> Result<Vec<Device>> {
-    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..agents {
-        let (client, limit) = (client.clone(), limit.clone());
-        let url = format!("{server}{ENROLL_PATH}");
-        let request = EnrollRequest {
-            enrollment_key: key.to_string(),
-            hostname: format!("bench-desktop-{i:05}"),
-            agent_version: "0.1.0-loadgen".into(),
-            os: "linux".into(),
-        };
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await?;
-            let mut last_error = String::new();
-            for attempt in 0..5u32 {
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
-                }
-                match client.post(&url).json(&request).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let e: EnrollResponse = r.json().await?;
-                        return Ok(Device {
-                            device_id: e.device_id,
-                            bearer: format!("Bearer {}", e.device_credential),
-                        });
-                    }
-                    Ok(r)
-                        if r.status().is_client_error()
-                            && r.status() != StatusCode::TOO_MANY_REQUESTS =>
-                    {
-                        bail!(
-                            "enrollment refused: {} {}",
-                            r.status(),
-                            r.text().await.unwrap_or_default()
-                        )
-                    }
-                    Ok(r) => {
-                        last_error =
-                            format!("{} {}", r.status(), r.text().await.unwrap_or_default())
-                    }
-                    Err(e) => last_error = e.to_string(),
-                }
-            }
-            bail!("enrollment failed after 5 attempts: {last_error}")
-        });
-    }
-    let mut devices = Vec::with_capacity(agents);
-    while let Some(joined) = tasks.join_next().await {
-        devices.push(joined??);
-    }
-    Ok(devices)
 }
 
 struct Agent {
@@ -858,152 +760,6 @@ async fn report_progress(acked: Arc<AtomicU64>, timeline: Arc<Timeline>) {
 }
 
 // -----------------------------------------------------------------------------------------
-// Memory and CPU from /proc
-// -----------------------------------------------------------------------------------------
-
-#[derive(Default, Clone, Copy, Debug)]
-struct Memory {
-    /// Highest VmRSS seen by the sampler, kB.
-    peak_rss_kb: u64,
-    /// VmHWM at the last sample (the kernel's own peak since process start), kB.
-    hwm_kb: u64,
-    samples: u64,
-}
-
-fn read_memory(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-async fn sample_memory(
-    pids: [Option<u32>; 2],
-    stop: Arc<AtomicBool>,
-    deadline: Instant,
-) -> [Memory; 2] {
-    let mut memory = [Memory::default(); 2];
-    if pids.iter().all(Option::is_none) {
-        return memory;
-    }
-    let mut ticker = tokio::time::interval(RSS_SAMPLE_EVERY);
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        ticker.tick().await;
-        for (pid, m) in pids.iter().zip(memory.iter_mut()) {
-            if let Some((rss, hwm)) = pid.and_then(read_memory) {
-                m.peak_rss_kb = m.peak_rss_kb.max(rss);
-                m.hwm_kb = hwm;
-                m.samples += 1;
-            }
-        }
-    }
-    memory
-}
-
-/// CPU time consumed so far, in clock ticks.
-#[derive(Clone, Copy, Default)]
-struct CpuSample {
-    at: Option<Instant>,
-    server: Option<u64>,
-    clickhouse: Option<u64>,
-    loadgen: Option<u64>,
-    /// Whole machine: (busy, total) ticks over all cores.
-    machine: Option<(u64, u64)>,
-}
-
-/// CPU used over an interval, in cores (1.0 = one core fully busy).
-#[derive(Clone, Copy, Default, Debug)]
-struct CpuUse {
-    seconds: f64,
-    server: Option<f64>,
-    clickhouse: Option<f64>,
-    loadgen: Option<f64>,
-    machine_busy: Option<f64>,
-    machine_cores: Option<f64>,
-}
-
-fn process_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime); `after` starts at field 3.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4)?;
-    Some((total - idle, total))
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
-}
-
-impl CpuSample {
-    fn take(args: &Args) -> CpuSample {
-        CpuSample {
-            at: Some(Instant::now()),
-            server: args.server_pid.and_then(|p| process_ticks(&p.to_string())),
-            clickhouse: args
-                .clickhouse_pid
-                .and_then(|p| process_ticks(&p.to_string())),
-            loadgen: process_ticks("self"),
-            machine: machine_ticks(),
-        }
-    }
-
-    fn delta(&self, later: &CpuSample) -> CpuUse {
-        let (Some(a), Some(b)) = (self.at, later.at) else {
-            return CpuUse::default();
-        };
-        let seconds = (b - a).as_secs_f64();
-        let hz = clock_ticks_per_second();
-        let cores = |x: Option<u64>, y: Option<u64>| {
-            x.zip(y)
-                .map(|(x, y)| y.saturating_sub(x) as f64 / hz / seconds)
-        };
-        let (machine_busy, machine_cores) = match self.machine.zip(later.machine) {
-            Some(((b0, t0), (b1, t1))) if t1 > t0 => {
-                let cores = (t1 - t0) as f64 / hz / seconds;
-                (
-                    Some((b1 - b0) as f64 / (t1 - t0) as f64 * cores),
-                    Some(cores),
-                )
-            }
-            _ => (None, None),
-        };
-        CpuUse {
-            seconds,
-            server: cores(self.server, later.server),
-            clickhouse: cores(self.clickhouse, later.clickhouse),
-            loadgen: cores(self.loadgen, later.loadgen),
-            machine_busy,
-            machine_cores,
-        }
-    }
-}
-
-// -----------------------------------------------------------------------------------------
 // The server's own counters
 // -----------------------------------------------------------------------------------------
 
@@ -1015,35 +771,19 @@ struct ServerMetrics {
     insert_failures: f64,
 }
 
-async fn server_metrics(
-    client: &reqwest::Client,
-    server: &str,
-    token: Option<&str>,
-) -> Option<ServerMetrics> {
-    let mut request = client.get(format!("{server}/metrics"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+impl ServerMetrics {
+    fn of(metrics: &Metrics) -> ServerMetrics {
+        ServerMetrics {
+            insert_count: metrics.sum("backlight_clickhouse_insert_seconds_count"),
+            insert_seconds: metrics.sum("backlight_clickhouse_insert_seconds_sum"),
+            insert_rows: metrics.sum("backlight_clickhouse_insert_rows_sum"),
+            insert_failures: metrics.sum("backlight_clickhouse_insert_failures_total"),
+        }
     }
-    let text = request.send().await.ok()?.text().await.ok()?;
-    let sum = |name: &str| -> f64 {
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    Some(ServerMetrics {
-        insert_count: sum("backlight_clickhouse_insert_seconds_count"),
-        insert_seconds: sum("backlight_clickhouse_insert_seconds_sum"),
-        insert_rows: sum("backlight_clickhouse_insert_rows_sum"),
-        insert_failures: sum("backlight_clickhouse_insert_failures_total"),
-    })
 }
 
 /// ClickHouse's cumulative counters (`system.events`): queries, inserted and merged rows.
-async fn clickhouse_events(ch: Option<&ClickHouseHttp>) -> Option<BTreeMap<String, u64>> {
+async fn clickhouse_events(ch: Option<&Db>) -> Option<BTreeMap<String, u64>> {
     const WANTED: [&str; 7] = [
         "Query",
         "SelectQuery",
@@ -1054,15 +794,13 @@ async fn clickhouse_events(ch: Option<&ClickHouseHttp>) -> Option<BTreeMap<Strin
         "MergedUncompressedBytes",
     ];
     let text = ch?
-        .query("SELECT event, value FROM system.events")
+        .try_query("SELECT event, value FROM system.events")
         .await
         .ok()?;
     let mut events: BTreeMap<String, u64> = WANTED.iter().map(|k| (k.to_string(), 0)).collect();
-    for line in text.lines() {
-        if let Some((name, value)) = line.split_once('\t') {
-            if let (Some(slot), Ok(v)) = (events.get_mut(name), value.trim().parse::<u64>()) {
-                *slot = v;
-            }
+    for (name, value) in tsv_counters(&text) {
+        if let Some(slot) = events.get_mut(name) {
+            *slot = value;
         }
     }
     Some(events)
@@ -1102,8 +840,7 @@ struct LoadReport {
 }
 
 fn quantile(sorted: &[u32], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
+    rounded_position(sorted, q).unwrap_or(0.0) / 1000.0
 }
 
 impl LoadReport {
@@ -1167,7 +904,7 @@ impl LoadReport {
         let _ = writeln!(
             out,
             "server          {server} (pid {})",
-            opt(args.server_pid)
+            opt(args.watched.server_pid)
         );
         let _ = writeln!(
             out,
@@ -1235,7 +972,7 @@ impl LoadReport {
             }
         }
         let c = |x: Option<f64>| x.map_or("?".to_string(), |v| format!("{v:.2}"));
-        let other = match (cpu.machine_busy, cpu.server, cpu.clickhouse, cpu.loadgen) {
+        let other = match (cpu.machine_busy, cpu.server, cpu.clickhouse, cpu.generator) {
             (Some(m), Some(s), Some(ch), Some(l)) => Some((m - s - ch - l).max(0.0)),
             _ => None,
         };
@@ -1244,7 +981,7 @@ impl LoadReport {
             "cpu (cores)     server {}  clickhouse {}  loadgen {}  other {}  machine busy {} of {}",
             c(cpu.server),
             c(cpu.clickhouse),
-            c(cpu.loadgen),
+            c(cpu.generator),
             c(other),
             c(cpu.machine_busy),
             c(cpu.machine_cores)
@@ -1259,7 +996,7 @@ impl LoadReport {
             "cpu per event   server {} µs  clickhouse {} µs  loadgen {} µs",
             per_event(cpu.server),
             per_event(cpu.clickhouse),
-            per_event(cpu.loadgen)
+            per_event(cpu.generator)
         );
         let inserts = metrics.map(|(a, b)| {
             let n = b.insert_count - a.insert_count;
@@ -1313,7 +1050,7 @@ impl LoadReport {
             "server_peak_rss_mb": (memory[0].samples > 0).then(|| mb(memory[0].peak_rss_kb)),
             "server_hwm_mb": (memory[0].samples > 0).then(|| mb(memory[0].hwm_kb)),
             "clickhouse_peak_rss_mb": (memory[1].samples > 0).then(|| mb(memory[1].peak_rss_kb)),
-            "cpu_cores": {"server": cpu.server, "clickhouse": cpu.clickhouse, "loadgen": cpu.loadgen,
+            "cpu_cores": {"server": cpu.server, "clickhouse": cpu.clickhouse, "loadgen": cpu.generator,
                           "machine_busy": cpu.machine_busy, "machine": cpu.machine_cores},
             "inserts_per_s": inserts.map(|i| i.0),
             "rows_per_insert": inserts.map(|i| i.1),
@@ -1331,71 +1068,6 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 }
 
 // -----------------------------------------------------------------------------------------
-// ClickHouse over HTTP (counts and DDL)
-// -----------------------------------------------------------------------------------------
-
-struct ClickHouseHttp {
-    client: reqwest::Client,
-    url: String,
-    database: String,
-    password: Option<String>,
-}
-
-impl ClickHouseHttp {
-    fn new(url: &str, database: &str, password: Option<&str>) -> Result<ClickHouseHttp> {
-        let host = reqwest::Url::parse(url).context("--clickhouse-url")?;
-        if !matches!(
-            host.host_str(),
-            Some("127.0.0.1" | "localhost" | "::1" | "[::1]")
-        ) {
-            bail!("--clickhouse-url must be a loopback address: the benchmark drops and creates tables");
-        }
-        Ok(ClickHouseHttp {
-            client: reqwest::Client::builder()
-                .timeout(CLICKHOUSE_QUERY_TIMEOUT)
-                .build()?,
-            url: url.trim_end_matches('/').to_string(),
-            database: database.to_string(),
-            password: password.map(str::to_string),
-        })
-    }
-
-    async fn query(&self, sql: &str) -> Result<String> {
-        let mut request = self
-            .client
-            .post(format!("{}/?database={}", self.url, self.database))
-            .body(sql.to_string());
-        if let Some(password) = &self.password {
-            request = request
-                .header("X-ClickHouse-User", "default")
-                .header("X-ClickHouse-Key", password);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("ClickHouse at {}", self.url))?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            bail!("ClickHouse refused `{sql}`: {status} {text}");
-        }
-        Ok(text)
-    }
-
-    async fn scalar(&self, sql: &str) -> Result<u64> {
-        let text = self.query(sql).await?;
-        text.trim()
-            .parse()
-            .with_context(|| format!("`{sql}` answered {text:?}"))
-    }
-
-    async fn count_final(&self, table: &str) -> Result<u64> {
-        self.scalar(&format!("SELECT count() FROM {table} FINAL"))
-            .await
-    }
-}
-
-// -----------------------------------------------------------------------------------------
 // Baseline mode: the same rows straight into ClickHouse with clickhouse-client
 // -----------------------------------------------------------------------------------------
 
@@ -1403,18 +1075,18 @@ const BASELINE_TABLE: &str = "events_baseline";
 
 async fn baseline(args: &Args) -> Result<()> {
     let url = args
+        .watched
         .clickhouse_url
         .as_deref()
         .context("--baseline needs --clickhouse-url")?;
     let port = args
         .clickhouse_tcp_port
         .context("--baseline needs --clickhouse-tcp-port")?;
-    let ch = ClickHouseHttp::new(
-        url,
-        &args.clickhouse_database,
-        args.clickhouse_password.as_deref(),
-    )?;
-    let version = ch.query("SELECT version()").await?.trim().to_string();
+    let ch = args
+        .watched
+        .clickhouse(CLICKHOUSE_QUERY_TIMEOUT)?
+        .context("--baseline needs --clickhouse-url")?;
+    let version = ch.try_query("SELECT version()").await?.trim().to_string();
 
     let dir = match &args.work_dir {
         Some(dir) => tempfile::Builder::new()
@@ -1442,11 +1114,11 @@ async fn baseline(args: &Args) -> Result<()> {
 
     let mut runs = Vec::new();
     for repetition in 1..=args.repeat {
-        ch.query(&format!("DROP TABLE IF EXISTS {BASELINE_TABLE}"))
+        ch.try_query(&format!("DROP TABLE IF EXISTS {BASELINE_TABLE}"))
             .await?;
-        ch.query(&format!("CREATE TABLE {BASELINE_TABLE} AS events"))
+        ch.try_query(&format!("CREATE TABLE {BASELINE_TABLE} AS events"))
             .await?;
-        let cpu_before = CpuSample::take(args);
+        let cpu_before = CpuSample::take(args.watched.server_pid, args.watched.clickhouse_pid);
         let insert = format!(
             "INSERT INTO {BASELINE_TABLE} FORMAT {}",
             args.format.clickhouse_name()
@@ -1456,14 +1128,17 @@ async fn baseline(args: &Args) -> Result<()> {
             run_client(args, port, &insert, Some(file)).await?;
         }
         let seconds = started.elapsed().as_secs_f64();
-        let cpu = cpu_before.delta(&CpuSample::take(args));
+        let cpu = cpu_before.delta(&CpuSample::take(
+            args.watched.server_pid,
+            args.watched.clickhouse_pid,
+        ));
         let stored = ch
-            .scalar(&format!("SELECT count() FROM {BASELINE_TABLE}"))
+            .try_count(&format!("SELECT count() FROM {BASELINE_TABLE}"))
             .await?;
         let parts = ch
-            .scalar(&format!(
+            .try_count(&format!(
                 "SELECT count() FROM system.parts WHERE database = '{}' AND table = '{BASELINE_TABLE}' AND active",
-                args.clickhouse_database
+                args.watched.clickhouse_database
             ))
             .await?;
         if stored != args.rows {
@@ -1483,7 +1158,7 @@ async fn baseline(args: &Args) -> Result<()> {
         );
         runs.push((rows_per_s, seconds, cpu.clickhouse, cpu.machine_busy));
     }
-    ch.query(&format!("DROP TABLE IF EXISTS {BASELINE_TABLE}"))
+    ch.try_query(&format!("DROP TABLE IF EXISTS {BASELINE_TABLE}"))
         .await?;
 
     let mut rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
@@ -1554,14 +1229,14 @@ async fn run_client(args: &Args, port: u16, query: &str, input: Option<&Path>) -
         None => Stdio::null(),
     };
     let mut command = tokio::process::Command::new(&args.clickhouse_client);
-    if let Some(password) = &args.clickhouse_password {
+    if let Some(password) = &args.watched.clickhouse_password {
         // On the command line: a throwaway benchmark ClickHouse on loopback.
         command.arg(format!("--password={password}"));
     }
     let mut child = command
         .arg("--host=127.0.0.1")
         .arg(format!("--port={port}"))
-        .arg(format!("--database={}", args.clickhouse_database))
+        .arg(format!("--database={}", args.watched.clickhouse_database))
         .arg(format!(
             "--max_insert_block_size={}",
             args.batch_rows.max(1_000_000)

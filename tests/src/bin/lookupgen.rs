@@ -37,8 +37,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use backlight_e2e::loadkit::args::Watched;
+use backlight_e2e::loadkit::procfs::{sample_memory, CpuSample, CpuUse};
+use backlight_e2e::loadkit::server::{enroll_all, wait_healthy, Device, Metrics};
+use backlight_e2e::loadkit::{raise_fd_limit, stats::nearest_rank};
+use backlight_e2e::Db;
 use backlight_server::cli::parse_duration;
-use backlight_shared::api::{EnrollRequest, EnrollResponse, ENROLL_PATH, INGEST_PATH};
+use backlight_shared::api::INGEST_PATH;
 use backlight_shared::batch::Batch;
 use backlight_shared::event::{
     ActivitySpan, ActivityState, Event, EventBody, ItemAction, ItemSource, WorkItemEvent,
@@ -67,6 +72,9 @@ const APPS: &[&str] = &["claims-desk", "outlook", "chrome", "sap-gui", "teams"];
 const DAY_MS: u64 = 86_400_000;
 /// The lookup latency target (issue #4): answers slower than this are counted per second.
 const SLOW_US: u32 = 20_000;
+const CLICKHOUSE_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+const ENROLL_CONCURRENCY: usize = 16;
+const AGENT_VERSION: &str = "0.1.0-lookupgen";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -138,25 +146,9 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     ingest_batch_events: usize,
 
-    /// The backlight-server process (RSS and CPU).
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// The ClickHouse process (CPU).
-    #[arg(long)]
-    clickhouse_pid: Option<u32>,
-    /// ClickHouse HTTP URL (loopback): probe the lookup's queries directly during the window.
-    #[arg(long)]
-    clickhouse_url: Option<String>,
-    /// Password of ClickHouse's `default` user (the embedded one keeps it in
-    /// `DATA_DIR/clickhouse/password`).
-    #[arg(long, env = "BACKLIGHT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
-    clickhouse_password: Option<String>,
-    /// The server's `--metrics-token`, to read its /metrics (the server's own figures).
-    #[arg(long, env = "BACKLIGHT_METRICS_TOKEN", hide_env_values = true)]
-    metrics_token: Option<String>,
-    /// ClickHouse database.
-    #[arg(long, default_value = "backlight")]
-    clickhouse_database: String,
+    // `--clickhouse-url`: probe the lookup's queries directly during the window.
+    #[command(flatten)]
+    watched: Watched,
     /// Direct ClickHouse probes per second (each runs the lookup's two primary-key reads).
     #[arg(long, default_value_t = 5.0)]
     probe_rate: f64,
@@ -215,21 +207,6 @@ fn main() -> Result<()> {
     outcome
 }
 
-fn raise_fd_limit() {
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 fn item_id(prefix: &str, i: u64) -> String {
     format!("{prefix}-{i:07}")
 }
@@ -258,17 +235,7 @@ async fn run(args: &Args) -> Result<()> {
         setup_secs = Some(started.elapsed().as_secs_f64());
     }
 
-    let clickhouse = args
-        .clickhouse_url
-        .as_deref()
-        .map(|u| {
-            ClickHouseHttp::new(
-                u,
-                &args.clickhouse_database,
-                args.clickhouse_password.as_deref(),
-            )
-        })
-        .transpose()?;
+    let clickhouse = args.watched.clickhouse(CLICKHOUSE_QUERY_TIMEOUT)?;
     let eta_scan_ms = match &clickhouse {
         Some(ch) => time_eta_scan(ch, &args.tenant).await.ok(),
         None => None,
@@ -309,7 +276,9 @@ async fn run(args: &Args) -> Result<()> {
             &server,
             key,
             args.ingest_agents,
-            "lookupgen-ingest",
+            ENROLL_CONCURRENCY,
+            hostnames("lookupgen-ingest"),
+            AGENT_VERSION,
         )
         .await?
     } else {
@@ -323,8 +292,9 @@ async fn run(args: &Args) -> Result<()> {
         end: start + args.warmup + args.duration,
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn(sample_rss(
-        args.server_pid,
+    let sampler = tokio::spawn(sample_memory(
+        [args.watched.server_pid],
+        RSS_SAMPLE_EVERY,
         stop.clone(),
         clock.end + args.request_timeout + Duration::from_secs(10),
     ));
@@ -374,17 +344,23 @@ async fn run(args: &Args) -> Result<()> {
     // Counters over exactly the window.
     let window_probe = {
         let (client, server, clock) = (client.clone(), server.clone(), clock.clone());
-        let (server_pid, ch_pid) = (args.server_pid, args.clickhouse_pid);
-        let token = args.metrics_token.clone();
+        let (server_pid, ch_pid) = (args.watched.server_pid, args.watched.clickhouse_pid);
+        let token = args.watched.metrics_token.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(clock.window_start.into()).await;
             let cpu0 = CpuSample::take(server_pid, ch_pid);
-            let m0 = server_metrics(&client, &server, token.as_deref()).await;
+            let m0 = Metrics::scrape(&client, &server, token.as_deref())
+                .await
+                .as_ref()
+                .map(ServerMetrics::of);
             let from_ms = now_ms();
             tokio::time::sleep_until(clock.end.into()).await;
             let to_ms = now_ms();
             let cpu1 = CpuSample::take(server_pid, ch_pid);
-            let m1 = server_metrics(&client, &server, token.as_deref()).await;
+            let m1 = Metrics::scrape(&client, &server, token.as_deref())
+                .await
+                .as_ref()
+                .map(ServerMetrics::of);
             (cpu0.delta(&cpu1), m0.zip(m1), (from_ms, to_ms))
         })
     };
@@ -487,7 +463,8 @@ async fn run(args: &Args) -> Result<()> {
         None => None,
     };
     stop.store(true, Ordering::Relaxed);
-    let rss = sampler.await.unwrap_or_default();
+    let [memory] = sampler.await.unwrap_or_default();
+    let rss = (memory.peak_rss_kb, memory.hwm_kb);
     let query_cpu = match &clickhouse {
         Some(ch) if args.query_log => match query_log_cpu(ch, window_ms).await {
             Ok(cpu) => Some(cpu),
@@ -550,18 +527,6 @@ struct LookupResults {
     /// Per second of the window (by scheduled time), answers slower than the 20 ms target:
     /// bursts (a background scan, a merge) and steady contention look different here.
     slow_per_second: Vec<u32>,
-}
-
-async fn wait_healthy(client: &reqwest::Client, server: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.get(format!("{server}/healthz")).send().await {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-            Ok(r) => bail!("{server}/healthz answered {}", r.status()),
-            Err(e) => bail!("{server} not reachable: {e}"),
-        }
-    }
 }
 
 // -----------------------------------------------------------------------------------------
@@ -649,7 +614,9 @@ async fn setup(args: &Args, client: &reqwest::Client, server: &str) -> Result<()
         server,
         enrollment,
         args.seed_devices,
-        "lookupgen-seed",
+        ENROLL_CONCURRENCY,
+        hostnames("lookupgen-seed"),
+        AGENT_VERSION,
     )
     .await?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -758,64 +725,11 @@ fn history(rng: &mut StdRng, seq: &mut u64, item: &str, now: u64, out: &mut Vec<
     }
 }
 
-struct Device {
-    device_id: Uuid,
-    bearer: String,
-}
-
-async fn enroll_all(
-    client: &reqwest::Client,
-    server: &str,
-    key: &str,
-    count: usize,
-    host_prefix: &str,
-) -> Result<Vec<Device>> {
-    let limit = Arc::new(tokio::sync::Semaphore::new(16));
-    let mut tasks = tokio::task::JoinSet::new();
-    let run = Uuid::new_v4().simple().to_string();
-    for i in 0..count {
-        let (client, limit) = (client.clone(), limit.clone());
-        let url = format!("{server}{ENROLL_PATH}");
-        let request = EnrollRequest {
-            enrollment_key: key.to_string(),
-            hostname: format!("{host_prefix}-{}-{i:05}", &run[..8]),
-            agent_version: "0.1.0-lookupgen".into(),
-            os: "linux".into(),
-        };
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await?;
-            let mut last = String::new();
-            for attempt in 0..5u64 {
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-                }
-                match client.post(&url).json(&request).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let e: EnrollResponse = r.json().await?;
-                        return Ok(Device {
-                            device_id: e.device_id,
-                            bearer: format!("Bearer {}", e.device_credential),
-                        });
-                    }
-                    Ok(r) if r.status().is_client_error() && r.status() != 429 => bail!(
-                        "enrollment refused: {} {}",
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    ),
-                    Ok(r) => {
-                        last = format!("{} {}", r.status(), r.text().await.unwrap_or_default())
-                    }
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            bail!("enrollment failed after 5 attempts: {last}")
-        });
-    }
-    let mut devices = Vec::with_capacity(count);
-    while let Some(joined) = tasks.join_next().await {
-        devices.push(joined??);
-    }
-    Ok(devices)
+/// Host names `{prefix}-{run}-{i:05}`, `run` unique to this run (so reruns enroll new devices).
+fn hostnames(prefix: &str) -> impl Fn(usize) -> String {
+    let run = Uuid::new_v4().simple().to_string()[..8].to_string();
+    let prefix = prefix.to_string();
+    move |i| format!("{prefix}-{run}-{i:05}")
 }
 
 fn encode(batch: &Batch) -> Result<Vec<u8>> {
@@ -1014,55 +928,11 @@ impl IngestAgent {
 // ClickHouse probe: the lookup's own reads, straight to ClickHouse
 // -----------------------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct ClickHouseHttp {
-    client: reqwest::Client,
-    url: String,
-    password: Option<String>,
-}
-
-impl ClickHouseHttp {
-    fn new(url: &str, database: &str, password: Option<&str>) -> Result<ClickHouseHttp> {
-        let parsed = reqwest::Url::parse(url).context("--clickhouse-url")?;
-        if !matches!(
-            parsed.host_str(),
-            Some("127.0.0.1" | "localhost" | "::1" | "[::1]")
-        ) {
-            bail!("--clickhouse-url must be a loopback address");
-        }
-        Ok(ClickHouseHttp {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(8)
-                .build()?,
-            url: format!("{}/?database={database}", url.trim_end_matches('/')),
-            password: password.map(str::to_string),
-        })
-    }
-
-    /// Runs `sql`, returns how long it took in ms (answer included).
-    async fn timed(&self, sql: String) -> Result<f64> {
-        let started = Instant::now();
-        self.text(sql).await?;
-        Ok(started.elapsed().as_secs_f64() * 1000.0)
-    }
-
-    /// Runs `sql`, returns its text answer.
-    async fn text(&self, sql: impl Into<reqwest::Body>) -> Result<String> {
-        let mut request = self.client.post(&self.url).body(sql);
-        if let Some(password) = &self.password {
-            request = request
-                .header("X-ClickHouse-User", "default")
-                .header("X-ClickHouse-Key", password);
-        }
-        let r = request.send().await?;
-        let status = r.status();
-        let text = r.text().await?;
-        if !status.is_success() {
-            bail!("ClickHouse answered {status}: {text}");
-        }
-        Ok(text)
-    }
+/// Runs `sql` on ClickHouse, returns how long it took in ms (answer included).
+async fn timed(ch: &Db, sql: &str) -> Result<f64> {
+    let started = Instant::now();
+    ch.try_query_bytes(sql).await?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
 fn quote(s: &str) -> String {
@@ -1070,7 +940,7 @@ fn quote(s: &str) -> String {
 }
 
 /// The ETA statistics scan the server repeats per tenant every 60 s, timed once.
-async fn time_eta_scan(ch: &ClickHouseHttp, tenant: &str) -> Result<f64> {
+async fn time_eta_scan(ch: &Db, tenant: &str) -> Result<f64> {
     let now = now_ms();
     let spans_from = now - 90 * DAY_MS;
     let t = quote(tenant);
@@ -1081,15 +951,15 @@ async fn time_eta_scan(ch: &ClickHouseHttp, tenant: &str) -> Result<f64> {
                   argMaxIf(action, time_ms, kind = 'work_item') AS last_action,
                   maxIf(time_ms, action = 'completed') AS completed_ms
            FROM (SELECT DISTINCT item_id, device_id, seq, kind, state, action, time_ms, end_ms
-                 FROM item_events_v2 WHERE tenant_id = {t}
+                 FROM item_events WHERE tenant_id = {t}
                    AND event_date >= toDate(toDateTime(intDiv({spans_from}, 1000))) AND time_ms >= {spans_from})
            GROUP BY item_id HAVING last_action = 'completed' AND completed_ms >= {}
            ORDER BY completed_ms DESC LIMIT 20000
-         ) ANY LEFT JOIN (SELECT item_id, argMax(queue, updated_ms) AS queue FROM items
-                          WHERE tenant_id = {t} GROUP BY item_id) USING item_id)",
+         ) AS completed ANY LEFT JOIN (SELECT item_id, argMax(queue, updated_ms) AS queue FROM items
+                          WHERE tenant_id = {t} GROUP BY item_id) AS registered USING item_id)",
         now - 30 * DAY_MS
     );
-    ch.timed(sql).await
+    timed(ch, &sql).await
 }
 
 /// ClickHouse's own CPU accounting of the server's queries in the window, by kind.
@@ -1106,9 +976,10 @@ impl QueryCpu {
 }
 
 /// Sums `UserTimeMicroseconds + SystemTimeMicroseconds` of the finished queries the server
-/// (the `clickhouse` crate's user agent) started in `[from_ms, to_ms)`.
-async fn query_log_cpu(ch: &ClickHouseHttp, (from_ms, to_ms): (u64, u64)) -> Result<QueryCpu> {
-    ch.text("SYSTEM FLUSH LOGS").await?;
+/// started in `[from_ms, to_ms)`: the `clickhouse` crate's user agent without the harness's
+/// product name (this generator's own probes use the same crate through the harness).
+async fn query_log_cpu(ch: &Db, (from_ms, to_ms): (u64, u64)) -> Result<QueryCpu> {
+    ch.try_query("SYSTEM FLUSH LOGS").await?;
     let sql = format!(
         "SELECT multiIf(query LIKE 'INSERT INTO events%', 'ingest_insert',
                         query LIKE 'INSERT INTO audit_log%', 'audit_insert',
@@ -1118,13 +989,15 @@ async fn query_log_cpu(ch: &ClickHouseHttp, (from_ms, to_ms): (u64, u64)) -> Res
                                       ProfileEvents.Names, ProfileEvents.Values)))
          FROM system.query_log
          WHERE type = 2 AND http_user_agent LIKE '%clickhouse-rs/%'
+           AND http_user_agent NOT LIKE '%{harness}/%'
            AND event_date >= toDate(toDateTime({from_s})) AND query_start_time >= toDateTime({from_s})
            AND query_start_time < toDateTime({to_s})
          GROUP BY kind FORMAT TSV",
         from_s = from_ms / 1000,
         to_s = to_ms / 1000,
+        harness = backlight_e2e::harness::clickhouse::PRODUCT,
     );
-    let text = ch.text(sql).await?;
+    let text = ch.try_query(&sql).await?;
     let mut cpu = QueryCpu::default();
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -1150,7 +1023,7 @@ struct Probes {
 }
 
 async fn probe_clickhouse(
-    ch: ClickHouseHttp,
+    ch: Db,
     tenant: String,
     prefix: String,
     items: u64,
@@ -1170,12 +1043,12 @@ async fn probe_clickhouse(
             "SELECT item_id, row FROM item_lookup WHERE tenant_id = {t} AND item_id = {id} \
              LIMIT 20000 SETTINGS max_threads = 1 FORMAT RowBinary"
         );
-        match ch.timed(lookup).await {
+        match timed(&ch, &lookup).await {
             Ok(ms) => probes.lookup_ms.push(ms),
             Err(_) => probes.failures += 1,
         }
         let parts = ch
-            .text(
+            .try_query(
                 "SELECT count() FROM system.parts \
                  WHERE active AND database = currentDatabase() AND table = 'item_lookup' FORMAT TSV",
             )
@@ -1194,101 +1067,6 @@ async fn probe_clickhouse(
 // /proc and /metrics
 // -----------------------------------------------------------------------------------------
 
-/// Peak VmRSS (kB) of `pid` while running, and the VmHWM at the last sample.
-async fn sample_rss(pid: Option<u32>, stop: Arc<AtomicBool>, deadline: Instant) -> (u64, u64) {
-    let Some(pid) = pid else { return (0, 0) };
-    let mut peak = (0, 0);
-    let mut ticker = tokio::time::interval(RSS_SAMPLE_EVERY);
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        ticker.tick().await;
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        peak = (peak.0.max(field("VmRSS:")), field("VmHWM:"));
-    }
-    peak
-}
-
-fn process_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4)?;
-    Some((total - idle, total))
-}
-
-#[derive(Clone, Copy)]
-struct CpuSample {
-    at: Instant,
-    server: Option<u64>,
-    clickhouse: Option<u64>,
-    me: Option<u64>,
-    machine: Option<(u64, u64)>,
-}
-
-/// Cores used over the window: server, ClickHouse, this generator, the whole machine.
-#[derive(Clone, Copy, Default, Debug)]
-struct CpuUse {
-    server: Option<f64>,
-    clickhouse: Option<f64>,
-    generator: Option<f64>,
-    machine: Option<f64>,
-}
-
-impl CpuSample {
-    fn take(server: Option<u32>, clickhouse: Option<u32>) -> CpuSample {
-        CpuSample {
-            at: Instant::now(),
-            server: server.and_then(|p| process_ticks(&p.to_string())),
-            clickhouse: clickhouse.and_then(|p| process_ticks(&p.to_string())),
-            me: process_ticks("self"),
-            machine: machine_ticks(),
-        }
-    }
-
-    fn delta(&self, later: &CpuSample) -> CpuUse {
-        // SAFETY: sysconf has no preconditions.
-        let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-            t if t > 0 => t as f64,
-            _ => 100.0,
-        };
-        let secs = (later.at - self.at).as_secs_f64().max(1e-9);
-        let cores = |a: Option<u64>, b: Option<u64>| {
-            a.zip(b)
-                .map(|(a, b)| b.saturating_sub(a) as f64 / hz / secs)
-        };
-        CpuUse {
-            server: cores(self.server, later.server),
-            clickhouse: cores(self.clickhouse, later.clickhouse),
-            generator: cores(self.me, later.me),
-            machine: self
-                .machine
-                .zip(later.machine)
-                .map(|((b0, _), (b1, _))| b1.saturating_sub(b0) as f64 / hz / secs),
-        }
-    }
-}
-
 /// The server's `backlight_http_request_seconds` sum and count for the lookup route, its
 /// audit rows and its lookup read batches (how many lookups share one ClickHouse query).
 #[derive(Clone, Copy, Debug, Default)]
@@ -1300,33 +1078,17 @@ struct ServerMetrics {
     batches: f64,
 }
 
-async fn server_metrics(
-    client: &reqwest::Client,
-    server: &str,
-    token: Option<&str>,
-) -> Option<ServerMetrics> {
-    let mut request = client.get(format!("{server}/metrics"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+impl ServerMetrics {
+    fn of(metrics: &Metrics) -> ServerMetrics {
+        let lookups = |name| metrics.sum_where(name, "route=\"/v1/items/{id}\"");
+        ServerMetrics {
+            lookup_seconds: lookups("backlight_http_request_seconds_sum"),
+            lookup_count: lookups("backlight_http_request_seconds_count"),
+            audit_rows: metrics.sum("backlight_audit_rows_written_total"),
+            batched_lookups: metrics.sum("backlight_item_read_batch_size_sum"),
+            batches: metrics.sum("backlight_item_read_batch_size_count"),
+        }
     }
-    let text = request.send().await.ok()?.text().await.ok()?;
-    let pick = |name: &str, route: bool| -> f64 {
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter(|l| !route || l.contains("route=\"/v1/items/{id}\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    Some(ServerMetrics {
-        lookup_seconds: pick("backlight_http_request_seconds_sum", true),
-        lookup_count: pick("backlight_http_request_seconds_count", true),
-        audit_rows: pick("backlight_audit_rows_written_total", false),
-        batched_lookups: pick("backlight_item_read_batch_size_sum", false),
-        batches: pick("backlight_item_read_batch_size_count", false),
-    })
 }
 
 async fn report_progress(
@@ -1375,18 +1137,9 @@ struct Report<'a> {
     query_cpu: Option<QueryCpu>,
 }
 
-fn percentile_sorted<T: Copy + Into<f64>>(sorted: &[T], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    // Nearest rank: the smallest value with at least q of the samples at or below it.
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1].into())
-}
-
 fn quantiles_ms(mut us: Vec<u32>) -> serde_json::Value {
     us.sort_unstable();
-    let q = |p| percentile_sorted(&us, p).map(|v| (v / 10.0).round() / 100.0);
+    let q = |p| nearest_rank(&us, p).map(|v| (v / 10.0).round() / 100.0);
     json!({
         "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99_9": q(0.999),
         "max": us.last().map(|&v| (f64::from(v) / 10.0).round() / 100.0),
@@ -1397,7 +1150,7 @@ fn quantiles_ms(mut us: Vec<u32>) -> serde_json::Value {
 
 fn float_quantiles(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(f64::total_cmp);
-    let q = |p| percentile_sorted(&v, p).map(|x| (x * 100.0).round() / 100.0);
+    let q = |p| nearest_rank(&v, p).map(|x| (x * 100.0).round() / 100.0);
     json!({"p50": q(0.5), "p99": q(0.99), "max": v.last().map(|x| (x * 100.0).round() / 100.0), "count": v.len()})
 }
 
@@ -1412,7 +1165,7 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
     let ok_latency = quantiles_ms(r.results.ok_latencies_us.clone());
     let mut lag = r.results.send_lag_us.clone();
     lag.sort_unstable();
-    let lag_ms = |q| percentile_sorted(&lag, q).map_or(0.0, |v| v / 1000.0);
+    let lag_ms = |q| nearest_rank(&lag, q).map_or(0.0, |v| v / 1000.0);
     let ingest_latency = quantiles_ms(std::mem::take(
         &mut *r.ingest.latencies_us.lock().expect("not poisoned"),
     ));
@@ -1473,7 +1226,9 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
     println!("== Backlight status lookup benchmark {}", args.label);
     println!(
         "server          {server} (pid {})",
-        args.server_pid.map_or("?".into(), |p| p.to_string())
+        args.watched
+            .server_pid
+            .map_or("?".into(), |p| p.to_string())
     );
     if let Some(s) = r.setup_secs {
         println!(
@@ -1580,7 +1335,7 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
         c(r.cpu.server),
         c(r.cpu.clickhouse),
         c(r.cpu.generator),
-        c(r.cpu.machine),
+        c(r.cpu.machine_busy),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let slow = &r.results.slow_per_second;
@@ -1617,7 +1372,7 @@ fn print_report(args: &Args, server: &str, r: Report<'_>) {
         "ingest_errors": ingest_errors,
         "server_peak_rss_mb": (mb(r.rss.0) * 10.0).round() / 10.0,
         "slow_per_second": slow,
-        "cpu_cores": {"server": r.cpu.server, "clickhouse": r.cpu.clickhouse, "generator": r.cpu.generator, "machine_busy": r.cpu.machine},
+        "cpu_cores": {"server": r.cpu.server, "clickhouse": r.cpu.clickhouse, "generator": r.cpu.generator, "machine_busy": r.cpu.machine_busy},
     });
     println!("{line}");
 }
@@ -1644,15 +1399,5 @@ mod tests {
         let body = encode(&batch).unwrap();
         let decoded = backlight_server::ingest::decode::decode_body(Some("zstd"), &body).unwrap();
         assert_eq!(decoded, batch);
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<u32> = (1..=1000).collect();
-        assert_eq!(percentile_sorted(&v, 0.5), Some(500.0));
-        assert_eq!(percentile_sorted(&v, 0.99), Some(990.0));
-        assert_eq!(percentile_sorted(&v, 0.999), Some(999.0));
-        assert_eq!(percentile_sorted(&v, 1.0), Some(1000.0));
-        assert_eq!(percentile_sorted::<u32>(&[], 0.5), None);
     }
 }

@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use backlight_e2e::loadkit::clickhouse::loopback_db;
+use backlight_e2e::loadkit::stats::nearest_rank;
+use backlight_e2e::Db;
 use backlight_server::cli::parse_duration;
 use clap::Parser;
 use reqwest::header::{ACCEPT, AUTHORIZATION};
@@ -131,15 +134,14 @@ async fn run(args: &Args) -> Result<()> {
     // One read after the samples, so it does not load ClickHouse while they run.
     if let Some(url) = &args.clickhouse_url {
         let prefix = format!("{}-{run_id}-", args.prefix);
-        match received_at(
-            &client,
+        let clickhouse = loopback_db(
+            "--clickhouse-url",
             url,
-            args.clickhouse_password.as_deref(),
             &args.clickhouse_database,
-            &prefix,
-        )
-        .await
-        {
+            args.clickhouse_password.as_deref(),
+            Duration::from_secs(120),
+        )?;
+        match received_at(&clickhouse, &prefix).await {
             Ok(received) => {
                 for (item, s) in &mut samples {
                     s.received_ms = received
@@ -332,35 +334,14 @@ async fn sample(args: &Args, client: &reqwest::Client, server: &str, item: &str)
 /// The server's `received_ms` of each `completed` event of an item whose id starts with
 /// `prefix`, by item.
 async fn received_at(
-    client: &reqwest::Client,
-    url: &str,
-    password: Option<&str>,
-    database: &str,
+    clickhouse: &Db,
     prefix: &str,
 ) -> Result<std::collections::HashMap<String, u64>> {
     let sql = format!(
         "SELECT item_id, min(received_ms) FROM events WHERE startsWith(item_id, '{prefix}') \
          AND action = 'completed' GROUP BY item_id FORMAT TSV"
     );
-    let mut request = client.post(format!(
-        "{}/?database={database}",
-        url.trim_end_matches('/')
-    ));
-    if let Some(password) = password {
-        request = request
-            .header("X-ClickHouse-User", "default")
-            .header("X-ClickHouse-Key", password);
-    }
-    let answer = request
-        .body(sql)
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await?;
-    let status = answer.status();
-    let text = answer.text().await?;
-    if !status.is_success() {
-        bail!("ClickHouse answered {status}: {text}");
-    }
+    let text = clickhouse.try_query(&sql).await?;
     let mut received = std::collections::HashMap::new();
     for line in text.lines() {
         if let Some((item, at)) = line.split_once('\t') {
@@ -368,15 +349,6 @@ async fn received_at(
         }
     }
     Ok(received)
-}
-
-/// The `q` quantile (nearest rank) of sorted values.
-fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
 }
 
 fn figures(values: impl Iterator<Item = Option<f64>>) -> Value {
@@ -387,8 +359,8 @@ fn figures(values: impl Iterator<Item = Option<f64>>) -> Value {
     json!({
         "samples": seen.len(),
         "timed_out": all.len() - seen.len(),
-        "p50_ms": round(quantile(&seen, 0.50)),
-        "p99_ms": round(quantile(&seen, 0.99)),
+        "p50_ms": round(nearest_rank(&seen, 0.50)),
+        "p99_ms": round(nearest_rank(&seen, 0.99)),
         "max_ms": round(seen.last().copied()),
     })
 }

@@ -26,8 +26,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use backlight_e2e::loadkit::clickhouse::{loopback_db, tsv_counters};
+use backlight_e2e::loadkit::procfs::CpuSample;
+use backlight_e2e::loadkit::server::enroll;
+use backlight_e2e::loadkit::stats::rounded_position;
+use backlight_e2e::Db;
 use backlight_server::cli::parse_duration;
-use backlight_shared::api::{EnrollRequest, EnrollResponse, ENROLL_PATH, INGEST_PATH};
+use backlight_shared::api::{EnrollResponse, INGEST_PATH};
 use backlight_shared::batch::Batch;
 use backlight_shared::event::{Event, EventBody, ItemAction, ItemSource, WorkItemEvent};
 use backlight_shared::{now_ms, PROTOCOL_VERSION};
@@ -162,7 +167,22 @@ async fn main() -> Result<()> {
         .map(|i| format!("{}-{i:07}", args.item_prefix))
         .collect();
 
-    let device = enroll(&http, &ingest_server, &args.enrollment_key).await?;
+    let clickhouse = loopback_db(
+        "--clickhouse-url",
+        &args.clickhouse_url,
+        "system",
+        args.clickhouse_password.as_deref(),
+        Duration::from_secs(30),
+    )?;
+    let device = enroll(
+        &http,
+        &ingest_server,
+        &args.enrollment_key,
+        "streamgen".into(),
+        "streamgen",
+    )
+    .await
+    .context("enrolling")?;
     let seq = Arc::new(AtomicU64::new(1));
     if !args.skip_setup {
         eprintln!("setup: registering {} items and starting each", items.len());
@@ -195,22 +215,11 @@ async fn main() -> Result<()> {
         "baseline: {:?} of changes at {}/s without streams",
         args.idle, args.change_rate
     );
-    let before = Counters::read(
-        &http,
-        &args.clickhouse_url,
-        args.clickhouse_password.as_deref(),
-    )
-    .await?;
-    let cpu_before = Cpu::sample(&args);
+    let before = Counters::read(&clickhouse).await?;
+    let cpu_before = CpuSample::take(args.server_pid, args.clickhouse_pid);
     changer.run(args.idle, args.change_rate, &mut order).await;
-    let idle = Counters::read(
-        &http,
-        &args.clickhouse_url,
-        args.clickhouse_password.as_deref(),
-    )
-    .await?
-    .since(&before);
-    let idle_cpu = Cpu::sample(&args).since(&cpu_before);
+    let idle = Counters::read(&clickhouse).await?.since(&before);
+    let idle_cpu = cpu_before.delta(&CpuSample::take(args.server_pid, args.clickhouse_pid));
 
     // Open the streams and wait for each one's first document.
     eprintln!("opening {} streams on {}", items.len(), args.server);
@@ -255,24 +264,13 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     shared.pending.lock().unwrap().clear();
     shared.recording.store(true, Ordering::Relaxed);
-    let before = Counters::read(
-        &http,
-        &args.clickhouse_url,
-        args.clickhouse_password.as_deref(),
-    )
-    .await?;
-    let cpu_before = Cpu::sample(&args);
+    let before = Counters::read(&clickhouse).await?;
+    let cpu_before = CpuSample::take(args.server_pid, args.clickhouse_pid);
     let sent = changer
         .run(args.duration, args.change_rate, &mut order)
         .await;
-    let with = Counters::read(
-        &http,
-        &args.clickhouse_url,
-        args.clickhouse_password.as_deref(),
-    )
-    .await?
-    .since(&before);
-    let with_cpu = Cpu::sample(&args).since(&cpu_before);
+    let with = Counters::read(&clickhouse).await?.since(&before);
+    let with_cpu = cpu_before.delta(&CpuSample::take(args.server_pid, args.clickhouse_pid));
     // Changes of the last second get their time to arrive (not counted in the query rates).
     tokio::time::sleep(SEEN_WITHIN).await;
     shared.recording.store(false, Ordering::Relaxed);
@@ -334,29 +332,6 @@ async fn main() -> Result<()> {
 
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("?".into(), |v| format!("{v:.3}"))
-}
-
-async fn enroll(http: &reqwest::Client, server: &str, key: &str) -> Result<EnrollResponse> {
-    let request = EnrollRequest {
-        enrollment_key: key.to_string(),
-        hostname: "streamgen".into(),
-        agent_version: "streamgen".into(),
-        os: "linux".into(),
-    };
-    let response = http
-        .post(format!("{server}{ENROLL_PATH}"))
-        .json(&request)
-        .send()
-        .await
-        .context("enrolling")?;
-    if !response.status().is_success() {
-        bail!(
-            "enrolling: {} {}",
-            response.status(),
-            response.text().await.unwrap_or_default()
-        );
-    }
-    Ok(response.json().await?)
 }
 
 fn work_item(seq: u64, item: &str, action: ItemAction) -> Event {
@@ -623,30 +598,19 @@ struct Rates {
 }
 
 impl Counters {
-    async fn read(http: &reqwest::Client, url: &str, password: Option<&str>) -> Result<Counters> {
-        let mut request = http.post(url);
-        if let Some(password) = password {
-            request = request
-                .header("X-ClickHouse-User", "default")
-                .header("X-ClickHouse-Key", password);
-        }
-        let text = request
-            .body("SELECT event, value FROM system.events WHERE event IN ('SelectQuery', 'InsertQuery') FORMAT TSV")
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
+    async fn read(clickhouse: &Db) -> Result<Counters> {
+        let text = clickhouse
+            .try_query("SELECT event, value FROM system.events WHERE event IN ('SelectQuery', 'InsertQuery') FORMAT TSV")
             .await?;
         let mut counters = Counters {
             at: Instant::now(),
             selects: 0,
             inserts: 0,
         };
-        for line in text.lines() {
-            let mut parts = line.split('\t');
-            match (parts.next(), parts.next().and_then(|v| v.parse().ok())) {
-                (Some("SelectQuery"), Some(v)) => counters.selects = v,
-                (Some("InsertQuery"), Some(v)) => counters.inserts = v,
+        for (name, value) in tsv_counters(&text) {
+            match name {
+                "SelectQuery" => counters.selects = value,
+                "InsertQuery" => counters.inserts = value,
                 _ => {}
             }
         }
@@ -663,54 +627,8 @@ impl Counters {
     }
 }
 
-/// CPU ticks of the server and ClickHouse.
-struct Cpu {
-    at: Instant,
-    server: Option<u64>,
-    clickhouse: Option<u64>,
-}
-
-struct CpuUse {
-    server: Option<f64>,
-    clickhouse: Option<f64>,
-}
-
-impl Cpu {
-    fn sample(args: &Args) -> Cpu {
-        Cpu {
-            at: Instant::now(),
-            server: args.server_pid.and_then(process_ticks),
-            clickhouse: args.clickhouse_pid.and_then(process_ticks),
-        }
-    }
-
-    /// Cores used since `before` (ticks are 1/100 s on Linux).
-    fn since(&self, before: &Cpu) -> CpuUse {
-        let secs = self.at.duration_since(before.at).as_secs_f64().max(1e-3);
-        let cores =
-            |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?) as f64 / 100.0 / secs);
-        CpuUse {
-            server: cores(self.server, before.server),
-            clickhouse: cores(self.clickhouse, before.clickhouse),
-        }
-    }
-}
-
-fn process_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
 fn quantiles(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(f64::total_cmp);
-    let q = |q: f64| -> Option<f64> {
-        if v.is_empty() {
-            return None;
-        }
-        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-        Some((v[i] * 10.0).round() / 10.0)
-    };
+    let q = |q: f64| rounded_position(&v, q).map(|x| (x * 10.0).round() / 10.0);
     json!({"n": v.len(), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": q(1.0)})
 }

@@ -3,16 +3,20 @@
 //! [`ClickHouse`] wraps the server crate's own [`ClickHouseProcess`] (the code the product uses
 //! for its embedded ClickHouse), with state in a temporary directory and free ports. It can be
 //! stopped and restarted on the *same* ports with its data kept, which is how outages are
-//! simulated. [`Db`] runs SQL over ClickHouse's HTTP interface against one database, so tests
-//! assert on what is really stored.
+//! simulated. [`Db`] runs SQL against one database through the server's own ClickHouse client
+//! (`backlight_server::clickhouse`), so tests assert on what is really stored.
 
 use std::fmt::Display;
+use std::time::Duration;
 
 use backlight_server::clickhouse::embedded::{find_binary, ClickHouseProcess, Ports, USER};
+use backlight_server::clickhouse::raw::{fetch_raw, fetch_text};
+use backlight_server::clickhouse::{ClickHouseConfig, ClickHouseError, QUERY_TIMEOUT};
+use clickhouse::{Client, Compression};
 use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 
-use super::{http_client, unique_name};
+use super::unique_name;
 
 /// A ClickHouse server of one test.
 pub struct ClickHouse {
@@ -145,84 +149,129 @@ impl Drop for ClickHouse {
     }
 }
 
-/// SQL against one database of one ClickHouse, over HTTP.
+/// SQL against one database of one ClickHouse, through the server's own client
+/// (`ClickHouseConfig::client` and [`fetch_text`]): no compression, numbers as numbers in JSON.
 #[derive(Clone)]
 pub struct Db {
-    url: String,
-    name: String,
-    /// Extra URL parameters (ClickHouse settings) of every query, `&`-joined.
-    settings: String,
-    /// The password of ClickHouse's `default` user, when it has one.
-    password: Option<String>,
-    http: reqwest::Client,
+    config: ClickHouseConfig,
+    /// ClickHouse settings of every query (URL parameters).
+    settings: Vec<(String, String)>,
+    timeout: Duration,
+    client: Client,
+}
+
+/// The product name [`Db`] adds to its User-Agent (`backlight-e2e/0.1.0 clickhouse-rs/…`).
+pub const PRODUCT: &str = "backlight-e2e";
+
+/// A query of [`Db`] failed; says which statement and which ClickHouse.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("ClickHouse at {url} failed {sql:?}: {source}")]
+    Query {
+        url: String,
+        sql: String,
+        source: ClickHouseError,
+    },
+    #[error("{sql:?} returned {text:?}, not a number")]
+    NotANumber { sql: String, text: String },
 }
 
 impl Db {
     pub fn new(url: String, name: String) -> Db {
-        Db {
+        Db::with_config(ClickHouseConfig {
             url,
-            name,
-            settings: String::new(),
+            // Database names are `[a-z0-9_]` (see `unique_name`).
+            database: name,
+            user: None,
             password: None,
-            http: http_client(),
+            cluster: None,
+        })
+    }
+
+    fn with_config(config: ClickHouseConfig) -> Db {
+        // UInt64 is quoted in JSON formats by default.
+        let settings = vec![("output_format_json_quote_64bit_integers".into(), "0".into())];
+        Db {
+            client: Db::client(&config, &settings),
+            config,
+            settings,
+            timeout: QUERY_TIMEOUT,
         }
+    }
+
+    fn client(config: &ClickHouseConfig, settings: &[(String, String)]) -> Client {
+        // The product name in the User-Agent tells the harness's and the load generators'
+        // queries from the server's in `system.query_log` (see lookupgen's `--query-log`).
+        let client = config
+            .client(Compression::None)
+            .with_product_info(PRODUCT, env!("CARGO_PKG_VERSION"));
+        settings.iter().fold(client, |client, (name, value)| {
+            client.with_setting(name.clone(), value.clone())
+        })
+    }
+
+    fn rebuild(&mut self) {
+        self.client = Db::client(&self.config, &self.settings);
     }
 
     /// This handle with ClickHouse settings sent with every query, e.g.
     /// `load_balancing=in_order` (URL parameters, `&`-joined).
     pub fn with_settings(mut self, settings: &str) -> Db {
-        self.settings = format!("&{}", settings.trim_start_matches('&'));
+        for pair in settings.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            self.settings.push((name.to_string(), value.to_string()));
+        }
+        self.rebuild();
         self
     }
 
     /// The same database, reached as user `default` with `password`.
     pub fn with_password(mut self, password: &str) -> Db {
-        self.password = Some(password.to_string());
+        self.config.user = Some(USER.to_string());
+        self.config.password = Some(password.to_string());
+        self.rebuild();
+        self
+    }
+
+    /// The same database, with queries given up after `timeout` (30 s by default).
+    pub fn with_timeout(mut self, timeout: Duration) -> Db {
+        self.timeout = timeout;
         self
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        &self.config.url
     }
 
     /// The password of user `default`, if any (what a server on this database needs).
     pub fn password(&self) -> Option<&str> {
-        self.password.as_deref()
+        self.config.password.as_deref()
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.config.database
     }
 
-    /// Runs `sql` and returns the body, or an error with ClickHouse's message.
-    pub async fn try_query(&self, sql: &str) -> Result<String, String> {
-        let mut request = self
-            .http
-            // Database names are `[a-z0-9_]` (see `unique_name`): nothing to escape. Numbers
-            // as numbers in JSON formats (UInt64 is quoted by default).
-            .post(format!(
-                "{}/?database={}&output_format_json_quote_64bit_integers=0{}",
-                self.url, self.name, self.settings
-            ))
-            .body(sql.to_string());
-        if let Some(password) = &self.password {
-            request = request
-                .header("X-ClickHouse-User", USER)
-                .header("X-ClickHouse-Key", password);
-        }
-        let response = request
-            .send()
+    /// Runs `sql` and returns the body (TSV unless `sql` names its `FORMAT`), or an error with
+    /// ClickHouse's message.
+    pub async fn try_query(&self, sql: &str) -> Result<String, DbError> {
+        fetch_text(&self.client, sql, "TSV", self.timeout)
             .await
-            .map_err(|e| format!("ClickHouse at {} unreachable: {e}", self.url))?;
-        let status = response.status();
-        let body = response
-            .text()
+            .map_err(|source| self.error(sql, source))
+    }
+
+    /// [`Db::try_query`] for a binary answer (e.g. `FORMAT RowBinary`).
+    pub async fn try_query_bytes(&self, sql: &str) -> Result<Vec<u8>, DbError> {
+        fetch_raw(&self.client, sql, "TSV", self.timeout)
             .await
-            .map_err(|e| format!("reading ClickHouse's answer: {e}"))?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(format!("ClickHouse answered {status} to {sql:?}: {body}"))
+            .map_err(|source| self.error(sql, source))
+    }
+
+    fn error(&self, sql: &str, source: ClickHouseError) -> DbError {
+        DbError::Query {
+            url: self.config.url.clone(),
+            sql: sql.to_string(),
+            source,
         }
     }
 
@@ -245,9 +294,12 @@ impl Db {
     }
 
     /// [`Db::count`] that reports failure (e.g. while ClickHouse is down) instead of panicking.
-    pub async fn try_count(&self, sql: &str) -> Result<u64, String> {
+    pub async fn try_count(&self, sql: &str) -> Result<u64, DbError> {
         let body = self.try_query(&format!("{sql} FORMAT TSV")).await?;
-        parse_number(body.trim(), sql)
+        body.trim().parse().map_err(|_| DbError::NotANumber {
+            sql: sql.to_string(),
+            text: body,
+        })
     }
 
     /// Rows of a `FORMAT JSONEachRow` answer.
@@ -274,9 +326,4 @@ impl Db {
     pub async fn events_raw_total(&self) -> u64 {
         self.count("SELECT count() FROM events").await
     }
-}
-
-fn parse_number(text: &str, sql: &str) -> Result<u64, String> {
-    text.parse()
-        .map_err(|e| format!("{sql:?} returned {text:?}, not a number: {e}"))
 }

@@ -440,7 +440,8 @@ async fn wait_for_replicas(cluster: &ClickHouseCluster, database: &str, table: &
                     let n = cluster
                         .db(shard, replica, database)
                         .try_count(&format!("SELECT count() FROM {table}"))
-                        .await?;
+                        .await
+                        .map_err(|e| e.to_string())?;
                     counts.push(n);
                 }
                 if counts.windows(2).all(|w| w[0] == w[1]) {

@@ -266,26 +266,18 @@ async fn the_embedded_clickhouse_needs_the_password_from_the_private_data_dir() 
 
     let url = std::fs::read_to_string(data.join("clickhouse").join("endpoint")).unwrap();
     let url = url.trim();
-    let anonymous = http
-        .post(url)
-        .body("SELECT count() FROM system.tables")
-        .send()
-        .await
-        .unwrap();
+    let anonymous = Db::new(url.to_string(), "system".into())
+        .try_query("SELECT count() FROM system.tables")
+        .await;
     assert!(
-        !anonymous.status().is_success(),
-        "user default without a password was let in: {}",
-        anonymous.text().await.unwrap_or_default()
+        anonymous.is_err(),
+        "user default without a password was let in: {anonymous:?}"
     );
-    let with_password = http
-        .post(url)
-        .header("X-ClickHouse-User", "default")
-        .header("X-ClickHouse-Key", password.trim())
-        .body("SELECT 1")
-        .send()
+    Db::new(url.to_string(), "system".into())
+        .with_password(password.trim())
+        .try_query("SELECT 1")
         .await
-        .unwrap();
-    assert!(with_password.status().is_success());
+        .unwrap_or_else(|e| panic!("the password from the data directory: {e}"));
 
     // The admin command line finds the running ClickHouse and its password in the data dir.
     let out = tokio::process::Command::new(backlight_e2e::harness::bins::server())
