@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(budget.held_by("t"), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_body_that_stops_is_cut_off() {
         let started = Instant::now();
         let error = read(
@@ -187,7 +187,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(400));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_body_slower_than_the_minimum_rate_is_cut_off() {
         // 1,000 bytes at 10,000 bytes/s: 100 ms + 100 ms allowed; pieces every 50 ms take 1 s.
         let error = read(
