@@ -23,7 +23,8 @@ use super::lookup_row::{self, LookupRow};
 use super::registry::Registry;
 use super::tenant_cache::TenantCache;
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
-use crate::items::{HandleTimeStats, ItemEvent};
+use crate::items::register::SlaClass;
+use crate::items::{HandleTimeStats, ItemEvent, ItemRegistration};
 use crate::tenancy::TenantId;
 
 /// Most event rows read for one item; beyond that the oldest are not shown (an item with this
@@ -48,30 +49,62 @@ pub struct ItemRead {
     /// In storage order, not deduplicated (derivation does that).
     pub events: Vec<ItemEvent>,
     /// The newest registration, if the item is registered.
-    pub registration: Option<ItemRow>,
+    pub registration: Option<ItemRegistration>,
 }
 
-/// One row of `items`: an item's registration. Field order matches the table (RowBinary).
+/// One row of `items`: an item's registration as the table stores it (no SLA: `0` and `""`).
+/// Field order matches the table (RowBinary).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct ItemRow {
-    pub tenant_id: String,
-    pub item_id: String,
-    pub queue: String,
-    pub priority: u8,
-    /// 0: no SLA.
-    pub sla_due_ms: u64,
-    pub sla_class: String,
-    pub customer_ref: String,
-    pub registered_ms: u64,
-    pub updated_ms: u64,
+struct ItemRow {
+    tenant_id: String,
+    item_id: String,
+    queue: String,
+    priority: u8,
+    sla_due_ms: u64,
+    sla_class: String,
+    customer_ref: String,
+    registered_ms: u64,
+    updated_ms: u64,
 }
 
-#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct SlaClassRow {
-    pub tenant_id: String,
-    pub sla_class: String,
-    pub target_ms: u64,
-    pub updated_ms: u64,
+impl ItemRow {
+    fn new(tenant: &str, r: &ItemRegistration) -> ItemRow {
+        ItemRow {
+            tenant_id: tenant.to_string(),
+            item_id: r.item_id.clone(),
+            queue: r.queue.clone(),
+            priority: r.priority,
+            sla_due_ms: r.sla_due_ms.unwrap_or(0),
+            sla_class: r.sla_class.clone().unwrap_or_default(),
+            customer_ref: r.customer_ref.clone(),
+            registered_ms: r.registered_ms,
+            updated_ms: r.updated_ms,
+        }
+    }
+
+    /// The registration the row stores (every row is one: the columns' types are the
+    /// domain's, "none" aside).
+    fn into_registration(self) -> ItemRegistration {
+        ItemRegistration {
+            item_id: self.item_id,
+            queue: self.queue,
+            priority: self.priority,
+            sla_due_ms: Some(self.sla_due_ms).filter(|&due| due != 0),
+            sla_class: Some(self.sla_class).filter(|class| !class.is_empty()),
+            customer_ref: self.customer_ref,
+            registered_ms: self.registered_ms,
+            updated_ms: self.updated_ms,
+        }
+    }
+}
+
+/// One row of `sla_classes`: a version of a tenant's SLA class.
+#[derive(clickhouse::Row, Serialize)]
+struct SlaClassRow {
+    tenant_id: String,
+    sla_class: String,
+    target_ms: u64,
+    updated_ms: u64,
 }
 
 /// Team and person of one device (empty strings when unassigned or unnamed).
@@ -108,7 +141,7 @@ pub async fn registrations(
     client: &Client,
     tenant: &str,
     item_ids: &[String],
-) -> Result<Vec<ItemRow>, ClickHouseError> {
+) -> Result<Vec<ItemRegistration>, ClickHouseError> {
     let read = read_lookup_rows(client, tenant, item_ids, RowKinds::Registrations).await?;
     Ok(read.into_values().filter_map(|r| r.registration).collect())
 }
@@ -155,7 +188,7 @@ async fn read_lookup_rows(
     )
     .await?;
     for Packed { item_id, row } in rows {
-        match lookup_row::parse(tenant, &item_id, &row) {
+        match lookup_row::parse(&item_id, &row) {
             Ok(LookupRow::Event(event)) => {
                 by_item.entry(item_id).or_default().events.push(event);
             }
@@ -187,7 +220,7 @@ pub async fn search_registrations(
     customer_ref: &str,
     queue: &str,
     limit: u64,
-) -> Result<Vec<ItemRow>, ClickHouseError> {
+) -> Result<Vec<ItemRegistration>, ClickHouseError> {
     // The innermost query renames the columns: ClickHouse resolves aliases first, and
     // `argMax(queue, …) AS queue` over the table would refer to itself. The aggregates then
     // carry the row's field names, read by name (`?fields`).
@@ -207,7 +240,7 @@ pub async fn search_registrations(
                    HAVING (? = '' OR customer_ref = ?) AND (? = '' OR queue = ?))
                ORDER BY registered_ms DESC, item_id
                LIMIT ?";
-    with_timeout(
+    let rows: Vec<ItemRow> = with_timeout(
         client
             .query(sql)
             .bind(tenant)
@@ -223,7 +256,8 @@ pub async fn search_registrations(
             .bind(limit)
             .fetch_all(),
     )
-    .await
+    .await?;
+    Ok(rows.into_iter().map(ItemRow::into_registration).collect())
 }
 
 /// Items of `tenants` whose SLA state changes by the clock alone in `(after_ms, until_ms]`: they
@@ -265,11 +299,17 @@ pub async fn sla_clock_changes(
     Ok(rows.into_iter().map(|c| (c.tenant_id, c.item_id)).collect())
 }
 
-/// Writes registrations in one INSERT.
+/// Writes registrations of `tenant`'s items in one INSERT.
 pub async fn insert_registrations(
     client: &Client,
-    rows: &[ItemRow],
+    tenant: &str,
+    registrations: &[ItemRegistration],
 ) -> Result<(), ClickHouseError> {
+    let rows: Vec<ItemRow> = registrations
+        .iter()
+        .map(|r| ItemRow::new(tenant, r))
+        .collect();
+    let rows = &rows;
     with_write_retry(|| async move {
         let mut insert = client.insert::<ItemRow>("items").await?;
         for row in rows {
@@ -310,10 +350,23 @@ pub async fn sla_classes(
         .collect())
 }
 
+/// Writes `tenant`'s classes in one INSERT, as versions stamped `updated_ms`.
 pub async fn insert_sla_classes(
     client: &Client,
-    rows: &[SlaClassRow],
+    tenant: &str,
+    classes: &[SlaClass],
+    updated_ms: u64,
 ) -> Result<(), ClickHouseError> {
+    let rows: Vec<SlaClassRow> = classes
+        .iter()
+        .map(|c| SlaClassRow {
+            tenant_id: tenant.to_string(),
+            sla_class: c.sla_class.clone(),
+            target_ms: c.target_ms,
+            updated_ms,
+        })
+        .collect();
+    let rows = &rows;
     with_write_retry(|| async move {
         let mut insert = client.insert::<SlaClassRow>("sla_classes").await?;
         for row in rows {
