@@ -75,8 +75,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                 .await?;
             println!(
                 "tenant {id}: show_person_names={} time_zone={}",
-                settings.show_person_names != 0,
-                settings.time_zone
+                settings.show_person_names, settings.time_zone
             );
         }
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Create {

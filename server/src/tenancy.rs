@@ -1,7 +1,10 @@
-//! Tenants and roles: the parsed, always-valid forms of the names admins type.
+//! Tenants and roles: the parsed, always-valid forms of the names admins type; a tenant's
+//! settings and who works at its devices, as the registry stores them.
 
 use std::fmt;
 use std::str::FromStr;
+
+use uuid::Uuid;
 
 /// A tenant's id: 1–63 characters of `a-z`, `0-9` and `-`, starting with a letter or digit.
 /// Short and URL-safe because admins type it and it prefixes every row the tenant owns.
@@ -105,4 +108,24 @@ mod tests {
         }
         assert!("root".parse::<Role>().is_err());
     }
+}
+
+/// Team and person of one device (empty strings when unassigned or unnamed, which reports
+/// group as such).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub device_id: Uuid,
+    pub team: String,
+    pub person: String,
+}
+
+/// Per-tenant choices that change what is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// Whether wfm and admin see the person at a device, and reports group by person.
+    pub show_person_names: bool,
+    /// The zone reports use when a request names none. Checked when it is set; parsed where
+    /// it is used ([`crate::reports::TimeZone`]), so a zone a tenant set before a stricter
+    /// check fails that report with a clear error instead of every read of the settings.
+    pub time_zone: String,
 }

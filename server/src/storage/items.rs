@@ -5,7 +5,8 @@
 //! an item's events and registrations, each packed into one column ([`super::lookup_row`]).
 //! No `FINAL`: events are deduplicated in Rust by `(device_id, seq)` ([`crate::items::derive`]),
 //! and registrations take the newest version by `updated_ms`. What all lookups of a tenant
-//! share (settings, device assignments) comes from a per-tenant cache ([`LookupContextCache`]).
+//! share (settings, device assignments) comes from a per-tenant cache
+//! ([`crate::service::items::context`]).
 //!
 //! The ETA needs handle times of recently completed items, which is a scan over the tenant's
 //! item events; [`HandleTimeCache`] keeps one result per tenant for a while and refreshes it in
@@ -17,15 +18,12 @@ use std::time::Duration;
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::lookup_row::{self, LookupRow};
-use super::registry::Registry;
 use super::tenant_cache::TenantCache;
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::items::register::SlaClass;
 use crate::items::{HandleTimeStats, ItemEvent, ItemRegistration};
-use crate::tenancy::TenantId;
 
 /// Most event rows read for one item; beyond that the oldest are not shown (an item with this
 /// many events is a runaway rule, not real work).
@@ -43,7 +41,8 @@ pub const ETA_MAX_SAMPLES: u64 = 20_000;
 /// ClickHouse CPU than several (measured: −30 % per item read on 18.16).
 const POINT_READ: &str = "SETTINGS max_threads = 1";
 
-/// What was read for one item.
+/// What was read for one item: domain values, never a row (the row types of this module are
+/// private to it).
 #[derive(Debug, Clone, Default)]
 pub struct ItemRead {
     /// In storage order, not deduplicated (derivation does that).
@@ -105,15 +104,6 @@ struct SlaClassRow {
     sla_class: String,
     target_ms: u64,
     updated_ms: u64,
-}
-
-/// Team and person of one device (empty strings when unassigned or unnamed).
-#[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
-pub struct Assignment {
-    #[serde(with = "clickhouse::serde::uuid")]
-    pub device_id: Uuid,
-    pub team: String,
-    pub person: String,
 }
 
 /// The events and newest registration of each of `item_ids` that has any, in one read of
@@ -437,57 +427,6 @@ pub fn handle_time_cache(ttl: Duration) -> HandleTimeCache {
                 let samples =
                     handle_time_samples(&client, &tenant, backlight_shared::now_ms()).await?;
                 Ok(HandleTimeStats::new(samples))
-            })
-        }),
-    )
-}
-
-/// How long a tenant's settings and device assignments are reused by lookups. A change (say,
-/// `show_person_names` turned off) reaches every server's lookups within this plus one reload.
-pub const LOOKUP_CONTEXT_TTL: Duration = Duration::from_secs(5);
-
-/// What an item lookup needs to know about its tenant besides the item.
-#[derive(Debug, Clone, Default)]
-pub struct LookupContext {
-    pub show_person_names: bool,
-    /// Team and person of every assigned device.
-    pub assignments: HashMap<Uuid, Assignment>,
-}
-
-/// Per-tenant [`LookupContext`]: two queries per tenant every [`LOOKUP_CONTEXT_TTL`] instead of
-/// two per lookup.
-pub type LookupContextCache = TenantCache<LookupContext>;
-
-/// A [`LookupContextCache`]; `ttl` zero reads ClickHouse on every call (tests).
-pub fn lookup_context_cache(registry: Registry, ttl: Duration) -> LookupContextCache {
-    TenantCache::new(
-        "tenant settings and assignments",
-        ttl,
-        Arc::new(move |_client, tenant| {
-            let registry = registry.clone();
-            Box::pin(async move {
-                let tenant: TenantId =
-                    tenant
-                        .parse()
-                        .map_err(|e: crate::tenancy::InvalidTenantId| {
-                            ClickHouseError::Interrupted(e.to_string())
-                        })?;
-                let (settings, assignments) =
-                    tokio::try_join!(registry.settings(&tenant), registry.assignments(&tenant))?;
-                Ok(LookupContext {
-                    show_person_names: settings.show_person_names != 0,
-                    assignments: assignments
-                        .into_iter()
-                        .map(|a| {
-                            let assignment = Assignment {
-                                device_id: a.device_id,
-                                team: a.team,
-                                person: a.person,
-                            };
-                            (a.device_id, assignment)
-                        })
-                        .collect(),
-                })
             })
         }),
     )

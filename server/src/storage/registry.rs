@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::secrets;
-use crate::tenancy::{Role, TenantId};
+use crate::tenancy::{Assignment, Role, TenantId, TenantSettings};
 
 /// A registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -157,34 +157,53 @@ pub struct ApiKeyRow {
     pub updated_ms: u64,
 }
 
-/// Which team (and, where the tenant allows names, which person) works at a device.
+/// Which team (and, where the tenant allows names, which person) works at a device: a row of
+/// `device_assignments` (read as [`Assignment`]).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct DeviceAssignmentRow {
-    pub tenant_id: String,
+struct DeviceAssignmentRow {
+    tenant_id: String,
     #[serde(with = "clickhouse::serde::uuid")]
-    pub device_id: Uuid,
-    pub team: String,
-    pub person: String,
-    pub updated_ms: u64,
+    device_id: Uuid,
+    team: String,
+    person: String,
+    updated_ms: u64,
 }
 
-/// Per-tenant choices that change what is shown.
+impl DeviceAssignmentRow {
+    fn into_assignment(self) -> Assignment {
+        Assignment {
+            device_id: self.device_id,
+            team: self.team,
+            person: self.person,
+        }
+    }
+}
+
+/// A row of `tenant_settings` (read as [`TenantSettings`]).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct TenantSettingsRow {
-    pub tenant_id: String,
-    pub show_person_names: u8,
-    pub time_zone: String,
-    pub updated_ms: u64,
+struct TenantSettingsRow {
+    tenant_id: String,
+    show_person_names: u8,
+    time_zone: String,
+    updated_ms: u64,
 }
 
 impl TenantSettingsRow {
     /// The settings of a tenant that never changed them: names hidden, reports in UTC.
-    pub fn defaults(tenant: &TenantId) -> TenantSettingsRow {
+    fn defaults(tenant: &TenantId) -> TenantSettingsRow {
         TenantSettingsRow {
             tenant_id: tenant.to_string(),
             show_person_names: 0,
             time_zone: "UTC".to_string(),
             updated_ms: 0,
+        }
+    }
+
+    fn into_settings(self) -> TenantSettings {
+        TenantSettings {
+            // Written only as 0 or 1; anything else was meant as "shown" by whoever wrote it.
+            show_person_names: self.show_person_names != 0,
+            time_zone: self.time_zone,
         }
     }
 }
@@ -695,7 +714,7 @@ impl Registry {
                 tenant: tenant.clone(),
             })?;
         let previous = self
-            .assignments(tenant)
+            .assignment_rows(tenant)
             .await?
             .into_iter()
             .find(|a| a.device_id == device_id);
@@ -710,7 +729,15 @@ impl Registry {
     }
 
     /// The current assignment of every assigned device of a tenant.
-    pub async fn assignments(
+    pub async fn assignments(&self, tenant: &TenantId) -> Result<Vec<Assignment>, ClickHouseError> {
+        let rows = self.assignment_rows(tenant).await?;
+        Ok(rows
+            .into_iter()
+            .map(DeviceAssignmentRow::into_assignment)
+            .collect())
+    }
+
+    async fn assignment_rows(
         &self,
         tenant: &TenantId,
     ) -> Result<Vec<DeviceAssignmentRow>, ClickHouseError> {
@@ -719,7 +746,11 @@ impl Registry {
     }
 
     /// A tenant's settings (defaults when never set).
-    pub async fn settings(&self, tenant: &TenantId) -> Result<TenantSettingsRow, ClickHouseError> {
+    pub async fn settings(&self, tenant: &TenantId) -> Result<TenantSettings, ClickHouseError> {
+        Ok(self.settings_row(tenant).await?.into_settings())
+    }
+
+    async fn settings_row(&self, tenant: &TenantId) -> Result<TenantSettingsRow, ClickHouseError> {
         Ok(self
             .fetch_one_by("tenant_settings", "tenant_id", tenant.as_str())
             .await?
@@ -732,9 +763,9 @@ impl Registry {
         tenant: &TenantId,
         show_person_names: Option<bool>,
         time_zone: Option<&str>,
-    ) -> Result<TenantSettingsRow, RegistryError> {
+    ) -> Result<TenantSettings, RegistryError> {
         self.require_tenant(tenant).await?;
-        let mut row = self.settings(tenant).await?;
+        let mut row = self.settings_row(tenant).await?;
         if let Some(show) = show_person_names {
             row.show_person_names = u8::from(show);
         }
@@ -743,6 +774,6 @@ impl Registry {
         }
         row.updated_ms = next_version(row.updated_ms);
         self.insert("tenant_settings", &row).await?;
-        Ok(row)
+        Ok(row.into_settings())
     }
 }

@@ -1,6 +1,7 @@
 //! Item status and registration: from a checked request to the document a role may see.
 //!
 //! - [`documents`]: what the items API answers with, one type per audience.
+//! - [`context`]: what all lookups of a tenant share (settings, assignments), cached.
 //! - [`visibility`]: who may see what (names, spans), building a status document, and the
 //!   [`ItemSnapshot`] that documents for any reader at any instant are built from.
 //! - this module: [`Items`], the reads (lookup, timeline, search) and writes (registration,
@@ -10,6 +11,7 @@
 //! takes effect: `prepare_…` checks the request and builds the rows, `register` / `save_…`
 //! writes them.
 
+pub mod context;
 pub mod documents;
 pub mod visibility;
 
@@ -27,8 +29,9 @@ use crate::items::{
 use crate::live::LiveHub;
 use crate::storage::changes::ChangeMark;
 use crate::storage::item_reader::ItemReader;
-use crate::storage::items::{self as store, HandleTimeCache, LookupContext, LookupContextCache};
+use crate::storage::items::{self as store, HandleTimeCache};
 use crate::tenancy::{Role, TenantId};
+pub use context::{LookupContext, LookupContextCache};
 pub use documents::{
     CcStatusDoc, CcTimelineDoc, CcTimelineEntry, ItemDoc, SearchDoc, StatusDoc, Timeline,
     TimelineDoc, TimelineEntry,

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
+use super::context::LookupContext;
 use super::documents::{
     CcStatusDoc, CcTimelineDoc, CcTimelineEntry, HandlerDoc, ItemDoc, RegistrationDoc, SlaDoc,
     StatusDoc, Timeline, TimelineDoc, TimelineEntry,
@@ -14,8 +15,8 @@ use super::MAX_HISTORY;
 use crate::items::{
     self as domain, HandleTimeStats, ItemEvent, ItemRegistration, ItemState, Occurrence, Status,
 };
-use crate::storage::items::{Assignment, ItemRead, LookupContext};
-use crate::tenancy::Role;
+use crate::storage::items::ItemRead;
+use crate::tenancy::{Assignment, Role};
 
 /// Which documents a role reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
