@@ -170,11 +170,11 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                 "KEY ID", "ROLE", "STATE", "CREATED"
             );
             for k in registry.api_keys(&tenant).await? {
-                let state = if k.revoked != 0 { "revoked" } else { "active" };
+                let state = if k.revoked { "revoked" } else { "active" };
                 println!(
                     "{:<18} {:<9} {:<8} {:<24} {}",
                     k.key_id,
-                    k.role,
+                    k.role.as_str(),
                     state,
                     format_ms(k.created_ms),
                     k.name

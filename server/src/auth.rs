@@ -27,7 +27,9 @@ use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::secrets;
 use crate::storage::audit::AuditEntry;
-use crate::storage::registry::{ApiKeyRow, DeviceAuthRow, Registry};
+use crate::storage::registry::{DeviceAuthRow, Registry};
+use crate::storage::ReadError;
+use crate::tenancy::ApiKey;
 use crate::tenancy::{Role, TenantId};
 
 /// Most cached API keys or unknown device ids; beyond it that cache is cleared (simple, bounded).
@@ -373,7 +375,7 @@ impl ApiCaller {
 #[derive(Clone)]
 pub struct ApiKeyAuthenticator {
     registry: Registry,
-    cache: Arc<TtlCache<String, Option<ApiKeyRow>>>,
+    cache: Arc<TtlCache<String, Option<ApiKey>>>,
 }
 
 impl ApiKeyAuthenticator {
@@ -388,23 +390,36 @@ impl ApiKeyAuthenticator {
         let token = bearer(authorization, SecretKind::ApiKey).ok_or(AuthError::Missing("blk"))?;
         let key = self
             .cache
-            .get_or_load(token.id.clone(), self.registry.api_key(&token.id))
+            .get_or_load(token.id.clone(), load_api_key(&self.registry, &token.id))
             .await?
             .filter(|k| secrets::verify(&token, &k.secret_hash))
             .ok_or(AuthError::Unknown)?;
-        if key.revoked != 0 {
+        if key.revoked {
             return Err(AuthError::Revoked);
         }
-        // Rows are written only through the registry, which parses both; a row that does not
-        // parse was edited by hand and is refused rather than trusted.
-        let tenant = key.tenant_id.parse().map_err(|_| AuthError::Unknown)?;
-        let role = key.role.parse().map_err(|_| AuthError::Unknown)?;
         Ok(ApiCaller {
-            tenant,
+            tenant: key.tenant,
             key_id: key.key_id,
             key_name: key.name,
-            role,
+            role: key.role,
         })
+    }
+}
+
+/// The key `key_id`, or `None` for no key. A key whose row does not parse (edited by hand) is
+/// refused like an unknown one rather than trusted, and logged.
+async fn load_api_key(
+    registry: &Registry,
+    key_id: &str,
+) -> Result<Option<ApiKey>, ClickHouseError> {
+    match registry.api_key(key_id).await {
+        Ok(key) => Ok(key),
+        Err(ReadError::ClickHouse(e)) => Err(e),
+        Err(ReadError::Unreadable(e)) => {
+            metrics::counter!("backlight_unreadable_rows_total", "table" => e.table).increment(1);
+            tracing::warn!(error = %e, "refused an API key whose row does not parse");
+            Ok(None)
+        }
     }
 }
 

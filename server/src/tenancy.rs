@@ -129,3 +129,16 @@ pub struct TenantSettings {
     /// check fails that report with a clear error instead of every read of the settings.
     pub time_zone: String,
 }
+
+/// An API key as the registry holds it: whose it is, what it may do, and the hash its secret
+/// is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key_id: String,
+    pub tenant: TenantId,
+    pub role: Role,
+    pub name: String,
+    pub secret_hash: String,
+    pub created_ms: u64,
+    pub revoked: bool,
+}

@@ -11,9 +11,10 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::{ReadError, UnreadableRow};
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::secrets;
-use crate::tenancy::{Assignment, Role, TenantId, TenantSettings};
+use crate::tenancy::{ApiKey, Assignment, Role, TenantId, TenantSettings};
 
 /// A registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,16 +146,47 @@ pub struct DeviceAuthRow {
     pub updated_ms: u64,
 }
 
+/// A row of `api_keys` (read as [`ApiKey`]).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct ApiKeyRow {
-    pub key_id: String,
-    pub tenant_id: String,
-    pub secret_hash: String,
-    pub role: String,
-    pub name: String,
-    pub created_ms: u64,
-    pub revoked: u8,
-    pub updated_ms: u64,
+struct ApiKeyRow {
+    key_id: String,
+    tenant_id: String,
+    secret_hash: String,
+    role: String,
+    name: String,
+    created_ms: u64,
+    revoked: u8,
+    updated_ms: u64,
+}
+
+impl ApiKeyRow {
+    /// Rows are written only through [`Registry::create_api_key`], which writes parsed values;
+    /// one that does not parse was edited by hand or written by a newer release.
+    fn into_api_key(self) -> Result<ApiKey, UnreadableRow> {
+        let unreadable = |field, value: &str| UnreadableRow {
+            table: "api_keys",
+            key: self.key_id.clone(),
+            field,
+            value: value.to_string(),
+        };
+        let tenant = self
+            .tenant_id
+            .parse()
+            .map_err(|_| unreadable("tenant_id", &self.tenant_id))?;
+        let role = self
+            .role
+            .parse()
+            .map_err(|_| unreadable("role", &self.role))?;
+        Ok(ApiKey {
+            key_id: self.key_id,
+            tenant,
+            role,
+            name: self.name,
+            secret_hash: self.secret_hash,
+            created_ms: self.created_ms,
+            revoked: self.revoked != 0,
+        })
+    }
 }
 
 /// Which team (and, where the tenant allows names, which person) works at a device: a row of
@@ -653,12 +685,25 @@ impl Registry {
         Ok(token)
     }
 
-    pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRow>, ClickHouseError> {
+    pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKey>, ReadError> {
+        let row = self.api_key_row(key_id).await?;
+        Ok(row.map(ApiKeyRow::into_api_key).transpose()?)
+    }
+
+    async fn api_key_row(&self, key_id: &str) -> Result<Option<ApiKeyRow>, ClickHouseError> {
         self.fetch_one_by("api_keys", "key_id", key_id).await
     }
 
-    pub async fn api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRow>, ClickHouseError> {
-        self.list_for_tenant("api_keys", tenant, "created_ms").await
+    /// A tenant's API keys, oldest first; one unreadable row fails the list (an admin is
+    /// told which).
+    pub async fn api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKey>, ReadError> {
+        let rows: Vec<ApiKeyRow> = self
+            .list_for_tenant("api_keys", tenant, "created_ms")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(ApiKeyRow::into_api_key)
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn revoke_api_key(
@@ -666,7 +711,7 @@ impl Registry {
         tenant: &TenantId,
         key_id: &str,
     ) -> Result<(), RegistryError> {
-        let row = self.api_key(key_id).await?;
+        let row = self.api_key_row(key_id).await?;
         self.revoke("api_keys", "API key", key_id, tenant, row)
             .await
     }
@@ -775,5 +820,50 @@ impl Registry {
         row.updated_ms = next_version(row.updated_ms);
         self.insert("tenant_settings", &row).await?;
         Ok(row.into_settings())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_key_row(tenant_id: &str, role: &str) -> ApiKeyRow {
+        ApiKeyRow {
+            key_id: "k1".into(),
+            tenant_id: tenant_id.into(),
+            secret_hash: "ab".into(),
+            role: role.into(),
+            name: "crm".into(),
+            created_ms: 5,
+            revoked: 1,
+            updated_ms: 6,
+        }
+    }
+
+    #[test]
+    fn an_api_key_row_parses_into_the_domain() {
+        let key = api_key_row("acme", "wfm").into_api_key().unwrap();
+        assert_eq!(key.tenant, "acme".parse::<TenantId>().unwrap());
+        assert_eq!(key.role, Role::Wfm);
+        assert!(key.revoked);
+        assert_eq!((key.key_id.as_str(), key.name.as_str()), ("k1", "crm"));
+    }
+
+    #[test]
+    fn an_api_key_row_that_does_not_parse_is_a_typed_error_naming_the_field() {
+        assert_eq!(
+            api_key_row("acme", "root").into_api_key(),
+            Err(UnreadableRow {
+                table: "api_keys",
+                key: "k1".into(),
+                field: "role",
+                value: "root".into(),
+            })
+        );
+        let bad_tenant = api_key_row("Not A Tenant", "admin").into_api_key();
+        assert!(
+            matches!(&bad_tenant, Err(e) if e.field == "tenant_id"),
+            "{bad_tenant:?}"
+        );
     }
 }
