@@ -29,7 +29,7 @@ use crate::items::{
 use crate::live::LiveHub;
 use crate::storage::changes::ChangeMark;
 use crate::storage::item_reader::ItemReader;
-use crate::storage::items::{self as store, HandleTimeCache};
+use crate::storage::items::{self as store, HandleTimeCache, ItemRead};
 use crate::tenancy::{Role, TenantId};
 pub use context::{LookupContext, LookupContextCache};
 pub use documents::{
@@ -151,6 +151,21 @@ impl Items<'_> {
             context,
             stats,
         }))
+    }
+
+    /// Several items of `tenant` as stored, each read batched with the lookups in flight (in
+    /// the order of `item_ids`; an item that does not exist reads empty). For callers that
+    /// compare a read against what it must already hold (the webhook engine's change marks)
+    /// before building a [`ItemSnapshot`] from it.
+    pub async fn read_each(
+        self,
+        tenant: &TenantId,
+        item_ids: &[String],
+    ) -> Vec<Result<ItemRead, ClickHouseError>> {
+        let reads = item_ids
+            .iter()
+            .map(|id| self.reader.read(tenant.as_str(), id));
+        futures_util::future::join_all(reads).await
     }
 
     /// The status document of one item as `role` sees it now; `None`: no such item.
