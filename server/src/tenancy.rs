@@ -1,5 +1,6 @@
-//! Tenants and roles: the parsed, always-valid forms of the names admins type; a tenant's
-//! settings and who works at its devices, as the registry stores them.
+//! Tenants and roles: the parsed, always-valid forms of the names admins type; and what the
+//! registry holds about a tenant (settings, keys, devices, who works at them), as the storage
+//! layer hands it back ([`crate::storage::registry`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -140,5 +141,54 @@ pub struct ApiKey {
     pub name: String,
     pub secret_hash: String,
     pub created_ms: u64,
+    pub revoked: bool,
+}
+
+/// A tenant as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_ms: u64,
+}
+
+/// An enrollment key: the secret's hash, whose devices it enrolls, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentKey {
+    pub key_id: String,
+    pub tenant: TenantId,
+    pub secret_hash: String,
+    pub note: String,
+    pub created_ms: u64,
+    /// `None`: never expires.
+    pub expires_ms: Option<u64>,
+    pub revoked: bool,
+}
+
+impl EnrollmentKey {
+    /// Why this key cannot enroll a device now, if it cannot (a use limit aside, which is
+    /// counted in storage).
+    pub fn unusable_reason(&self, now_ms: u64) -> Option<&'static str> {
+        if self.revoked {
+            Some("enrollment key revoked")
+        } else if self.expires_ms.is_some_and(|expires| expires <= now_ms) {
+            Some("enrollment key expired")
+        } else {
+            None
+        }
+    }
+}
+
+/// An enrolled device as admins see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub device_id: Uuid,
+    pub tenant: TenantId,
+    pub hostname: String,
+    pub os: String,
+    pub agent_version: String,
+    pub enrollment_key_id: String,
+    pub enrolled_ms: u64,
+    /// Revoked by an admin, or refused at enrollment (its key was used up).
     pub revoked: bool,
 }

@@ -14,7 +14,9 @@ use uuid::Uuid;
 use super::{ReadError, UnreadableRow};
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::secrets;
-use crate::tenancy::{ApiKey, Assignment, Role, TenantId, TenantSettings};
+use crate::tenancy::{
+    ApiKey, Assignment, Device, EnrollmentKey, Role, Tenant, TenantId, TenantSettings,
+};
 
 /// A registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,37 +37,65 @@ pub enum RegistryError {
     },
 }
 
+/// A row of `tenants` (read as [`Tenant`]).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct TenantRow {
-    pub tenant_id: String,
-    pub name: String,
-    pub created_ms: u64,
-    pub updated_ms: u64,
+struct TenantRow {
+    tenant_id: String,
+    name: String,
+    created_ms: u64,
+    updated_ms: u64,
 }
 
+impl TenantRow {
+    fn into_tenant(self) -> Result<Tenant, UnreadableRow> {
+        Ok(Tenant {
+            id: parse_tenant("tenants", &self.tenant_id, &self.tenant_id)?,
+            name: self.name,
+            created_ms: self.created_ms,
+        })
+    }
+}
+
+/// A row of `enrollment_keys` (read as [`EnrollmentKey`]; `expires_ms` 0: never).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct EnrollmentKeyRow {
-    pub key_id: String,
-    pub tenant_id: String,
-    pub secret_hash: String,
-    pub note: String,
-    pub created_ms: u64,
-    pub expires_ms: u64,
-    pub revoked: u8,
-    pub updated_ms: u64,
+struct EnrollmentKeyRow {
+    key_id: String,
+    tenant_id: String,
+    secret_hash: String,
+    note: String,
+    created_ms: u64,
+    expires_ms: u64,
+    revoked: u8,
+    updated_ms: u64,
 }
 
 impl EnrollmentKeyRow {
-    /// Why this key cannot enroll a device now, if it cannot.
-    pub fn unusable_reason(&self, now_ms: u64) -> Option<&'static str> {
-        if self.revoked != 0 {
-            Some("enrollment key revoked")
-        } else if self.expires_ms != 0 && self.expires_ms <= now_ms {
-            Some("enrollment key expired")
-        } else {
-            None
-        }
+    fn into_key(self) -> Result<EnrollmentKey, UnreadableRow> {
+        Ok(EnrollmentKey {
+            tenant: parse_tenant("enrollment_keys", &self.key_id, &self.tenant_id)?,
+            key_id: self.key_id,
+            secret_hash: self.secret_hash,
+            note: self.note,
+            created_ms: self.created_ms,
+            expires_ms: Some(self.expires_ms).filter(|&e| e != 0),
+            revoked: self.revoked != 0,
+        })
     }
+}
+
+/// The tenant id of a row of `table` (keyed `key`). Rows are written only from parsed ids;
+/// one that does not parse was edited by hand or written by a newer release.
+fn parse_tenant(
+    table: &'static str,
+    key: &str,
+    tenant_id: &str,
+) -> Result<TenantId, UnreadableRow> {
+    tenant_id.parse().map_err(|_| UnreadableRow {
+        table,
+        key: key.to_string(),
+        field: "tenant_id",
+        value: tenant_id.to_string(),
+    })
 }
 
 /// How long an enrollment key lives when its creator names no expiry.
@@ -120,19 +150,35 @@ pub enum EnrollError {
 /// could push one already accepted out of the first `max_uses`, and both would be enrolled.
 pub const ENROLL_SETTLE: std::time::Duration = std::time::Duration::from_millis(1_000);
 
+/// A row of `devices` (read as [`Device`]).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct DeviceRow {
+struct DeviceRow {
     #[serde(with = "clickhouse::serde::uuid")]
-    pub device_id: Uuid,
-    pub tenant_id: String,
-    pub secret_hash: String,
-    pub hostname: String,
-    pub os: String,
-    pub agent_version: String,
-    pub enrollment_key_id: String,
-    pub enrolled_ms: u64,
-    pub revoked: u8,
-    pub updated_ms: u64,
+    device_id: Uuid,
+    tenant_id: String,
+    secret_hash: String,
+    hostname: String,
+    os: String,
+    agent_version: String,
+    enrollment_key_id: String,
+    enrolled_ms: u64,
+    revoked: u8,
+    updated_ms: u64,
+}
+
+impl DeviceRow {
+    fn into_device(self) -> Result<Device, UnreadableRow> {
+        Ok(Device {
+            tenant: parse_tenant("devices", &self.device_id.to_string(), &self.tenant_id)?,
+            device_id: self.device_id,
+            hostname: self.hostname,
+            os: self.os,
+            agent_version: self.agent_version,
+            enrollment_key_id: self.enrollment_key_id,
+            enrolled_ms: self.enrolled_ms,
+            revoked: self.revoked != 0,
+        })
+    }
 }
 
 /// The columns of `devices` that authentication needs.
@@ -163,20 +209,13 @@ impl ApiKeyRow {
     /// Rows are written only through [`Registry::create_api_key`], which writes parsed values;
     /// one that does not parse was edited by hand or written by a newer release.
     fn into_api_key(self) -> Result<ApiKey, UnreadableRow> {
-        let unreadable = |field, value: &str| UnreadableRow {
+        let tenant = parse_tenant("api_keys", &self.key_id, &self.tenant_id)?;
+        let role = self.role.parse().map_err(|_| UnreadableRow {
             table: "api_keys",
             key: self.key_id.clone(),
-            field,
-            value: value.to_string(),
-        };
-        let tenant = self
-            .tenant_id
-            .parse()
-            .map_err(|_| unreadable("tenant_id", &self.tenant_id))?;
-        let role = self
-            .role
-            .parse()
-            .map_err(|_| unreadable("role", &self.role))?;
+            field: "role",
+            value: self.role.clone(),
+        })?;
         Ok(ApiKey {
             key_id: self.key_id,
             tenant,
@@ -358,7 +397,7 @@ impl Registry {
     }
 
     pub async fn create_tenant(&self, tenant: &TenantId, name: &str) -> Result<(), RegistryError> {
-        if self.tenant(tenant).await?.is_some() {
+        if self.tenant_exists(tenant).await? {
             return Err(RegistryError::TenantExists(tenant.clone()));
         }
         let now = now_ms();
@@ -371,24 +410,39 @@ impl Registry {
         Ok(self.insert("tenants", &row).await?)
     }
 
-    pub async fn tenant(&self, tenant: &TenantId) -> Result<Option<TenantRow>, ClickHouseError> {
+    pub async fn tenant(&self, tenant: &TenantId) -> Result<Option<Tenant>, ReadError> {
+        let row = self.tenant_row(tenant).await?;
+        Ok(row.map(TenantRow::into_tenant).transpose()?)
+    }
+
+    async fn tenant_row(&self, tenant: &TenantId) -> Result<Option<TenantRow>, ClickHouseError> {
         self.fetch_one_by("tenants", "tenant_id", tenant.as_str())
             .await
     }
 
-    pub async fn tenants(&self) -> Result<Vec<TenantRow>, ClickHouseError> {
-        with_timeout(
+    /// Whether `tenant` exists.
+    async fn tenant_exists(&self, tenant: &TenantId) -> Result<bool, ClickHouseError> {
+        Ok(self.tenant_row(tenant).await?.is_some())
+    }
+
+    /// Every tenant, by id; one unreadable row fails the list (an admin is told which).
+    pub async fn tenants(&self) -> Result<Vec<Tenant>, ReadError> {
+        let rows: Vec<TenantRow> = with_timeout(
             self.client
                 .query("SELECT ?fields FROM tenants FINAL ORDER BY tenant_id")
                 .fetch_all(),
         )
-        .await
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(TenantRow::into_tenant)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn require_tenant(&self, tenant: &TenantId) -> Result<(), RegistryError> {
-        match self.tenant(tenant).await? {
-            Some(_) => Ok(()),
-            None => Err(RegistryError::NoSuchTenant(tenant.clone())),
+        match self.tenant_exists(tenant).await? {
+            true => Ok(()),
+            false => Err(RegistryError::NoSuchTenant(tenant.clone())),
         }
     }
 
@@ -498,19 +552,30 @@ impl Registry {
         Ok(rows.into_iter().map(|r| r.device_id).collect())
     }
 
-    pub async fn enrollment_key(
+    pub async fn enrollment_key(&self, key_id: &str) -> Result<Option<EnrollmentKey>, ReadError> {
+        let row = self.enrollment_key_row(key_id).await?;
+        Ok(row.map(EnrollmentKeyRow::into_key).transpose()?)
+    }
+
+    async fn enrollment_key_row(
         &self,
         key_id: &str,
     ) -> Result<Option<EnrollmentKeyRow>, ClickHouseError> {
         self.fetch_one_by("enrollment_keys", "key_id", key_id).await
     }
 
+    /// A tenant's enrollment keys, oldest first; one unreadable row fails the list.
     pub async fn enrollment_keys(
         &self,
         tenant: &TenantId,
-    ) -> Result<Vec<EnrollmentKeyRow>, ClickHouseError> {
-        self.list_for_tenant("enrollment_keys", tenant, "created_ms")
-            .await
+    ) -> Result<Vec<EnrollmentKey>, ReadError> {
+        let rows: Vec<EnrollmentKeyRow> = self
+            .list_for_tenant("enrollment_keys", tenant, "created_ms")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(EnrollmentKeyRow::into_key)
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn revoke_enrollment_key(
@@ -518,7 +583,7 @@ impl Registry {
         tenant: &TenantId,
         key_id: &str,
     ) -> Result<(), RegistryError> {
-        let row = self.enrollment_key(key_id).await?;
+        let row = self.enrollment_key_row(key_id).await?;
         self.revoke("enrollment_keys", "enrollment key", key_id, tenant, row)
             .await
     }
@@ -535,7 +600,7 @@ impl Registry {
     /// enrollments made within the replication lag.
     pub async fn enroll_device(
         &self,
-        key: &EnrollmentKeyRow,
+        key: &EnrollmentKey,
         device: NewDevice<'_>,
     ) -> Result<(Uuid, Token), EnrollError> {
         let limit = self.enrollment_key_limit(&key.key_id).await?;
@@ -579,7 +644,7 @@ impl Registry {
 
     async fn insert_device(
         &self,
-        key: &EnrollmentKeyRow,
+        key: &EnrollmentKey,
         device: NewDevice<'_>,
     ) -> Result<(DeviceRow, Token), ClickHouseError> {
         let device_id = Uuid::now_v7();
@@ -587,7 +652,7 @@ impl Registry {
         let now = now_ms();
         let row = DeviceRow {
             device_id,
-            tenant_id: key.tenant_id.clone(),
+            tenant_id: key.tenant.to_string(),
             secret_hash: secrets::hash_secret(&token),
             hostname: device.hostname.to_string(),
             os: device.os.to_string(),
@@ -601,7 +666,7 @@ impl Registry {
         Ok((row, token))
     }
 
-    pub async fn device(&self, device_id: Uuid) -> Result<Option<DeviceRow>, ClickHouseError> {
+    async fn device_row(&self, device_id: Uuid) -> Result<Option<DeviceRow>, ClickHouseError> {
         with_timeout(
             self.client
                 .query("SELECT ?fields FROM devices FINAL WHERE device_id = ?")
@@ -647,8 +712,15 @@ impl Registry {
         .await
     }
 
-    pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRow>, ClickHouseError> {
-        self.list_for_tenant("devices", tenant, "enrolled_ms").await
+    /// A tenant's devices, oldest enrollment first; one unreadable row fails the list.
+    pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<Device>, ReadError> {
+        let rows: Vec<DeviceRow> = self
+            .list_for_tenant("devices", tenant, "enrolled_ms")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(DeviceRow::into_device)
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn revoke_device(
@@ -656,7 +728,7 @@ impl Registry {
         tenant: &TenantId,
         device_id: Uuid,
     ) -> Result<(), RegistryError> {
-        let row = self.device(device_id).await?;
+        let row = self.device_row(device_id).await?;
         self.revoke("devices", "device", &device_id.to_string(), tenant, row)
             .await
     }
@@ -750,7 +822,7 @@ impl Registry {
         team: &str,
         person: &str,
     ) -> Result<(), RegistryError> {
-        self.device(device_id)
+        self.device_row(device_id)
             .await?
             .filter(|d| d.tenant_id == tenant.as_str())
             .ok_or_else(|| RegistryError::NotFound {
@@ -864,6 +936,36 @@ mod tests {
         assert!(
             matches!(&bad_tenant, Err(e) if e.field == "tenant_id"),
             "{bad_tenant:?}"
+        );
+    }
+
+    #[test]
+    fn an_enrollment_key_row_spells_never_as_none_and_refuses_a_bad_tenant() {
+        let row = EnrollmentKeyRow {
+            key_id: "e1".into(),
+            tenant_id: "acme".into(),
+            secret_hash: "ab".into(),
+            note: String::new(),
+            created_ms: 1,
+            expires_ms: 0,
+            revoked: 0,
+            updated_ms: 1,
+        };
+        let key = row.clone().into_key().unwrap();
+        assert_eq!(key.expires_ms, None, "0 is never");
+        assert_eq!(key.unusable_reason(u64::MAX), None);
+        let bad = EnrollmentKeyRow {
+            tenant_id: "ACME!".into(),
+            ..row
+        };
+        assert_eq!(
+            bad.into_key(),
+            Err(UnreadableRow {
+                table: "enrollment_keys",
+                key: "e1".into(),
+                field: "tenant_id",
+                value: "ACME!".into(),
+            })
         );
     }
 }
