@@ -27,9 +27,9 @@ use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::secrets;
 use crate::storage::audit::AuditEntry;
-use crate::storage::registry::{DeviceAuthRow, Registry};
-use crate::storage::ReadError;
-use crate::tenancy::ApiKey;
+use crate::storage::registry::Registry;
+use crate::storage::{ReadError, UnreadableRow};
+use crate::tenancy::{ApiKey, DeviceCredential};
 use crate::tenancy::{Role, TenantId};
 
 /// Most cached API keys or unknown device ids; beyond it that cache is cleared (simple, bounded).
@@ -170,26 +170,26 @@ impl DeviceDirectory {
         }
     }
 
-    fn known(&mut self, row: &DeviceAuthRow) -> KnownDevice {
+    fn known(&mut self, row: &DeviceCredential) -> KnownDevice {
         if self.tenants.len() >= MAX_CACHED {
             self.tenants.clear();
         }
         let tenant_id = self
             .tenants
-            .entry(row.tenant_id.clone())
-            .or_insert_with(|| Arc::from(row.tenant_id.as_str()))
+            .entry(row.tenant.to_string())
+            .or_insert_with(|| Arc::from(row.tenant.as_str()))
             .clone();
         KnownDevice {
             tenant_id,
             secret_hash: row.secret_hash.clone().into_boxed_str(),
-            revoked: row.revoked != 0,
+            revoked: row.revoked,
             last_used: Instant::now(),
         }
     }
 
     /// Applies a row read from ClickHouse: a device already here is updated (a revocation
     /// must reach it); a new one is added while there is room, or when `make_room`.
-    fn apply(&mut self, row: &DeviceAuthRow, make_room: bool) {
+    fn apply(&mut self, row: &DeviceCredential, make_room: bool) {
         self.high_water_ms = self.high_water_ms.max(row.updated_ms);
         self.unknown.remove(&row.device_id);
         if let Some(present) = self.devices.get(&row.device_id) {
@@ -306,7 +306,14 @@ impl DeviceAuthenticator {
             }
         }
         // Not in the directory: enrolled since the last refresh, or dropped when it was full.
-        let found = self.registry.device_auth(device_id).await?;
+        let found = match self.registry.device_auth(device_id).await {
+            Ok(found) => found,
+            Err(ReadError::ClickHouse(e)) => return Err(e),
+            Err(ReadError::Unreadable(e)) => {
+                refuse_unreadable(&e, "a device");
+                None
+            }
+        };
         let mut directory = self.directory();
         match &found {
             Some(row) => {
@@ -334,7 +341,10 @@ impl DeviceAuthenticator {
             .saturating_sub(REFRESH_OVERLAP_MS);
         // Streamed: a large change set never sits in memory whole.
         self.registry
-            .devices_changed_since(since, |row| self.directory().apply(&row, false))
+            .devices_changed_since(since, |found| match found {
+                Ok(device) => self.directory().apply(&device, false),
+                Err(e) => refuse_unreadable(&e, "a device"),
+            })
             .await?;
         let mut directory = self.directory();
         directory.refreshed_at = Some(Instant::now());
@@ -406,8 +416,15 @@ impl ApiKeyAuthenticator {
     }
 }
 
-/// The key `key_id`, or `None` for no key. A key whose row does not parse (edited by hand) is
-/// refused like an unknown one rather than trusted, and logged.
+/// Logs and counts a credential refused because its row does not parse: rows are written only
+/// from parsed values, so it was edited by hand or written by a newer release. It is refused
+/// like an unknown credential rather than trusted.
+fn refuse_unreadable(e: &UnreadableRow, what: &str) {
+    metrics::counter!("backlight_unreadable_rows_total", "table" => e.table).increment(1);
+    tracing::warn!(error = %e, "refused {what} whose row does not parse");
+}
+
+/// The key `key_id`, or `None` for no key (or one whose row does not parse).
 async fn load_api_key(
     registry: &Registry,
     key_id: &str,
@@ -416,8 +433,7 @@ async fn load_api_key(
         Ok(key) => Ok(key),
         Err(ReadError::ClickHouse(e)) => Err(e),
         Err(ReadError::Unreadable(e)) => {
-            metrics::counter!("backlight_unreadable_rows_total", "table" => e.table).increment(1);
-            tracing::warn!(error = %e, "refused an API key whose row does not parse");
+            refuse_unreadable(&e, "an API key");
             Ok(None)
         }
     }
@@ -463,12 +479,12 @@ impl AuditEntry {
 mod tests {
     use super::*;
 
-    fn row(n: u128, revoked: u8) -> DeviceAuthRow {
-        DeviceAuthRow {
+    fn row(n: u128, revoked: u8) -> DeviceCredential {
+        DeviceCredential {
             device_id: Uuid::from_u128(n),
-            tenant_id: format!("t{}", n % 3),
+            tenant: format!("t{}", n % 3).parse().unwrap(),
             secret_hash: "ab".repeat(32),
-            revoked,
+            revoked: revoked != 0,
             updated_ms: 1_000 + n as u64,
         }
     }

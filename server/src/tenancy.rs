@@ -192,3 +192,14 @@ pub struct Device {
     /// Revoked by an admin, or refused at enrollment (its key was used up).
     pub revoked: bool,
 }
+
+/// What authenticating a device needs: its tenant, the hash its secret is checked against,
+/// whether it is revoked, and the version (`updated_ms`) a directory of devices refreshes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCredential {
+    pub device_id: Uuid,
+    pub tenant: TenantId,
+    pub secret_hash: String,
+    pub revoked: bool,
+    pub updated_ms: u64,
+}

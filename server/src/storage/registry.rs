@@ -15,7 +15,8 @@ use super::{ReadError, UnreadableRow};
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::secrets;
 use crate::tenancy::{
-    ApiKey, Assignment, Device, EnrollmentKey, Role, Tenant, TenantId, TenantSettings,
+    ApiKey, Assignment, Device, DeviceCredential, EnrollmentKey, Role, Tenant, TenantId,
+    TenantSettings,
 };
 
 /// A registry operation failed.
@@ -181,15 +182,27 @@ impl DeviceRow {
     }
 }
 
-/// The columns of `devices` that authentication needs.
+/// The columns of `devices` that authentication needs (read as [`DeviceCredential`]).
 #[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
-pub struct DeviceAuthRow {
+struct DeviceAuthRow {
     #[serde(with = "clickhouse::serde::uuid")]
-    pub device_id: Uuid,
-    pub tenant_id: String,
-    pub secret_hash: String,
-    pub revoked: u8,
-    pub updated_ms: u64,
+    device_id: Uuid,
+    tenant_id: String,
+    secret_hash: String,
+    revoked: u8,
+    updated_ms: u64,
+}
+
+impl DeviceAuthRow {
+    fn into_credential(self) -> Result<DeviceCredential, UnreadableRow> {
+        Ok(DeviceCredential {
+            tenant: parse_tenant("devices", &self.device_id.to_string(), &self.tenant_id)?,
+            device_id: self.device_id,
+            secret_hash: self.secret_hash,
+            revoked: self.revoked != 0,
+            updated_ms: self.updated_ms,
+        })
+    }
 }
 
 /// A row of `api_keys` (read as [`ApiKey`]).
@@ -680,23 +693,26 @@ impl Registry {
     pub async fn device_auth(
         &self,
         device_id: Uuid,
-    ) -> Result<Option<DeviceAuthRow>, ClickHouseError> {
-        with_timeout(
+    ) -> Result<Option<DeviceCredential>, ReadError> {
+        let row: Option<DeviceAuthRow> = with_timeout(
             self.client
                 .query("SELECT ?fields FROM devices FINAL WHERE device_id = ?")
                 .bind(device_id.to_string())
                 .fetch_optional(),
         )
-        .await
+        .await?;
+        Ok(row.map(DeviceAuthRow::into_credential).transpose()?)
     }
 
     /// Hands `each` every device (of every tenant) whose newest version was written at or
     /// after `since_ms` (with 0, every device), streamed row by row. Used by servers to keep
-    /// their device directory current with one query.
+    /// their device directory current with one query. A row that does not parse is handed
+    /// over as its [`UnreadableRow`] error, for the caller to refuse that device: one bad row
+    /// must not stop every other device's refresh.
     pub async fn devices_changed_since(
         &self,
         since_ms: u64,
-        mut each: impl FnMut(DeviceAuthRow),
+        mut each: impl FnMut(Result<DeviceCredential, UnreadableRow>),
     ) -> Result<(), ClickHouseError> {
         with_timeout(async {
             let mut cursor = self
@@ -705,7 +721,7 @@ impl Registry {
                 .bind(since_ms)
                 .fetch::<DeviceAuthRow>()?;
             while let Some(row) = cursor.next().await? {
-                each(row);
+                each(row.into_credential());
             }
             Ok(())
         })
