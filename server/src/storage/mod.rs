@@ -18,12 +18,19 @@
 //! tell cases apart, e.g. `registry::EnrollError`, `policies::PolicyError`); their text is for
 //! the log, never for a client.
 //!
+//! Rows are read by column name: a query selects `?fields`, which the `clickhouse` crate
+//! replaces with the Row struct's field names (an inner query renames a column where an
+//! aggregate must carry its name), and every value is bound with `?`.
+//!
 //! **Architecture invariant:** storage hands back domain types. A module's row structs
-//! (`#[derive(clickhouse::Row)]`, the columns as the table stores them) are private to it; each
-//! read converts rows into domain values (`ItemRegistration`, `Assignment`, `TenantSettings`,
-//! `ApiKey`, …) and each write builds its rows from them. Rows are read by column name: a query selects `?fields`, which the
-//! `clickhouse` crate replaces with the Row struct's field names (an inner query renames a
-//! column where an aggregate must carry its name), and every value is bound with `?`.
+//! (`#[derive(clickhouse::Row)]`: the columns as the table stores them, `0` and `""` for none,
+//! `UInt8` flags, tenant ids as strings) are private to it; each read parses its rows into
+//! domain values ([`crate::items::ItemRegistration`], [`crate::tenancy`]'s `Tenant`,
+//! `ApiKey`, `EnrollmentKey`, `Device`, `DeviceCredential`, `Assignment`, `TenantSettings`)
+//! and each write builds its rows from them. A row that does not parse is an
+//! [`UnreadableRow`], never a panic and never dropped unseen (the packed `item_lookup` rows,
+//! [`lookup_row`], are skipped one by one but logged and counted). Not yet so: [`reports`],
+//! [`webhooks`], [`policies`]' history, [`audit`] and [`events`] still have public rows.
 //!
 //! **Architecture invariant:** the server holds no state of its own. Anything one server knows
 //! (a device, a revocation, an accepted event) another server behind the same load balancer

@@ -4,6 +4,10 @@
 //! Rows are versioned by `updated_ms`: a change inserts a new version, reads take the newest
 //! (`FINAL`). That keeps every server stateless — any of them can enroll, authenticate or
 //! revoke — with ClickHouse as the one store.
+//!
+//! The row structs are private: reads hand back [`crate::tenancy`]'s types (a tenant id parsed,
+//! a role a [`Role`], flags as `bool`, "never expires" as `None`), and a row that does not
+//! parse is an [`UnreadableRow`] naming its table, key and field.
 
 use backlight_shared::credential::{SecretKind, Token};
 use backlight_shared::now_ms;
