@@ -8,6 +8,9 @@
 //! share (settings, device assignments) comes from a per-tenant cache
 //! ([`crate::service::items::context`]).
 //!
+//! Reads hand back domain values ([`ItemEvent`], [`ItemRegistration`], with "no SLA" as `None`
+//! where the table stores `0` and `""`); the rows of `items` and `sla_classes` are private here.
+//!
 //! The ETA needs handle times of recently completed items, which is a scan over the tenant's
 //! item events; [`HandleTimeCache`] keeps one result per tenant for a while and refreshes it in
 //! the background, so lookups never wait for that scan except the very first one.

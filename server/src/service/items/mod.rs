@@ -8,8 +8,8 @@
 //!   SLA classes) over the storage handles it is given.
 //!
 //! Writes come in two steps, so the handler can record the call in the audit log before it
-//! takes effect: `prepare_…` checks the request and builds the rows, `register` / `save_…`
-//! writes them.
+//! takes effect: `prepare_…` checks the request and builds the registrations (domain values;
+//! storage makes the rows), `register` / `save_…` writes them.
 
 pub mod context;
 pub mod documents;
