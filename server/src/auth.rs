@@ -209,6 +209,18 @@ impl DeviceDirectory {
         self.devices.insert(row.device_id, device);
     }
 
+    /// Applies one row of a refresh: a row that does not parse refuses its device (an older,
+    /// readable version no longer counts), logged and counted.
+    fn apply_read(&mut self, device_id: Uuid, found: Result<DeviceCredential, UnreadableRow>) {
+        match found {
+            Ok(device) => self.apply(&device, false),
+            Err(e) => {
+                refuse_unreadable(&e, "a device");
+                self.devices.remove(&device_id);
+            }
+        }
+    }
+
     /// Drops the least recently used eighth of the devices.
     fn evict(&mut self) {
         let drop = (self.devices.len() / 8).max(1);
@@ -341,9 +353,8 @@ impl DeviceAuthenticator {
             .saturating_sub(REFRESH_OVERLAP_MS);
         // Streamed: a large change set never sits in memory whole.
         self.registry
-            .devices_changed_since(since, |found| match found {
-                Ok(device) => self.directory().apply(&device, false),
-                Err(e) => refuse_unreadable(&e, "a device"),
+            .devices_changed_since(since, |device_id, found| {
+                self.directory().apply_read(device_id, found)
             })
             .await?;
         let mut directory = self.directory();
@@ -536,5 +547,26 @@ mod tests {
         directory.apply(&row(50, 0), true);
         assert!(!directory.devices.contains_key(&Uuid::from_u128(0)));
         assert!(directory.devices.contains_key(&Uuid::from_u128(50)));
+    }
+
+    #[test]
+    fn a_device_whose_newest_row_does_not_parse_is_refused_not_kept() {
+        let mut directory = DeviceDirectory::new(8);
+        directory.apply(&row(1, 0), false);
+        directory.apply(&row(2, 0), false);
+        let unreadable = UnreadableRow {
+            table: "devices",
+            key: Uuid::from_u128(1).to_string(),
+            field: "tenant_id",
+            value: "NOT A TENANT".into(),
+        };
+        directory.apply_read(Uuid::from_u128(1), Err(unreadable));
+        assert!(!directory.devices.contains_key(&Uuid::from_u128(1)));
+        assert!(
+            directory.devices.contains_key(&Uuid::from_u128(2)),
+            "the others stay"
+        );
+        directory.apply_read(Uuid::from_u128(3), Ok(row(3, 0)));
+        assert!(directory.devices.contains_key(&Uuid::from_u128(3)));
     }
 }

@@ -711,12 +711,12 @@ impl Registry {
     /// Hands `each` every device (of every tenant) whose newest version was written at or
     /// after `since_ms` (with 0, every device), streamed row by row. Used by servers to keep
     /// their device directory current with one query. A row that does not parse is handed
-    /// over as its [`UnreadableRow`] error, for the caller to refuse that device: one bad row
-    /// must not stop every other device's refresh.
+    /// over as its [`UnreadableRow`] error (with the device's id), for the caller to refuse
+    /// that device: one bad row must not stop every other device's refresh.
     pub async fn devices_changed_since(
         &self,
         since_ms: u64,
-        mut each: impl FnMut(Result<DeviceCredential, UnreadableRow>),
+        mut each: impl FnMut(Uuid, Result<DeviceCredential, UnreadableRow>),
     ) -> Result<(), ClickHouseError> {
         with_timeout(async {
             let mut cursor = self
@@ -725,7 +725,7 @@ impl Registry {
                 .bind(since_ms)
                 .fetch::<DeviceAuthRow>()?;
             while let Some(row) = cursor.next().await? {
-                each(row.into_credential());
+                each(row.device_id, row.into_credential());
             }
             Ok(())
         })
