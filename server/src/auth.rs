@@ -29,8 +29,7 @@ use crate::secrets;
 use crate::storage::audit::AuditEntry;
 use crate::storage::registry::Registry;
 use crate::storage::{ReadError, UnreadableRow};
-use crate::tenancy::{ApiKey, DeviceCredential};
-use crate::tenancy::{Role, TenantId};
+use crate::tenancy::{ApiKey, DeviceCredential, Role, TenantId};
 
 /// Most cached API keys or unknown device ids; beyond it that cache is cleared (simple, bounded).
 const MAX_CACHED: usize = 100_000;
@@ -215,7 +214,7 @@ impl DeviceDirectory {
         match found {
             Ok(device) => self.apply(&device, false),
             Err(e) => {
-                refuse_unreadable(&e, "a device");
+                e.report_refused("a device");
                 self.devices.remove(&device_id);
             }
         }
@@ -322,7 +321,7 @@ impl DeviceAuthenticator {
             Ok(found) => found,
             Err(ReadError::ClickHouse(e)) => return Err(e),
             Err(ReadError::Unreadable(e)) => {
-                refuse_unreadable(&e, "a device");
+                e.report_refused("a device");
                 None
             }
         };
@@ -427,15 +426,8 @@ impl ApiKeyAuthenticator {
     }
 }
 
-/// Logs and counts a credential refused because its row does not parse: rows are written only
-/// from parsed values, so it was edited by hand or written by a newer release. It is refused
-/// like an unknown credential rather than trusted.
-fn refuse_unreadable(e: &UnreadableRow, what: &str) {
-    metrics::counter!("backlight_unreadable_rows_total", "table" => e.table).increment(1);
-    tracing::warn!(error = %e, "refused {what} whose row does not parse");
-}
-
-/// The key `key_id`, or `None` for no key (or one whose row does not parse).
+/// The key `key_id`, or `None` for no key. A key whose row does not parse (edited by hand or
+/// written by a newer release) is refused like an unknown one rather than trusted.
 async fn load_api_key(
     registry: &Registry,
     key_id: &str,
@@ -444,7 +436,7 @@ async fn load_api_key(
         Ok(key) => Ok(key),
         Err(ReadError::ClickHouse(e)) => Err(e),
         Err(ReadError::Unreadable(e)) => {
-            refuse_unreadable(&e, "an API key");
+            e.report_refused("an API key");
             Ok(None)
         }
     }

@@ -63,9 +63,7 @@ impl Registry<'_> {
             Ok(key) => key,
             Err(ReadError::ClickHouse(e)) => return Err(e.into()),
             Err(ReadError::Unreadable(e)) => {
-                metrics::counter!("backlight_unreadable_rows_total", "table" => e.table)
-                    .increment(1);
-                tracing::warn!(error = %e, "refused an enrollment key whose row does not parse");
+                e.report_refused("an enrollment key");
                 None
             }
         };

@@ -71,6 +71,15 @@ pub struct UnreadableRow {
     pub value: String,
 }
 
+impl UnreadableRow {
+    /// Logs and counts (`backlight_unreadable_rows_total{table}`) that the credential or
+    /// record `what` of this row was refused rather than trusted.
+    pub fn report_refused(&self, what: &str) {
+        metrics::counter!("backlight_unreadable_rows_total", "table" => self.table).increment(1);
+        tracing::warn!(error = %self, "refused {what} whose row does not parse");
+    }
+}
+
 /// Why a read that parses its rows failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
