@@ -53,7 +53,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
             for t in registry.tenants().await? {
                 println!(
                     "{:<32} {:<32} {}",
-                    t.tenant_id,
+                    t.id.as_str(),
                     t.name,
                     format_ms(t.created_ms)
                 );
@@ -75,8 +75,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                 .await?;
             println!(
                 "tenant {id}: show_person_names={} time_zone={}",
-                settings.show_person_names != 0,
-                settings.time_zone
+                settings.show_person_names, settings.time_zone
             );
         }
         AdminCommand::EnrollmentKey(EnrollmentKeyCommand::Create {
@@ -125,16 +124,12 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                     None => used.to_string(),
                 };
                 let state = match k.unusable_reason(now_ms()) {
-                    Some(_) if k.revoked != 0 => "revoked",
+                    Some(_) if k.revoked => "revoked",
                     Some(_) => "expired",
                     None if limit.is_some_and(|max| used >= u64::from(max)) => "used-up",
                     None => "active",
                 };
-                let expires = if k.expires_ms == 0 {
-                    "never".to_string()
-                } else {
-                    format_ms(k.expires_ms)
-                };
+                let expires = k.expires_ms.map_or("never".to_string(), format_ms);
                 println!(
                     "{:<18} {:<8} {:<24} {:<24} {:<11} {}",
                     k.key_id,
@@ -171,11 +166,11 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                 "KEY ID", "ROLE", "STATE", "CREATED"
             );
             for k in registry.api_keys(&tenant).await? {
-                let state = if k.revoked != 0 { "revoked" } else { "active" };
+                let state = if k.revoked { "revoked" } else { "active" };
                 println!(
                     "{:<18} {:<9} {:<8} {:<24} {}",
                     k.key_id,
-                    k.role,
+                    k.role.as_str(),
                     state,
                     format_ms(k.created_ms),
                     k.name
@@ -217,7 +212,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                                 .filter(|c| !c.is_empty()),
                             "agent_version": d.agent_version,
                             "enrolled_ms": d.enrolled_ms,
-                            "revoked": d.revoked != 0,
+                            "revoked": d.revoked,
                             "max_seq": p.map_or(0, |p| p.max_seq),
                             "received": p.map_or(0, |p| p.received),
                             "missing": p.map_or(0, |p| p.missing),
@@ -242,7 +237,7 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
                         "{:<36} {:<20} {:<8} {:<20} {:>10} {:>10} {:>8} {}",
                         d.device_id,
                         d.hostname,
-                        if d.revoked != 0 { "revoked" } else { "active" },
+                        if d.revoked { "revoked" } else { "active" },
                         session,
                         p.map_or(0, |p| p.max_seq),
                         p.map_or(0, |p| p.received),

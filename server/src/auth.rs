@@ -27,8 +27,9 @@ use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::secrets;
 use crate::storage::audit::AuditEntry;
-use crate::storage::registry::{ApiKeyRow, DeviceAuthRow, Registry};
-use crate::tenancy::{Role, TenantId};
+use crate::storage::registry::Registry;
+use crate::storage::{ReadError, UnreadableRow};
+use crate::tenancy::{ApiKey, DeviceCredential, Role, TenantId};
 
 /// Most cached API keys or unknown device ids; beyond it that cache is cleared (simple, bounded).
 const MAX_CACHED: usize = 100_000;
@@ -168,26 +169,26 @@ impl DeviceDirectory {
         }
     }
 
-    fn known(&mut self, row: &DeviceAuthRow) -> KnownDevice {
+    fn known(&mut self, row: &DeviceCredential) -> KnownDevice {
         if self.tenants.len() >= MAX_CACHED {
             self.tenants.clear();
         }
         let tenant_id = self
             .tenants
-            .entry(row.tenant_id.clone())
-            .or_insert_with(|| Arc::from(row.tenant_id.as_str()))
+            .entry(row.tenant.to_string())
+            .or_insert_with(|| Arc::from(row.tenant.as_str()))
             .clone();
         KnownDevice {
             tenant_id,
             secret_hash: row.secret_hash.clone().into_boxed_str(),
-            revoked: row.revoked != 0,
+            revoked: row.revoked,
             last_used: Instant::now(),
         }
     }
 
     /// Applies a row read from ClickHouse: a device already here is updated (a revocation
     /// must reach it); a new one is added while there is room, or when `make_room`.
-    fn apply(&mut self, row: &DeviceAuthRow, make_room: bool) {
+    fn apply(&mut self, row: &DeviceCredential, make_room: bool) {
         self.high_water_ms = self.high_water_ms.max(row.updated_ms);
         self.unknown.remove(&row.device_id);
         if let Some(present) = self.devices.get(&row.device_id) {
@@ -205,6 +206,18 @@ impl DeviceDirectory {
         }
         let device = self.known(row);
         self.devices.insert(row.device_id, device);
+    }
+
+    /// Applies one row of a refresh: a row that does not parse refuses its device (an older,
+    /// readable version no longer counts), logged and counted.
+    fn apply_read(&mut self, device_id: Uuid, found: Result<DeviceCredential, UnreadableRow>) {
+        match found {
+            Ok(device) => self.apply(&device, false),
+            Err(e) => {
+                e.report_refused("a device");
+                self.devices.remove(&device_id);
+            }
+        }
     }
 
     /// Drops the least recently used eighth of the devices.
@@ -304,7 +317,14 @@ impl DeviceAuthenticator {
             }
         }
         // Not in the directory: enrolled since the last refresh, or dropped when it was full.
-        let found = self.registry.device_auth(device_id).await?;
+        let found = match self.registry.device_auth(device_id).await {
+            Ok(found) => found,
+            Err(ReadError::ClickHouse(e)) => return Err(e),
+            Err(ReadError::Unreadable(e)) => {
+                e.report_refused("a device");
+                None
+            }
+        };
         let mut directory = self.directory();
         match &found {
             Some(row) => {
@@ -332,7 +352,9 @@ impl DeviceAuthenticator {
             .saturating_sub(REFRESH_OVERLAP_MS);
         // Streamed: a large change set never sits in memory whole.
         self.registry
-            .devices_changed_since(since, |row| self.directory().apply(&row, false))
+            .devices_changed_since(since, |device_id, found| {
+                self.directory().apply_read(device_id, found)
+            })
             .await?;
         let mut directory = self.directory();
         directory.refreshed_at = Some(Instant::now());
@@ -373,7 +395,7 @@ impl ApiCaller {
 #[derive(Clone)]
 pub struct ApiKeyAuthenticator {
     registry: Registry,
-    cache: Arc<TtlCache<String, Option<ApiKeyRow>>>,
+    cache: Arc<TtlCache<String, Option<ApiKey>>>,
 }
 
 impl ApiKeyAuthenticator {
@@ -388,23 +410,35 @@ impl ApiKeyAuthenticator {
         let token = bearer(authorization, SecretKind::ApiKey).ok_or(AuthError::Missing("blk"))?;
         let key = self
             .cache
-            .get_or_load(token.id.clone(), self.registry.api_key(&token.id))
+            .get_or_load(token.id.clone(), load_api_key(&self.registry, &token.id))
             .await?
             .filter(|k| secrets::verify(&token, &k.secret_hash))
             .ok_or(AuthError::Unknown)?;
-        if key.revoked != 0 {
+        if key.revoked {
             return Err(AuthError::Revoked);
         }
-        // Rows are written only through the registry, which parses both; a row that does not
-        // parse was edited by hand and is refused rather than trusted.
-        let tenant = key.tenant_id.parse().map_err(|_| AuthError::Unknown)?;
-        let role = key.role.parse().map_err(|_| AuthError::Unknown)?;
         Ok(ApiCaller {
-            tenant,
+            tenant: key.tenant,
             key_id: key.key_id,
             key_name: key.name,
-            role,
+            role: key.role,
         })
+    }
+}
+
+/// The key `key_id`, or `None` for no key. A key whose row does not parse (edited by hand or
+/// written by a newer release) is refused like an unknown one rather than trusted.
+async fn load_api_key(
+    registry: &Registry,
+    key_id: &str,
+) -> Result<Option<ApiKey>, ClickHouseError> {
+    match registry.api_key(key_id).await {
+        Ok(key) => Ok(key),
+        Err(ReadError::ClickHouse(e)) => Err(e),
+        Err(ReadError::Unreadable(e)) => {
+            e.report_refused("an API key");
+            Ok(None)
+        }
     }
 }
 
@@ -448,12 +482,12 @@ impl AuditEntry {
 mod tests {
     use super::*;
 
-    fn row(n: u128, revoked: u8) -> DeviceAuthRow {
-        DeviceAuthRow {
+    fn row(n: u128, revoked: u8) -> DeviceCredential {
+        DeviceCredential {
             device_id: Uuid::from_u128(n),
-            tenant_id: format!("t{}", n % 3),
+            tenant: format!("t{}", n % 3).parse().unwrap(),
             secret_hash: "ab".repeat(32),
-            revoked,
+            revoked: revoked != 0,
             updated_ms: 1_000 + n as u64,
         }
     }
@@ -505,5 +539,26 @@ mod tests {
         directory.apply(&row(50, 0), true);
         assert!(!directory.devices.contains_key(&Uuid::from_u128(0)));
         assert!(directory.devices.contains_key(&Uuid::from_u128(50)));
+    }
+
+    #[test]
+    fn a_device_whose_newest_row_does_not_parse_is_refused_not_kept() {
+        let mut directory = DeviceDirectory::new(8);
+        directory.apply(&row(1, 0), false);
+        directory.apply(&row(2, 0), false);
+        let unreadable = UnreadableRow {
+            table: "devices",
+            key: Uuid::from_u128(1).to_string(),
+            field: "tenant_id",
+            value: "NOT A TENANT".into(),
+        };
+        directory.apply_read(Uuid::from_u128(1), Err(unreadable));
+        assert!(!directory.devices.contains_key(&Uuid::from_u128(1)));
+        assert!(
+            directory.devices.contains_key(&Uuid::from_u128(2)),
+            "the others stay"
+        );
+        directory.apply_read(Uuid::from_u128(3), Ok(row(3, 0)));
+        assert!(directory.devices.contains_key(&Uuid::from_u128(3)));
     }
 }

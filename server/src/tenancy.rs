@@ -1,7 +1,11 @@
-//! Tenants and roles: the parsed, always-valid forms of the names admins type.
+//! Tenants and roles: the parsed, always-valid forms of the names admins type; and what the
+//! registry holds about a tenant (settings, keys, devices, who works at them), as the storage
+//! layer hands it back ([`crate::storage::registry`]).
 
 use std::fmt;
 use std::str::FromStr;
+
+use uuid::Uuid;
 
 /// A tenant's id: 1–63 characters of `a-z`, `0-9` and `-`, starting with a letter or digit.
 /// Short and URL-safe because admins type it and it prefixes every row the tenant owns.
@@ -105,4 +109,97 @@ mod tests {
         }
         assert!("root".parse::<Role>().is_err());
     }
+}
+
+/// Team and person of one device (empty strings when unassigned or unnamed, which reports
+/// group as such).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub device_id: Uuid,
+    pub team: String,
+    pub person: String,
+}
+
+/// Per-tenant choices that change what is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// Whether wfm and admin see the person at a device, and reports group by person.
+    pub show_person_names: bool,
+    /// The zone reports use when a request names none. Checked when it is set; parsed where
+    /// it is used ([`crate::reports::TimeZone`]), so a zone a tenant set before a stricter
+    /// check fails that report with a clear error instead of every read of the settings.
+    pub time_zone: String,
+}
+
+/// An API key as the registry holds it: whose it is, what it may do, and the hash its secret
+/// is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key_id: String,
+    pub tenant: TenantId,
+    pub role: Role,
+    pub name: String,
+    pub secret_hash: String,
+    pub created_ms: u64,
+    pub revoked: bool,
+}
+
+/// A tenant as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_ms: u64,
+}
+
+/// An enrollment key: the secret's hash, whose devices it enrolls, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentKey {
+    pub key_id: String,
+    pub tenant: TenantId,
+    pub secret_hash: String,
+    pub note: String,
+    pub created_ms: u64,
+    /// `None`: never expires.
+    pub expires_ms: Option<u64>,
+    pub revoked: bool,
+}
+
+impl EnrollmentKey {
+    /// Why this key cannot enroll a device now, if it cannot (a use limit aside, which is
+    /// counted in storage).
+    pub fn unusable_reason(&self, now_ms: u64) -> Option<&'static str> {
+        if self.revoked {
+            Some("enrollment key revoked")
+        } else if self.expires_ms.is_some_and(|expires| expires <= now_ms) {
+            Some("enrollment key expired")
+        } else {
+            None
+        }
+    }
+}
+
+/// An enrolled device as admins see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub device_id: Uuid,
+    pub tenant: TenantId,
+    pub hostname: String,
+    pub os: String,
+    pub agent_version: String,
+    pub enrollment_key_id: String,
+    pub enrolled_ms: u64,
+    /// Revoked by an admin, or refused at enrollment (its key was used up).
+    pub revoked: bool,
+}
+
+/// What authenticating a device needs: its tenant, the hash its secret is checked against,
+/// whether it is revoked, and the version (`updated_ms`) a directory of devices refreshes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCredential {
+    pub device_id: Uuid,
+    pub tenant: TenantId,
+    pub secret_hash: String,
+    pub revoked: bool,
+    pub updated_ms: u64,
 }

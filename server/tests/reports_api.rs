@@ -33,7 +33,8 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use backlight_server::clickhouse::embedded::ClickHouseProcess;
 use backlight_server::http::{router, AppState};
-use backlight_server::storage::items::{insert_registrations, ItemRow};
+use backlight_server::items::ItemRegistration;
+use backlight_server::storage::items::insert_registrations;
 use backlight_server::storage::{audit, Store};
 use backlight_server::tenancy::{Role, TenantId};
 use backlight_shared::now_ms;
@@ -198,19 +199,20 @@ async fn fixture() -> Fixture {
     ingest(&app, &b, b_batch(l)).await;
     ingest(&app, &b, b_batch(l)).await;
 
-    let item = |id: &str, queue: &str, due: u64, registered: u64| ItemRow {
-        tenant_id: "acme".into(),
+    // Due 0: no SLA.
+    let item = |id: &str, queue: &str, due: u64, registered: u64| ItemRegistration {
         item_id: id.into(),
         queue: queue.into(),
         priority: 0,
-        sla_due_ms: due,
-        sla_class: String::new(),
+        sla_due_ms: Some(due).filter(|&d| d != 0),
+        sla_class: None,
         customer_ref: String::new(),
         registered_ms: registered,
         updated_ms: 1,
     };
     insert_registrations(
         store.client(),
+        "acme",
         &[
             item("I1", "claims", l + 5 * M, l - 3 * H),
             item("I2", "claims", l + 2 * H, l - 3 * H),
@@ -223,12 +225,13 @@ async fn fixture() -> Fixture {
     .unwrap();
     // Older registrations (lower `updated_ms`, in another part) that every figure must ignore:
     // the newest registration decides an item's queue, due time and registration time.
-    let stale = |id: &str, queue: &str, due: u64, registered: u64| ItemRow {
+    let stale = |id: &str, queue: &str, due: u64, registered: u64| ItemRegistration {
         updated_ms: 0,
         ..item(id, queue, due, registered)
     };
     insert_registrations(
         store.client(),
+        "acme",
         &[
             stale("I1", "billing", 0, l - 30 * H),
             stale("I4", "claims", l, l - 40 * H),
@@ -650,13 +653,13 @@ async fn items_completed_in_several_groups_count_once_in_the_totals() {
     ingest(&f.app, &f.b, b_events()).await;
     insert_registrations(
         f.store.client(),
-        &[ItemRow {
-            tenant_id: "acme".into(),
+        "acme",
+        &[ItemRegistration {
             item_id: "J1".into(),
             queue: "claims".into(),
             priority: 0,
-            sla_due_ms: w + 2 * H,
-            sla_class: String::new(),
+            sla_due_ms: Some(w + 2 * H),
+            sla_class: None,
             customer_ref: String::new(),
             registered_ms: w,
             updated_ms: 1,

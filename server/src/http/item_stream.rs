@@ -38,8 +38,8 @@ use crate::auth::ApiCaller;
 use crate::clickhouse::ClickHouseError;
 use crate::items::HandleTimeStats;
 use crate::live::{StreamPermit, StreamRefused, StreamStanding, Subscription, Update};
+use crate::service::items::LookupContext;
 use crate::service::items::{ItemDoc, ItemSnapshot, Loaded};
-use crate::storage::items::LookupContext;
 
 /// Longest a status stream stays open; the client reconnects after the `end` event.
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(30 * 60);

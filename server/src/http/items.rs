@@ -286,13 +286,13 @@ async fn register_items(
         .prepare_registration(&caller.tenant, request)
         .await
         .map_err(items_error)?;
-    let rows = registration.rows();
-    let first = rows.first().map_or("", |r| r.item_id.as_str());
-    let target = format!("{} items, first {first}", rows.len());
+    let registered = registration.items();
+    let first = registered.first().map_or("", |r| r.item_id.as_str());
+    let target = format!("{} items, first {first}", registered.len());
     audit::record(&app, &caller, "item_register", &target, "ok")?;
     items.register(&registration).await?;
     Ok(Json(Registered {
-        registered: registration.rows().len(),
+        registered: registration.items().len(),
     }))
 }
 

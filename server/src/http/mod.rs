@@ -84,7 +84,7 @@ pub struct AppState {
     /// Per-tenant handle-time statistics for item ETAs (a cache; see [`crate::storage::items`]).
     pub handle_times: crate::storage::items::HandleTimeCache,
     /// Per-tenant settings and device assignments for item lookups (a cache, same module).
-    pub lookup_context: crate::storage::items::LookupContextCache,
+    pub lookup_context: crate::service::items::LookupContextCache,
     /// Bounds the item reads in flight (search): beyond it reads wait briefly, then get 503.
     pub item_reads: ReadLimit,
     /// Bounds the reports running at once, the same way.
@@ -179,9 +179,9 @@ impl AppState {
             handle_times: crate::storage::items::handle_time_cache(
                 crate::storage::items::HANDLE_TIME_CACHE_TTL,
             ),
-            lookup_context: crate::storage::items::lookup_context_cache(
+            lookup_context: crate::service::items::context::lookup_context_cache(
                 store.registry().clone(),
-                auth_cache_ttl.min(crate::storage::items::LOOKUP_CONTEXT_TTL),
+                auth_cache_ttl.min(crate::service::items::context::LOOKUP_CONTEXT_TTL),
             ),
             item_reads: ReadLimit::new(MAX_CONCURRENT_ITEM_READS, "item reads"),
             report_runs: ReadLimit::new(MAX_CONCURRENT_REPORTS, "reports"),

@@ -125,7 +125,7 @@ async fn performance(
     let params = parse_params(&raw)?;
     let _run = app.report_runs.enter().await?;
     let settings = app.store.registry().settings(&caller.tenant).await?;
-    if params.group_by == GroupBy::Person && settings.show_person_names == 0 {
+    if params.group_by == GroupBy::Person && !settings.show_person_names {
         return Err(ApiError::forbidden(
             "person_names_hidden",
             "this tenant does not show person names, so reports cannot be grouped by person \

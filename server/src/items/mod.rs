@@ -8,7 +8,7 @@
 //!   `(device_id, seq)` and orders by `(time, device_id, seq)`.
 //! - [`sla`]: `on_track` / `at_risk` / `breached` / `none`.
 //! - [`eta`]: expected completion from historical handle times of completed items.
-//! - [`register`]: validation of item registrations.
+//! - [`register`]: validation of item registrations; [`registration`]: a stored one.
 //!
 //! **Architecture invariant:** every number the status API shows is computed here, from rows
 //! deduplicated by identity, so a re-sent batch never changes an answer.
@@ -16,8 +16,10 @@
 pub mod derive;
 pub mod eta;
 pub mod register;
+pub mod registration;
 pub mod sla;
 
 pub use derive::{derive, ItemEvent, ItemState, Occurrence, Status};
 pub use eta::{estimate, Eta, EtaMethod, HandleTimeStats};
+pub use registration::ItemRegistration;
 pub use sla::{sla_state, SlaState};

@@ -19,8 +19,9 @@ use super::Clock;
 use crate::clickhouse::ClickHouseError;
 use crate::secrets;
 use crate::storage::policies::{self, PolicyChange, PolicyError, StoredPolicy};
-use crate::storage::registry::{self as store, EnrollError, EnrollmentKeyRow, NewDevice};
-use crate::tenancy::TenantId;
+use crate::storage::registry::{self as store, EnrollError, NewDevice};
+use crate::storage::ReadError;
+use crate::tenancy::{EnrollmentKey, TenantId};
 
 /// Why a device was not enrolled.
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +56,18 @@ pub struct Registry<'a> {
 }
 
 impl Registry<'_> {
-    /// The enrollment key `token` names, if its secret matches.
-    pub async fn enrollment_key(self, token: &Token) -> Result<EnrollmentKeyRow, EnrollmentError> {
-        self.registry
-            .enrollment_key(&token.id)
-            .await?
-            .filter(|k| secrets::verify(token, &k.secret_hash))
+    /// The enrollment key `token` names, if its secret matches. A key whose row does not
+    /// parse (edited by hand) is refused like an unknown one rather than trusted, and logged.
+    pub async fn enrollment_key(self, token: &Token) -> Result<EnrollmentKey, EnrollmentError> {
+        let key = match self.registry.enrollment_key(&token.id).await {
+            Ok(key) => key,
+            Err(ReadError::ClickHouse(e)) => return Err(e.into()),
+            Err(ReadError::Unreadable(e)) => {
+                e.report_refused("an enrollment key");
+                None
+            }
+        };
+        key.filter(|k| secrets::verify(token, &k.secret_hash))
             .ok_or(EnrollmentError::UnknownKey)
     }
 
@@ -68,7 +75,7 @@ impl Registry<'_> {
     /// revoked, expired or used up.
     pub async fn enroll(
         self,
-        key: &EnrollmentKeyRow,
+        key: &EnrollmentKey,
         device: NewDevice<'_>,
     ) -> Result<Enrolled, EnrollmentError> {
         if let Some(reason) = key.unusable_reason((self.clock)()) {
@@ -84,11 +91,11 @@ impl Registry<'_> {
                     e @ EnrollError::Unconfirmed => EnrollmentError::Unconfirmed(e),
                     EnrollError::ClickHouse(e) => EnrollmentError::Storage(e),
                 })?;
-        tracing::info!(%device_id, tenant = %key.tenant_id, %hostname, "device enrolled");
+        tracing::info!(%device_id, tenant = %key.tenant, %hostname, "device enrolled");
         metrics::counter!("backlight_devices_enrolled_total").increment(1);
         Ok(Enrolled {
             device_id,
-            tenant_id: key.tenant_id.clone(),
+            tenant_id: key.tenant.to_string(),
             credential,
         })
     }
@@ -123,16 +130,15 @@ impl Registry<'_> {
 mod tests {
     use super::*;
 
-    fn key(revoked: u8, expires_ms: u64) -> EnrollmentKeyRow {
-        EnrollmentKeyRow {
+    fn key(revoked: bool, expires_ms: Option<u64>) -> EnrollmentKey {
+        EnrollmentKey {
             key_id: "k1".into(),
-            tenant_id: "acme".into(),
+            tenant: "acme".parse().unwrap(),
             secret_hash: String::new(),
             note: String::new(),
             created_ms: 0,
             expires_ms,
             revoked,
-            updated_ms: 0,
         }
     }
 
@@ -153,8 +159,8 @@ mod tests {
             agent_version: "1",
         };
         for (row, reason) in [
-            (key(1, 0), "enrollment key revoked"),
-            (key(0, 2_000), "enrollment key expired"),
+            (key(true, None), "enrollment key revoked"),
+            (key(false, Some(2_000)), "enrollment key expired"),
         ] {
             match registry.enroll(&row, device()).await {
                 Err(EnrollmentError::Unusable(r)) => assert_eq!(r, reason),
@@ -163,7 +169,7 @@ mod tests {
         }
         // Expiring after the clock's now: usable, so the service goes on to storage.
         assert!(matches!(
-            registry.enroll(&key(0, 2_001), device()).await,
+            registry.enroll(&key(false, Some(2_001)), device()).await,
             Err(EnrollmentError::Storage(_))
         ));
     }

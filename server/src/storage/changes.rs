@@ -162,8 +162,7 @@ pub async fn changed_since(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::items::{ItemEvent, Occurrence};
-    use crate::storage::items::ItemRow;
+    use crate::items::{ItemEvent, ItemRegistration, Occurrence};
     use backlight_shared::event::ItemAction;
 
     #[test]
@@ -178,13 +177,12 @@ mod tests {
         };
         let read = ItemRead {
             events: vec![event(1), event(2)],
-            registration: Some(ItemRow {
-                tenant_id: "t".into(),
+            registration: Some(ItemRegistration {
                 item_id: "I".into(),
                 queue: String::new(),
                 priority: 0,
-                sla_due_ms: 0,
-                sla_class: String::new(),
+                sla_due_ms: None,
+                sla_class: None,
                 customer_ref: String::new(),
                 registered_ms: 5,
                 updated_ms: 50,

@@ -5,7 +5,11 @@
 //! an item's events and registrations, each packed into one column ([`super::lookup_row`]).
 //! No `FINAL`: events are deduplicated in Rust by `(device_id, seq)` ([`crate::items::derive`]),
 //! and registrations take the newest version by `updated_ms`. What all lookups of a tenant
-//! share (settings, device assignments) comes from a per-tenant cache ([`LookupContextCache`]).
+//! share (settings, device assignments) comes from a per-tenant cache
+//! ([`crate::service::items::context`]).
+//!
+//! Reads hand back domain values ([`ItemEvent`], [`ItemRegistration`], with "no SLA" as `None`
+//! where the table stores `0` and `""`); the rows of `items` and `sla_classes` are private here.
 //!
 //! The ETA needs handle times of recently completed items, which is a scan over the tenant's
 //! item events; [`HandleTimeCache`] keeps one result per tenant for a while and refreshes it in
@@ -17,14 +21,12 @@ use std::time::Duration;
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::lookup_row::{self, LookupRow};
-use super::registry::Registry;
 use super::tenant_cache::TenantCache;
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
-use crate::items::{HandleTimeStats, ItemEvent};
-use crate::tenancy::TenantId;
+use crate::items::register::SlaClass;
+use crate::items::{HandleTimeStats, ItemEvent, ItemRegistration};
 
 /// Most event rows read for one item; beyond that the oldest are not shown (an item with this
 /// many events is a runaway rule, not real work).
@@ -42,45 +44,69 @@ pub const ETA_MAX_SAMPLES: u64 = 20_000;
 /// ClickHouse CPU than several (measured: −30 % per item read on 18.16).
 const POINT_READ: &str = "SETTINGS max_threads = 1";
 
-/// What was read for one item.
+/// What was read for one item: domain values, never a row (the row types of this module are
+/// private to it).
 #[derive(Debug, Clone, Default)]
 pub struct ItemRead {
     /// In storage order, not deduplicated (derivation does that).
     pub events: Vec<ItemEvent>,
     /// The newest registration, if the item is registered.
-    pub registration: Option<ItemRow>,
+    pub registration: Option<ItemRegistration>,
 }
 
-/// One row of `items`: an item's registration. Field order matches the table (RowBinary).
+/// One row of `items`: an item's registration as the table stores it (no SLA: `0` and `""`).
+/// Field order matches the table (RowBinary).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct ItemRow {
-    pub tenant_id: String,
-    pub item_id: String,
-    pub queue: String,
-    pub priority: u8,
-    /// 0: no SLA.
-    pub sla_due_ms: u64,
-    pub sla_class: String,
-    pub customer_ref: String,
-    pub registered_ms: u64,
-    pub updated_ms: u64,
+struct ItemRow {
+    tenant_id: String,
+    item_id: String,
+    queue: String,
+    priority: u8,
+    sla_due_ms: u64,
+    sla_class: String,
+    customer_ref: String,
+    registered_ms: u64,
+    updated_ms: u64,
 }
 
-#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct SlaClassRow {
-    pub tenant_id: String,
-    pub sla_class: String,
-    pub target_ms: u64,
-    pub updated_ms: u64,
+impl ItemRow {
+    fn new(tenant: &str, r: &ItemRegistration) -> ItemRow {
+        ItemRow {
+            tenant_id: tenant.to_string(),
+            item_id: r.item_id.clone(),
+            queue: r.queue.clone(),
+            priority: r.priority,
+            sla_due_ms: r.sla_due_ms.unwrap_or(0),
+            sla_class: r.sla_class.clone().unwrap_or_default(),
+            customer_ref: r.customer_ref.clone(),
+            registered_ms: r.registered_ms,
+            updated_ms: r.updated_ms,
+        }
+    }
+
+    /// The registration the row stores (every row is one: the columns' types are the
+    /// domain's, "none" aside).
+    fn into_registration(self) -> ItemRegistration {
+        ItemRegistration {
+            item_id: self.item_id,
+            queue: self.queue,
+            priority: self.priority,
+            sla_due_ms: Some(self.sla_due_ms).filter(|&due| due != 0),
+            sla_class: Some(self.sla_class).filter(|class| !class.is_empty()),
+            customer_ref: self.customer_ref,
+            registered_ms: self.registered_ms,
+            updated_ms: self.updated_ms,
+        }
+    }
 }
 
-/// Team and person of one device (empty strings when unassigned or unnamed).
-#[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
-pub struct Assignment {
-    #[serde(with = "clickhouse::serde::uuid")]
-    pub device_id: Uuid,
-    pub team: String,
-    pub person: String,
+/// One row of `sla_classes`: a version of a tenant's SLA class.
+#[derive(clickhouse::Row, Serialize)]
+struct SlaClassRow {
+    tenant_id: String,
+    sla_class: String,
+    target_ms: u64,
+    updated_ms: u64,
 }
 
 /// The events and newest registration of each of `item_ids` that has any, in one read of
@@ -108,7 +134,7 @@ pub async fn registrations(
     client: &Client,
     tenant: &str,
     item_ids: &[String],
-) -> Result<Vec<ItemRow>, ClickHouseError> {
+) -> Result<Vec<ItemRegistration>, ClickHouseError> {
     let read = read_lookup_rows(client, tenant, item_ids, RowKinds::Registrations).await?;
     Ok(read.into_values().filter_map(|r| r.registration).collect())
 }
@@ -155,7 +181,7 @@ async fn read_lookup_rows(
     )
     .await?;
     for Packed { item_id, row } in rows {
-        match lookup_row::parse(tenant, &item_id, &row) {
+        match lookup_row::parse(&item_id, &row) {
             Ok(LookupRow::Event(event)) => {
                 by_item.entry(item_id).or_default().events.push(event);
             }
@@ -187,7 +213,7 @@ pub async fn search_registrations(
     customer_ref: &str,
     queue: &str,
     limit: u64,
-) -> Result<Vec<ItemRow>, ClickHouseError> {
+) -> Result<Vec<ItemRegistration>, ClickHouseError> {
     // The innermost query renames the columns: ClickHouse resolves aliases first, and
     // `argMax(queue, …) AS queue` over the table would refer to itself. The aggregates then
     // carry the row's field names, read by name (`?fields`).
@@ -207,7 +233,7 @@ pub async fn search_registrations(
                    HAVING (? = '' OR customer_ref = ?) AND (? = '' OR queue = ?))
                ORDER BY registered_ms DESC, item_id
                LIMIT ?";
-    with_timeout(
+    let rows: Vec<ItemRow> = with_timeout(
         client
             .query(sql)
             .bind(tenant)
@@ -223,7 +249,8 @@ pub async fn search_registrations(
             .bind(limit)
             .fetch_all(),
     )
-    .await
+    .await?;
+    Ok(rows.into_iter().map(ItemRow::into_registration).collect())
 }
 
 /// Items of `tenants` whose SLA state changes by the clock alone in `(after_ms, until_ms]`: they
@@ -265,11 +292,17 @@ pub async fn sla_clock_changes(
     Ok(rows.into_iter().map(|c| (c.tenant_id, c.item_id)).collect())
 }
 
-/// Writes registrations in one INSERT.
+/// Writes registrations of `tenant`'s items in one INSERT.
 pub async fn insert_registrations(
     client: &Client,
-    rows: &[ItemRow],
+    tenant: &str,
+    registrations: &[ItemRegistration],
 ) -> Result<(), ClickHouseError> {
+    let rows: Vec<ItemRow> = registrations
+        .iter()
+        .map(|r| ItemRow::new(tenant, r))
+        .collect();
+    let rows = &rows;
     with_write_retry(|| async move {
         let mut insert = client.insert::<ItemRow>("items").await?;
         for row in rows {
@@ -310,10 +343,23 @@ pub async fn sla_classes(
         .collect())
 }
 
+/// Writes `tenant`'s classes in one INSERT, as versions stamped `updated_ms`.
 pub async fn insert_sla_classes(
     client: &Client,
-    rows: &[SlaClassRow],
+    tenant: &str,
+    classes: &[SlaClass],
+    updated_ms: u64,
 ) -> Result<(), ClickHouseError> {
+    let rows: Vec<SlaClassRow> = classes
+        .iter()
+        .map(|c| SlaClassRow {
+            tenant_id: tenant.to_string(),
+            sla_class: c.sla_class.clone(),
+            target_ms: c.target_ms,
+            updated_ms,
+        })
+        .collect();
+    let rows = &rows;
     with_write_retry(|| async move {
         let mut insert = client.insert::<SlaClassRow>("sla_classes").await?;
         for row in rows {
@@ -384,57 +430,6 @@ pub fn handle_time_cache(ttl: Duration) -> HandleTimeCache {
                 let samples =
                     handle_time_samples(&client, &tenant, backlight_shared::now_ms()).await?;
                 Ok(HandleTimeStats::new(samples))
-            })
-        }),
-    )
-}
-
-/// How long a tenant's settings and device assignments are reused by lookups. A change (say,
-/// `show_person_names` turned off) reaches every server's lookups within this plus one reload.
-pub const LOOKUP_CONTEXT_TTL: Duration = Duration::from_secs(5);
-
-/// What an item lookup needs to know about its tenant besides the item.
-#[derive(Debug, Clone, Default)]
-pub struct LookupContext {
-    pub show_person_names: bool,
-    /// Team and person of every assigned device.
-    pub assignments: HashMap<Uuid, Assignment>,
-}
-
-/// Per-tenant [`LookupContext`]: two queries per tenant every [`LOOKUP_CONTEXT_TTL`] instead of
-/// two per lookup.
-pub type LookupContextCache = TenantCache<LookupContext>;
-
-/// A [`LookupContextCache`]; `ttl` zero reads ClickHouse on every call (tests).
-pub fn lookup_context_cache(registry: Registry, ttl: Duration) -> LookupContextCache {
-    TenantCache::new(
-        "tenant settings and assignments",
-        ttl,
-        Arc::new(move |_client, tenant| {
-            let registry = registry.clone();
-            Box::pin(async move {
-                let tenant: TenantId =
-                    tenant
-                        .parse()
-                        .map_err(|e: crate::tenancy::InvalidTenantId| {
-                            ClickHouseError::Interrupted(e.to_string())
-                        })?;
-                let (settings, assignments) =
-                    tokio::try_join!(registry.settings(&tenant), registry.assignments(&tenant))?;
-                Ok(LookupContext {
-                    show_person_names: settings.show_person_names != 0,
-                    assignments: assignments
-                        .into_iter()
-                        .map(|a| {
-                            let assignment = Assignment {
-                                device_id: a.device_id,
-                                team: a.team,
-                                person: a.person,
-                            };
-                            (a.device_id, assignment)
-                        })
-                        .collect(),
-                })
             })
         }),
     )

@@ -8,14 +8,13 @@
 use backlight_shared::event::{ActivityState, ItemAction};
 use uuid::Uuid;
 
-use super::items::ItemRow;
-use crate::items::{ItemEvent, Occurrence};
+use crate::items::{ItemEvent, ItemRegistration, Occurrence};
 
 /// What one `item_lookup` row holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LookupRow {
     Event(ItemEvent),
-    Registration(ItemRow),
+    Registration(ItemRegistration),
 }
 
 /// Why a row could not be read. Rows are written by ClickHouse views, not by clients, so this
@@ -62,12 +61,12 @@ const REGISTRATION_FIELDS: [&str; 7] = [
     "customer_ref",
 ];
 
-/// Parses one row of `tenant`'s item `item_id`.
-pub fn parse(tenant: &str, item_id: &str, row: &str) -> Result<LookupRow, LookupRowError> {
+/// Parses one row of the item `item_id`.
+pub fn parse(item_id: &str, row: &str) -> Result<LookupRow, LookupRowError> {
     let (tag, rest) = row.split_once(' ').unwrap_or((row, ""));
     match tag {
         "e1" => parse_event(rest).map(LookupRow::Event),
-        "r1" => parse_registration(tenant, item_id, rest).map(LookupRow::Registration),
+        "r1" => parse_registration(item_id, rest).map(LookupRow::Registration),
         other => Err(LookupRowError::UnknownTag(other.chars().take(16).collect())),
     }
 }
@@ -109,17 +108,17 @@ fn parse_event(rest: &str) -> Result<ItemEvent, LookupRowError> {
     })
 }
 
-fn parse_registration(tenant: &str, item_id: &str, rest: &str) -> Result<ItemRow, LookupRowError> {
+/// The table's "none" (`0` due time, `""` class) becomes `None`.
+fn parse_registration(item_id: &str, rest: &str) -> Result<ItemRegistration, LookupRowError> {
     let f = Fields::split("r1", rest, &REGISTRATION_FIELDS)?;
-    Ok(ItemRow {
-        tenant_id: tenant.to_string(),
+    Ok(ItemRegistration {
         item_id: item_id.to_string(),
         priority: f.num(0)?,
-        sla_due_ms: f.num(1)?,
+        sla_due_ms: Some(f.num(1)?).filter(|&due| due != 0),
         registered_ms: f.num(2)?,
         updated_ms: f.num(3)?,
         queue: f.text(4)?,
-        sla_class: f.text(5)?,
+        sla_class: Some(f.text(5)?).filter(|class| !class.is_empty()),
         customer_ref: f.text(6)?,
     })
 }
@@ -193,7 +192,7 @@ mod tests {
             "e1 01a22959-ec9e-7546-879e-f159c51b9a45 1972 1 1000 2500 2 0 {}",
             hex_of("in review")
         );
-        let LookupRow::Event(e) = parse("acme", "CLM-1", &span).unwrap() else {
+        let LookupRow::Event(e) = parse("CLM-1", &span).unwrap() else {
             panic!("not an event")
         };
         assert_eq!(e.seq, 1972);
@@ -208,7 +207,7 @@ mod tests {
         assert_eq!(e.step, "in review");
 
         let action = "e1 01a22958-f699-7684-9c64-88ef0c897f5d 1 2 7 7 0 4 ";
-        let LookupRow::Event(e) = parse("acme", "CLM-1", action).unwrap() else {
+        let LookupRow::Event(e) = parse("CLM-1", action).unwrap() else {
             panic!("not an event")
         };
         assert_eq!(e.what, Occurrence::Action(ItemAction::Completed));
@@ -225,14 +224,13 @@ mod tests {
             hex_of("C-1 2")
         );
         assert_eq!(
-            parse("acme", "CLM-1", &row).unwrap(),
-            LookupRow::Registration(ItemRow {
-                tenant_id: "acme".into(),
+            parse("CLM-1", &row).unwrap(),
+            LookupRow::Registration(ItemRegistration {
                 item_id: "CLM-1".into(),
                 queue: odd.into(),
                 priority: 3,
-                sla_due_ms: 99,
-                sla_class: String::new(),
+                sla_due_ms: Some(99),
+                sla_class: None,
                 customer_ref: "C-1 2".into(),
                 registered_ms: 10,
                 updated_ms: 20,
@@ -243,15 +241,12 @@ mod tests {
     #[test]
     fn bad_rows_name_what_is_wrong() {
         assert_eq!(
-            parse("t", "i", "x9 1 2"),
+            parse("i", "x9 1 2"),
             Err(LookupRowError::UnknownTag("x9".into()))
         );
-        assert_eq!(
-            parse("t", "i", ""),
-            Err(LookupRowError::UnknownTag("".into()))
-        );
+        assert_eq!(parse("i", ""), Err(LookupRowError::UnknownTag("".into())));
         assert!(matches!(
-            parse("t", "i", "r1 1 2 3"),
+            parse("i", "r1 1 2 3"),
             Err(LookupRowError::FieldCount {
                 tag: "r1",
                 found: 3,
@@ -259,36 +254,36 @@ mod tests {
             })
         ));
         assert!(matches!(
-            parse("t", "i", "r1 300 0 0 0   "),
+            parse("i", "r1 300 0 0 0   "),
             Err(LookupRowError::Field {
                 field: "priority",
                 ..
             })
         ));
         assert!(matches!(
-            parse("t", "i", "r1 1 0 0 0 ZZ  "),
+            parse("i", "r1 1 0 0 0 ZZ  "),
             Err(LookupRowError::Field { field: "queue", .. })
         ));
         assert!(matches!(
-            parse("t", "i", "e1 not-a-uuid 1 2 7 7 0 4 "),
+            parse("i", "e1 not-a-uuid 1 2 7 7 0 4 "),
             Err(LookupRowError::Field {
                 field: "device_id",
                 ..
             })
         ));
         assert!(matches!(
-            parse("t", "i", &event_row(3, 0, 0)),
+            parse("i", &event_row(3, 0, 0)),
             Err(LookupRowError::NotAnItemEvent { kind: 3, .. })
         ));
         assert!(matches!(
-            parse("t", "i", &event_row(2, 0, 9)),
+            parse("i", &event_row(2, 0, 9)),
             Err(LookupRowError::NotAnItemEvent { action: 9, .. })
         ));
     }
 
     #[test]
     fn every_code_maps_to_the_domain() {
-        let event = |kind, state, action| parse("t", "i", &event_row(kind, state, action));
+        let event = |kind, state, action| parse("i", &event_row(kind, state, action));
         for (i, state) in [
             ActivityState::Active,
             ActivityState::Idle,

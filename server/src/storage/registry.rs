@@ -4,6 +4,10 @@
 //! Rows are versioned by `updated_ms`: a change inserts a new version, reads take the newest
 //! (`FINAL`). That keeps every server stateless — any of them can enroll, authenticate or
 //! revoke — with ClickHouse as the one store.
+//!
+//! The row structs are private: reads hand back [`crate::tenancy`]'s types (a tenant id parsed,
+//! a role a [`Role`], flags as `bool`, "never expires" as `None`), and a row that does not
+//! parse is an [`UnreadableRow`] naming its table, key and field.
 
 use backlight_shared::credential::{SecretKind, Token};
 use backlight_shared::now_ms;
@@ -11,9 +15,13 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::{ReadError, UnreadableRow};
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
 use crate::secrets;
-use crate::tenancy::{Role, TenantId};
+use crate::tenancy::{
+    ApiKey, Assignment, Device, DeviceCredential, EnrollmentKey, Role, Tenant, TenantId,
+    TenantSettings,
+};
 
 /// A registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,37 +42,65 @@ pub enum RegistryError {
     },
 }
 
+/// A row of `tenants` (read as [`Tenant`]).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct TenantRow {
-    pub tenant_id: String,
-    pub name: String,
-    pub created_ms: u64,
-    pub updated_ms: u64,
+struct TenantRow {
+    tenant_id: String,
+    name: String,
+    created_ms: u64,
+    updated_ms: u64,
 }
 
+impl TenantRow {
+    fn into_tenant(self) -> Result<Tenant, UnreadableRow> {
+        Ok(Tenant {
+            id: parse_tenant("tenants", &self.tenant_id, &self.tenant_id)?,
+            name: self.name,
+            created_ms: self.created_ms,
+        })
+    }
+}
+
+/// A row of `enrollment_keys` (read as [`EnrollmentKey`]; `expires_ms` 0: never).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct EnrollmentKeyRow {
-    pub key_id: String,
-    pub tenant_id: String,
-    pub secret_hash: String,
-    pub note: String,
-    pub created_ms: u64,
-    pub expires_ms: u64,
-    pub revoked: u8,
-    pub updated_ms: u64,
+struct EnrollmentKeyRow {
+    key_id: String,
+    tenant_id: String,
+    secret_hash: String,
+    note: String,
+    created_ms: u64,
+    expires_ms: u64,
+    revoked: u8,
+    updated_ms: u64,
 }
 
 impl EnrollmentKeyRow {
-    /// Why this key cannot enroll a device now, if it cannot.
-    pub fn unusable_reason(&self, now_ms: u64) -> Option<&'static str> {
-        if self.revoked != 0 {
-            Some("enrollment key revoked")
-        } else if self.expires_ms != 0 && self.expires_ms <= now_ms {
-            Some("enrollment key expired")
-        } else {
-            None
-        }
+    fn into_key(self) -> Result<EnrollmentKey, UnreadableRow> {
+        Ok(EnrollmentKey {
+            tenant: parse_tenant("enrollment_keys", &self.key_id, &self.tenant_id)?,
+            key_id: self.key_id,
+            secret_hash: self.secret_hash,
+            note: self.note,
+            created_ms: self.created_ms,
+            expires_ms: Some(self.expires_ms).filter(|&e| e != 0),
+            revoked: self.revoked != 0,
+        })
     }
+}
+
+/// The tenant id of a row of `table` (keyed `key`). Rows are written only from parsed ids;
+/// one that does not parse was edited by hand or written by a newer release.
+fn parse_tenant(
+    table: &'static str,
+    key: &str,
+    tenant_id: &str,
+) -> Result<TenantId, UnreadableRow> {
+    tenant_id.parse().map_err(|_| UnreadableRow {
+        table,
+        key: key.to_string(),
+        field: "tenant_id",
+        value: tenant_id.to_string(),
+    })
 }
 
 /// How long an enrollment key lives when its creator names no expiry.
@@ -119,72 +155,143 @@ pub enum EnrollError {
 /// could push one already accepted out of the first `max_uses`, and both would be enrolled.
 pub const ENROLL_SETTLE: std::time::Duration = std::time::Duration::from_millis(1_000);
 
+/// A row of `devices` (read as [`Device`]).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct DeviceRow {
+struct DeviceRow {
     #[serde(with = "clickhouse::serde::uuid")]
-    pub device_id: Uuid,
-    pub tenant_id: String,
-    pub secret_hash: String,
-    pub hostname: String,
-    pub os: String,
-    pub agent_version: String,
-    pub enrollment_key_id: String,
-    pub enrolled_ms: u64,
-    pub revoked: u8,
-    pub updated_ms: u64,
+    device_id: Uuid,
+    tenant_id: String,
+    secret_hash: String,
+    hostname: String,
+    os: String,
+    agent_version: String,
+    enrollment_key_id: String,
+    enrolled_ms: u64,
+    revoked: u8,
+    updated_ms: u64,
 }
 
-/// The columns of `devices` that authentication needs.
+impl DeviceRow {
+    fn into_device(self) -> Result<Device, UnreadableRow> {
+        Ok(Device {
+            tenant: parse_tenant("devices", &self.device_id.to_string(), &self.tenant_id)?,
+            device_id: self.device_id,
+            hostname: self.hostname,
+            os: self.os,
+            agent_version: self.agent_version,
+            enrollment_key_id: self.enrollment_key_id,
+            enrolled_ms: self.enrolled_ms,
+            revoked: self.revoked != 0,
+        })
+    }
+}
+
+/// The columns of `devices` that authentication needs (read as [`DeviceCredential`]).
 #[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
-pub struct DeviceAuthRow {
+struct DeviceAuthRow {
     #[serde(with = "clickhouse::serde::uuid")]
-    pub device_id: Uuid,
-    pub tenant_id: String,
-    pub secret_hash: String,
-    pub revoked: u8,
-    pub updated_ms: u64,
+    device_id: Uuid,
+    tenant_id: String,
+    secret_hash: String,
+    revoked: u8,
+    updated_ms: u64,
 }
 
-#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct ApiKeyRow {
-    pub key_id: String,
-    pub tenant_id: String,
-    pub secret_hash: String,
-    pub role: String,
-    pub name: String,
-    pub created_ms: u64,
-    pub revoked: u8,
-    pub updated_ms: u64,
+impl DeviceAuthRow {
+    fn into_credential(self) -> Result<DeviceCredential, UnreadableRow> {
+        Ok(DeviceCredential {
+            tenant: parse_tenant("devices", &self.device_id.to_string(), &self.tenant_id)?,
+            device_id: self.device_id,
+            secret_hash: self.secret_hash,
+            revoked: self.revoked != 0,
+            updated_ms: self.updated_ms,
+        })
+    }
 }
 
-/// Which team (and, where the tenant allows names, which person) works at a device.
+/// A row of `api_keys` (read as [`ApiKey`]).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct DeviceAssignmentRow {
-    pub tenant_id: String,
+struct ApiKeyRow {
+    key_id: String,
+    tenant_id: String,
+    secret_hash: String,
+    role: String,
+    name: String,
+    created_ms: u64,
+    revoked: u8,
+    updated_ms: u64,
+}
+
+impl ApiKeyRow {
+    /// Rows are written only through [`Registry::create_api_key`], which writes parsed values;
+    /// one that does not parse was edited by hand or written by a newer release.
+    fn into_api_key(self) -> Result<ApiKey, UnreadableRow> {
+        let tenant = parse_tenant("api_keys", &self.key_id, &self.tenant_id)?;
+        let role = self.role.parse().map_err(|_| UnreadableRow {
+            table: "api_keys",
+            key: self.key_id.clone(),
+            field: "role",
+            value: self.role.clone(),
+        })?;
+        Ok(ApiKey {
+            key_id: self.key_id,
+            tenant,
+            role,
+            name: self.name,
+            secret_hash: self.secret_hash,
+            created_ms: self.created_ms,
+            revoked: self.revoked != 0,
+        })
+    }
+}
+
+/// Which team (and, where the tenant allows names, which person) works at a device: a row of
+/// `device_assignments` (read as [`Assignment`]).
+#[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct DeviceAssignmentRow {
+    tenant_id: String,
     #[serde(with = "clickhouse::serde::uuid")]
-    pub device_id: Uuid,
-    pub team: String,
-    pub person: String,
-    pub updated_ms: u64,
+    device_id: Uuid,
+    team: String,
+    person: String,
+    updated_ms: u64,
 }
 
-/// Per-tenant choices that change what is shown.
+impl DeviceAssignmentRow {
+    fn into_assignment(self) -> Assignment {
+        Assignment {
+            device_id: self.device_id,
+            team: self.team,
+            person: self.person,
+        }
+    }
+}
+
+/// A row of `tenant_settings` (read as [`TenantSettings`]).
 #[derive(clickhouse::Row, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct TenantSettingsRow {
-    pub tenant_id: String,
-    pub show_person_names: u8,
-    pub time_zone: String,
-    pub updated_ms: u64,
+struct TenantSettingsRow {
+    tenant_id: String,
+    show_person_names: u8,
+    time_zone: String,
+    updated_ms: u64,
 }
 
 impl TenantSettingsRow {
     /// The settings of a tenant that never changed them: names hidden, reports in UTC.
-    pub fn defaults(tenant: &TenantId) -> TenantSettingsRow {
+    fn defaults(tenant: &TenantId) -> TenantSettingsRow {
         TenantSettingsRow {
             tenant_id: tenant.to_string(),
             show_person_names: 0,
             time_zone: "UTC".to_string(),
             updated_ms: 0,
+        }
+    }
+
+    fn into_settings(self) -> TenantSettings {
+        TenantSettings {
+            // Written only as 0 or 1; anything else was meant as "shown" by whoever wrote it.
+            show_person_names: self.show_person_names != 0,
+            time_zone: self.time_zone,
         }
     }
 }
@@ -307,7 +414,7 @@ impl Registry {
     }
 
     pub async fn create_tenant(&self, tenant: &TenantId, name: &str) -> Result<(), RegistryError> {
-        if self.tenant(tenant).await?.is_some() {
+        if self.tenant_exists(tenant).await? {
             return Err(RegistryError::TenantExists(tenant.clone()));
         }
         let now = now_ms();
@@ -320,24 +427,39 @@ impl Registry {
         Ok(self.insert("tenants", &row).await?)
     }
 
-    pub async fn tenant(&self, tenant: &TenantId) -> Result<Option<TenantRow>, ClickHouseError> {
+    pub async fn tenant(&self, tenant: &TenantId) -> Result<Option<Tenant>, ReadError> {
+        let row = self.tenant_row(tenant).await?;
+        Ok(row.map(TenantRow::into_tenant).transpose()?)
+    }
+
+    async fn tenant_row(&self, tenant: &TenantId) -> Result<Option<TenantRow>, ClickHouseError> {
         self.fetch_one_by("tenants", "tenant_id", tenant.as_str())
             .await
     }
 
-    pub async fn tenants(&self) -> Result<Vec<TenantRow>, ClickHouseError> {
-        with_timeout(
+    /// Whether `tenant` exists.
+    async fn tenant_exists(&self, tenant: &TenantId) -> Result<bool, ClickHouseError> {
+        Ok(self.tenant_row(tenant).await?.is_some())
+    }
+
+    /// Every tenant, by id; one unreadable row fails the list (an admin is told which).
+    pub async fn tenants(&self) -> Result<Vec<Tenant>, ReadError> {
+        let rows: Vec<TenantRow> = with_timeout(
             self.client
                 .query("SELECT ?fields FROM tenants FINAL ORDER BY tenant_id")
                 .fetch_all(),
         )
-        .await
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(TenantRow::into_tenant)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn require_tenant(&self, tenant: &TenantId) -> Result<(), RegistryError> {
-        match self.tenant(tenant).await? {
-            Some(_) => Ok(()),
-            None => Err(RegistryError::NoSuchTenant(tenant.clone())),
+        match self.tenant_exists(tenant).await? {
+            true => Ok(()),
+            false => Err(RegistryError::NoSuchTenant(tenant.clone())),
         }
     }
 
@@ -447,19 +569,30 @@ impl Registry {
         Ok(rows.into_iter().map(|r| r.device_id).collect())
     }
 
-    pub async fn enrollment_key(
+    pub async fn enrollment_key(&self, key_id: &str) -> Result<Option<EnrollmentKey>, ReadError> {
+        let row = self.enrollment_key_row(key_id).await?;
+        Ok(row.map(EnrollmentKeyRow::into_key).transpose()?)
+    }
+
+    async fn enrollment_key_row(
         &self,
         key_id: &str,
     ) -> Result<Option<EnrollmentKeyRow>, ClickHouseError> {
         self.fetch_one_by("enrollment_keys", "key_id", key_id).await
     }
 
+    /// A tenant's enrollment keys, oldest first; one unreadable row fails the list.
     pub async fn enrollment_keys(
         &self,
         tenant: &TenantId,
-    ) -> Result<Vec<EnrollmentKeyRow>, ClickHouseError> {
-        self.list_for_tenant("enrollment_keys", tenant, "created_ms")
-            .await
+    ) -> Result<Vec<EnrollmentKey>, ReadError> {
+        let rows: Vec<EnrollmentKeyRow> = self
+            .list_for_tenant("enrollment_keys", tenant, "created_ms")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(EnrollmentKeyRow::into_key)
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn revoke_enrollment_key(
@@ -467,7 +600,7 @@ impl Registry {
         tenant: &TenantId,
         key_id: &str,
     ) -> Result<(), RegistryError> {
-        let row = self.enrollment_key(key_id).await?;
+        let row = self.enrollment_key_row(key_id).await?;
         self.revoke("enrollment_keys", "enrollment key", key_id, tenant, row)
             .await
     }
@@ -484,7 +617,7 @@ impl Registry {
     /// enrollments made within the replication lag.
     pub async fn enroll_device(
         &self,
-        key: &EnrollmentKeyRow,
+        key: &EnrollmentKey,
         device: NewDevice<'_>,
     ) -> Result<(Uuid, Token), EnrollError> {
         let limit = self.enrollment_key_limit(&key.key_id).await?;
@@ -528,7 +661,7 @@ impl Registry {
 
     async fn insert_device(
         &self,
-        key: &EnrollmentKeyRow,
+        key: &EnrollmentKey,
         device: NewDevice<'_>,
     ) -> Result<(DeviceRow, Token), ClickHouseError> {
         let device_id = Uuid::now_v7();
@@ -536,7 +669,7 @@ impl Registry {
         let now = now_ms();
         let row = DeviceRow {
             device_id,
-            tenant_id: key.tenant_id.clone(),
+            tenant_id: key.tenant.to_string(),
             secret_hash: secrets::hash_secret(&token),
             hostname: device.hostname.to_string(),
             os: device.os.to_string(),
@@ -550,7 +683,7 @@ impl Registry {
         Ok((row, token))
     }
 
-    pub async fn device(&self, device_id: Uuid) -> Result<Option<DeviceRow>, ClickHouseError> {
+    async fn device_row(&self, device_id: Uuid) -> Result<Option<DeviceRow>, ClickHouseError> {
         with_timeout(
             self.client
                 .query("SELECT ?fields FROM devices FINAL WHERE device_id = ?")
@@ -564,23 +697,26 @@ impl Registry {
     pub async fn device_auth(
         &self,
         device_id: Uuid,
-    ) -> Result<Option<DeviceAuthRow>, ClickHouseError> {
-        with_timeout(
+    ) -> Result<Option<DeviceCredential>, ReadError> {
+        let row: Option<DeviceAuthRow> = with_timeout(
             self.client
                 .query("SELECT ?fields FROM devices FINAL WHERE device_id = ?")
                 .bind(device_id.to_string())
                 .fetch_optional(),
         )
-        .await
+        .await?;
+        Ok(row.map(DeviceAuthRow::into_credential).transpose()?)
     }
 
     /// Hands `each` every device (of every tenant) whose newest version was written at or
     /// after `since_ms` (with 0, every device), streamed row by row. Used by servers to keep
-    /// their device directory current with one query.
+    /// their device directory current with one query. A row that does not parse is handed
+    /// over as its [`UnreadableRow`] error (with the device's id), for the caller to refuse
+    /// that device: one bad row must not stop every other device's refresh.
     pub async fn devices_changed_since(
         &self,
         since_ms: u64,
-        mut each: impl FnMut(DeviceAuthRow),
+        mut each: impl FnMut(Uuid, Result<DeviceCredential, UnreadableRow>),
     ) -> Result<(), ClickHouseError> {
         with_timeout(async {
             let mut cursor = self
@@ -589,15 +725,22 @@ impl Registry {
                 .bind(since_ms)
                 .fetch::<DeviceAuthRow>()?;
             while let Some(row) = cursor.next().await? {
-                each(row);
+                each(row.device_id, row.into_credential());
             }
             Ok(())
         })
         .await
     }
 
-    pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<DeviceRow>, ClickHouseError> {
-        self.list_for_tenant("devices", tenant, "enrolled_ms").await
+    /// A tenant's devices, oldest enrollment first; one unreadable row fails the list.
+    pub async fn devices(&self, tenant: &TenantId) -> Result<Vec<Device>, ReadError> {
+        let rows: Vec<DeviceRow> = self
+            .list_for_tenant("devices", tenant, "enrolled_ms")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(DeviceRow::into_device)
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn revoke_device(
@@ -605,7 +748,7 @@ impl Registry {
         tenant: &TenantId,
         device_id: Uuid,
     ) -> Result<(), RegistryError> {
-        let row = self.device(device_id).await?;
+        let row = self.device_row(device_id).await?;
         self.revoke("devices", "device", &device_id.to_string(), tenant, row)
             .await
     }
@@ -634,12 +777,25 @@ impl Registry {
         Ok(token)
     }
 
-    pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRow>, ClickHouseError> {
+    pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKey>, ReadError> {
+        let row = self.api_key_row(key_id).await?;
+        Ok(row.map(ApiKeyRow::into_api_key).transpose()?)
+    }
+
+    async fn api_key_row(&self, key_id: &str) -> Result<Option<ApiKeyRow>, ClickHouseError> {
         self.fetch_one_by("api_keys", "key_id", key_id).await
     }
 
-    pub async fn api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRow>, ClickHouseError> {
-        self.list_for_tenant("api_keys", tenant, "created_ms").await
+    /// A tenant's API keys, oldest first; one unreadable row fails the list (an admin is
+    /// told which).
+    pub async fn api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKey>, ReadError> {
+        let rows: Vec<ApiKeyRow> = self
+            .list_for_tenant("api_keys", tenant, "created_ms")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(ApiKeyRow::into_api_key)
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn revoke_api_key(
@@ -647,7 +803,7 @@ impl Registry {
         tenant: &TenantId,
         key_id: &str,
     ) -> Result<(), RegistryError> {
-        let row = self.api_key(key_id).await?;
+        let row = self.api_key_row(key_id).await?;
         self.revoke("api_keys", "API key", key_id, tenant, row)
             .await
     }
@@ -686,7 +842,7 @@ impl Registry {
         team: &str,
         person: &str,
     ) -> Result<(), RegistryError> {
-        self.device(device_id)
+        self.device_row(device_id)
             .await?
             .filter(|d| d.tenant_id == tenant.as_str())
             .ok_or_else(|| RegistryError::NotFound {
@@ -695,7 +851,7 @@ impl Registry {
                 tenant: tenant.clone(),
             })?;
         let previous = self
-            .assignments(tenant)
+            .assignment_rows(tenant)
             .await?
             .into_iter()
             .find(|a| a.device_id == device_id);
@@ -710,7 +866,15 @@ impl Registry {
     }
 
     /// The current assignment of every assigned device of a tenant.
-    pub async fn assignments(
+    pub async fn assignments(&self, tenant: &TenantId) -> Result<Vec<Assignment>, ClickHouseError> {
+        let rows = self.assignment_rows(tenant).await?;
+        Ok(rows
+            .into_iter()
+            .map(DeviceAssignmentRow::into_assignment)
+            .collect())
+    }
+
+    async fn assignment_rows(
         &self,
         tenant: &TenantId,
     ) -> Result<Vec<DeviceAssignmentRow>, ClickHouseError> {
@@ -719,7 +883,11 @@ impl Registry {
     }
 
     /// A tenant's settings (defaults when never set).
-    pub async fn settings(&self, tenant: &TenantId) -> Result<TenantSettingsRow, ClickHouseError> {
+    pub async fn settings(&self, tenant: &TenantId) -> Result<TenantSettings, ClickHouseError> {
+        Ok(self.settings_row(tenant).await?.into_settings())
+    }
+
+    async fn settings_row(&self, tenant: &TenantId) -> Result<TenantSettingsRow, ClickHouseError> {
         Ok(self
             .fetch_one_by("tenant_settings", "tenant_id", tenant.as_str())
             .await?
@@ -732,9 +900,9 @@ impl Registry {
         tenant: &TenantId,
         show_person_names: Option<bool>,
         time_zone: Option<&str>,
-    ) -> Result<TenantSettingsRow, RegistryError> {
+    ) -> Result<TenantSettings, RegistryError> {
         self.require_tenant(tenant).await?;
-        let mut row = self.settings(tenant).await?;
+        let mut row = self.settings_row(tenant).await?;
         if let Some(show) = show_person_names {
             row.show_person_names = u8::from(show);
         }
@@ -743,6 +911,81 @@ impl Registry {
         }
         row.updated_ms = next_version(row.updated_ms);
         self.insert("tenant_settings", &row).await?;
-        Ok(row)
+        Ok(row.into_settings())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_key_row(tenant_id: &str, role: &str) -> ApiKeyRow {
+        ApiKeyRow {
+            key_id: "k1".into(),
+            tenant_id: tenant_id.into(),
+            secret_hash: "ab".into(),
+            role: role.into(),
+            name: "crm".into(),
+            created_ms: 5,
+            revoked: 1,
+            updated_ms: 6,
+        }
+    }
+
+    #[test]
+    fn an_api_key_row_parses_into_the_domain() {
+        let key = api_key_row("acme", "wfm").into_api_key().unwrap();
+        assert_eq!(key.tenant, "acme".parse::<TenantId>().unwrap());
+        assert_eq!(key.role, Role::Wfm);
+        assert!(key.revoked);
+        assert_eq!((key.key_id.as_str(), key.name.as_str()), ("k1", "crm"));
+    }
+
+    #[test]
+    fn an_api_key_row_that_does_not_parse_is_a_typed_error_naming_the_field() {
+        assert_eq!(
+            api_key_row("acme", "root").into_api_key(),
+            Err(UnreadableRow {
+                table: "api_keys",
+                key: "k1".into(),
+                field: "role",
+                value: "root".into(),
+            })
+        );
+        let bad_tenant = api_key_row("Not A Tenant", "admin").into_api_key();
+        assert!(
+            matches!(&bad_tenant, Err(e) if e.field == "tenant_id"),
+            "{bad_tenant:?}"
+        );
+    }
+
+    #[test]
+    fn an_enrollment_key_row_spells_never_as_none_and_refuses_a_bad_tenant() {
+        let row = EnrollmentKeyRow {
+            key_id: "e1".into(),
+            tenant_id: "acme".into(),
+            secret_hash: "ab".into(),
+            note: String::new(),
+            created_ms: 1,
+            expires_ms: 0,
+            revoked: 0,
+            updated_ms: 1,
+        };
+        let key = row.clone().into_key().unwrap();
+        assert_eq!(key.expires_ms, None, "0 is never");
+        assert_eq!(key.unusable_reason(u64::MAX), None);
+        let bad = EnrollmentKeyRow {
+            tenant_id: "ACME!".into(),
+            ..row
+        };
+        assert_eq!(
+            bad.into_key(),
+            Err(UnreadableRow {
+                table: "enrollment_keys",
+                key: "e1".into(),
+                field: "tenant_id",
+                value: "ACME!".into(),
+            })
+        );
     }
 }

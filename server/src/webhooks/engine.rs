@@ -24,6 +24,7 @@ use crate::storage::items as item_store;
 use crate::storage::webhooks::{
     self as store, day_of, DeliveryRow, DeliveryState, ItemStateRow, WebhookRow,
 };
+use crate::tenancy::{InvalidTenantId, TenantId};
 
 /// How often the list of webhooks is re-read: a new webhook starts getting deliveries within
 /// about this long (changes since its creation included).
@@ -456,17 +457,17 @@ async fn compare(
     evaluation: &mut Evaluation,
 ) -> Result<(), ClickHouseError> {
     let (ids, marks): (Vec<String>, Vec<Vec<ChangeMark>>) = items.into_iter().unzip();
-    let app = &shared.app;
-    let client = app.store.client();
-    let reads =
-        futures_util::future::join_all(ids.iter().map(|id| app.item_reader.read(tenant, id)));
-    let (reads, context, stats, announced) = tokio::join!(
-        reads,
-        app.lookup_context.get(client, tenant),
-        app.handle_times.get(client, tenant),
-        store::item_states(client, tenant, &ids),
+    // The feed's tenant ids were written by this server from parsed ones.
+    let tenant_id: TenantId = tenant
+        .parse()
+        .map_err(|e: InvalidTenantId| ClickHouseError::Interrupted(e.to_string()))?;
+    let items = shared.app.items();
+    let (reads, context, announced) = tokio::join!(
+        items.read_each(&tenant_id, &ids),
+        items.context(&tenant_id),
+        store::item_states(shared.app.store.client(), tenant, &ids),
     );
-    let (context, stats, announced) = (context?, stats?, announced?);
+    let ((context, stats), announced) = (context?, announced?);
     for ((item_id, read), marks) in ids.iter().zip(reads).zip(marks) {
         let read = read?;
         let (seen, unseen): (Vec<ChangeMark>, Vec<ChangeMark>) =

@@ -1,15 +1,17 @@
 //! Item status and registration: from a checked request to the document a role may see.
 //!
 //! - [`documents`]: what the items API answers with, one type per audience.
+//! - [`context`]: what all lookups of a tenant share (settings, assignments), cached.
 //! - [`visibility`]: who may see what (names, spans), building a status document, and the
 //!   [`ItemSnapshot`] that documents for any reader at any instant are built from.
 //! - this module: [`Items`], the reads (lookup, timeline, search) and writes (registration,
 //!   SLA classes) over the storage handles it is given.
 //!
 //! Writes come in two steps, so the handler can record the call in the audit log before it
-//! takes effect: `prepare_…` checks the request and builds the rows, `register` / `save_…`
-//! writes them.
+//! takes effect: `prepare_…` checks the request and builds the registrations (domain values;
+//! storage makes the rows), `register` / `save_…` writes them.
 
+pub mod context;
 pub mod documents;
 pub mod visibility;
 
@@ -21,14 +23,15 @@ use clickhouse::Client;
 use super::Clock;
 use crate::clickhouse::ClickHouseError;
 use crate::items::register::{self, FieldError, PutSlaClasses, RegisterItems, Sla, SlaClass};
-use crate::items::{self as domain, HandleTimeStats, ItemState, SlaState, Status};
+use crate::items::{
+    self as domain, HandleTimeStats, ItemRegistration, ItemState, SlaState, Status,
+};
 use crate::live::LiveHub;
 use crate::storage::changes::ChangeMark;
 use crate::storage::item_reader::ItemReader;
-use crate::storage::items::{
-    self as store, HandleTimeCache, ItemRow, LookupContext, LookupContextCache, SlaClassRow,
-};
+use crate::storage::items::{self as store, HandleTimeCache, ItemRead};
 use crate::tenancy::{Role, TenantId};
+pub use context::{LookupContext, LookupContextCache};
 pub use documents::{
     CcStatusDoc, CcTimelineDoc, CcTimelineEntry, ItemDoc, SearchDoc, StatusDoc, Timeline,
     TimelineDoc, TimelineEntry,
@@ -90,29 +93,31 @@ pub struct SearchFilter {
 #[derive(Debug)]
 pub struct Registration {
     tenant: TenantId,
-    rows: Vec<ItemRow>,
+    items: Vec<ItemRegistration>,
 }
 
 impl Registration {
-    pub fn rows(&self) -> &[ItemRow] {
-        &self.rows
+    pub fn items(&self) -> &[ItemRegistration] {
+        &self.items
     }
 }
 
 /// SLA classes checked and ready to write (see [`Items::save_sla_classes`]).
 #[derive(Debug)]
 pub struct SlaClasses {
-    rows: Vec<SlaClassRow>,
+    tenant: TenantId,
     classes: Vec<SlaClass>,
+    /// The version the classes are written as.
+    updated_ms: u64,
 }
 
 impl SlaClasses {
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.classes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.classes.is_empty()
     }
 }
 
@@ -146,6 +151,21 @@ impl Items<'_> {
             context,
             stats,
         }))
+    }
+
+    /// Several items of `tenant` as stored, each read batched with the lookups in flight (in
+    /// the order of `item_ids`; an item that does not exist reads empty). For callers that
+    /// compare a read against what it must already hold (the webhook engine's change marks)
+    /// before building a [`ItemSnapshot`] from it.
+    pub async fn read_each(
+        self,
+        tenant: &TenantId,
+        item_ids: &[String],
+    ) -> Vec<Result<ItemRead, ClickHouseError>> {
+        let reads = item_ids
+            .iter()
+            .map(|id| self.reader.read(tenant.as_str(), id));
+        futures_util::future::join_all(reads).await
     }
 
     /// The status document of one item as `role` sees it now; `None`: no such item.
@@ -194,7 +214,7 @@ impl Items<'_> {
         )?;
         let ids: Vec<String> = registrations.iter().map(|r| r.item_id.clone()).collect();
         let mut events = store::events_of_items(client, t, &ids).await?;
-        let states: Vec<(ItemRow, ItemState)> = registrations
+        let states: Vec<(ItemRegistration, ItemState)> = registrations
             .into_iter()
             .map(|r| {
                 let state = domain::derive(events.remove(&r.item_id).unwrap_or_default());
@@ -221,7 +241,7 @@ impl Items<'_> {
         Ok(SearchDoc { items, examined })
     }
 
-    /// Checks `request` and builds the rows that register its items; nothing is written yet.
+    /// Checks `request` and builds the registrations of its items; nothing is written yet.
     pub async fn prepare_registration(
         self,
         tenant: &TenantId,
@@ -237,24 +257,25 @@ impl Items<'_> {
         let slas =
             register::validate_items(&request, &classes, now).map_err(ItemsError::Invalid)?;
         let ids: Vec<String> = request.items.iter().map(|i| i.item_id.clone()).collect();
-        let existing: HashMap<String, ItemRow> = store::registrations(client, t, &ids)
+        let existing: HashMap<String, ItemRegistration> = store::registrations(client, t, &ids)
             .await?
             .into_iter()
             .map(|r| (r.item_id.clone(), r))
             .collect();
         Ok(Registration {
             tenant: tenant.clone(),
-            rows: registration_rows(tenant, request, slas, &existing, now),
+            items: registrations(request, slas, &existing, now),
         })
     }
 
     /// Writes a prepared registration; open streams of these items show it at once.
     pub async fn register(self, registration: &Registration) -> Result<(), ClickHouseError> {
-        store::insert_registrations(self.client, &registration.rows).await?;
+        let tenant = registration.tenant.as_str();
+        store::insert_registrations(self.client, tenant, &registration.items).await?;
         self.live.changed(
-            registration.tenant.as_str(),
+            tenant,
             registration
-                .rows
+                .items
                 .iter()
                 .map(|r| (r.item_id.clone(), ChangeMark::registration(r.updated_ms))),
         );
@@ -275,27 +296,17 @@ impl Items<'_> {
         Ok(classes)
     }
 
-    /// Checks the classes and builds their rows; nothing is written yet.
+    /// Checks the classes; nothing is written yet.
     pub fn prepare_sla_classes(
         self,
         tenant: &TenantId,
         request: PutSlaClasses,
     ) -> Result<SlaClasses, ItemsError> {
         register::validate_classes(&request).map_err(ItemsError::Invalid)?;
-        let now = (self.clock)();
-        let rows = request
-            .classes
-            .iter()
-            .map(|c| SlaClassRow {
-                tenant_id: tenant.to_string(),
-                sla_class: c.sla_class.clone(),
-                target_ms: c.target_ms,
-                updated_ms: now,
-            })
-            .collect();
         Ok(SlaClasses {
-            rows,
+            tenant: tenant.clone(),
             classes: request.classes,
+            updated_ms: (self.clock)(),
         })
     }
 
@@ -304,21 +315,26 @@ impl Items<'_> {
         self,
         classes: SlaClasses,
     ) -> Result<Vec<SlaClass>, ClickHouseError> {
-        store::insert_sla_classes(self.client, &classes.rows).await?;
+        store::insert_sla_classes(
+            self.client,
+            classes.tenant.as_str(),
+            &classes.classes,
+            classes.updated_ms,
+        )
+        .await?;
         Ok(classes.classes)
     }
 }
 
-/// The rows of a registration checked by [`register::validate_items`]. A re-registration keeps
-/// the item's first registration time (class SLAs count from it) and is strictly newer than
-/// the row it replaces.
-fn registration_rows(
-    tenant: &TenantId,
+/// The registrations of a request checked by [`register::validate_items`]. A re-registration
+/// keeps the item's first registration time (class SLAs count from it) and is strictly newer
+/// than the registration it replaces.
+fn registrations(
     request: RegisterItems,
     slas: Vec<Sla>,
-    existing: &HashMap<String, ItemRow>,
+    existing: &HashMap<String, ItemRegistration>,
     now: u64,
-) -> Vec<ItemRow> {
+) -> Vec<ItemRegistration> {
     request
         .items
         .into_iter()
@@ -327,12 +343,13 @@ fn registration_rows(
             let previous = existing.get(&item.item_id);
             let registered_ms = previous.map_or(now, |p| p.registered_ms);
             let (sla_due_ms, sla_class) = match sla {
-                Sla::None => (0, String::new()),
-                Sla::Due(due) => (due, String::new()),
-                Sla::Class { name, target_ms } => (registered_ms.saturating_add(target_ms), name),
+                Sla::None => (None, None),
+                Sla::Due(due) => (Some(due), None),
+                Sla::Class { name, target_ms } => {
+                    (Some(registered_ms.saturating_add(target_ms)), Some(name))
+                }
             };
-            ItemRow {
-                tenant_id: tenant.to_string(),
+            ItemRegistration {
                 item_id: item.item_id,
                 queue: item.queue,
                 priority: item.priority,
@@ -365,14 +382,12 @@ mod tests {
 
     #[test]
     fn re_registration_keeps_the_first_time_and_is_strictly_newer() {
-        let tenant: TenantId = "acme".parse().unwrap();
-        let previous = ItemRow {
-            tenant_id: "acme".into(),
+        let previous = ItemRegistration {
             item_id: "A".into(),
             queue: "old".into(),
             priority: 0,
-            sla_due_ms: 0,
-            sla_class: String::new(),
+            sla_due_ms: None,
+            sla_class: None,
             customer_ref: String::new(),
             registered_ms: 1_000,
             updated_ms: 9_000,
@@ -388,18 +403,17 @@ mod tests {
             },
             Sla::Due(50_000),
         ];
-        let rows = registration_rows(&tenant, request, slas, &existing, 9_000);
+        let rows = registrations(request, slas, &existing, 9_000);
         // A: registered at 1,000 still, due a class target after that, newer than 9,000.
         assert_eq!(rows[0].registered_ms, 1_000);
-        assert_eq!(rows[0].sla_due_ms, 61_000);
-        assert_eq!(rows[0].sla_class, "gold");
+        assert_eq!(rows[0].sla_due_ms, Some(61_000));
+        assert_eq!(rows[0].sla_class.as_deref(), Some("gold"));
         assert_eq!(rows[0].updated_ms, 9_001);
         assert_eq!(rows[0].queue, "claims");
         // B: new, registered now, an explicit due time and no class.
         assert_eq!(rows[1].registered_ms, 9_000);
-        assert_eq!(rows[1].sla_due_ms, 50_000);
-        assert_eq!(rows[1].sla_class, "");
+        assert_eq!(rows[1].sla_due_ms, Some(50_000));
+        assert_eq!(rows[1].sla_class, None);
         assert_eq!(rows[1].updated_ms, 9_000);
-        assert!(rows.iter().all(|r| r.tenant_id == "acme"));
     }
 }

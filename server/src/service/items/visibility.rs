@@ -6,14 +6,17 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
+use super::context::LookupContext;
 use super::documents::{
     CcStatusDoc, CcTimelineDoc, CcTimelineEntry, HandlerDoc, ItemDoc, RegistrationDoc, SlaDoc,
     StatusDoc, Timeline, TimelineDoc, TimelineEntry,
 };
 use super::MAX_HISTORY;
-use crate::items::{self as domain, HandleTimeStats, ItemEvent, ItemState, Occurrence, Status};
-use crate::storage::items::{Assignment, ItemRead, ItemRow, LookupContext};
-use crate::tenancy::Role;
+use crate::items::{
+    self as domain, HandleTimeStats, ItemEvent, ItemRegistration, ItemState, Occurrence, Status,
+};
+use crate::storage::items::ItemRead;
+use crate::tenancy::{Assignment, Role};
 
 /// Which documents a role reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +114,7 @@ fn people_involved(devices: &[Uuid], assignments: &HashMap<Uuid, Assignment>) ->
 pub(super) fn build_doc(
     item_id: &str,
     state: &ItemState,
-    registration: Option<&ItemRow>,
+    registration: Option<&ItemRegistration>,
     who: &Who<'_>,
     stats: &HandleTimeStats,
     with_history: bool,
@@ -125,7 +128,7 @@ pub(super) fn build_doc(
         completed,
         now,
     );
-    let due_ms = registration.map(|r| r.sla_due_ms).filter(|&d| d != 0);
+    let due_ms = registration.and_then(|r| r.sla_due_ms);
     let window_start = registration.map_or(0, |r| r.registered_ms);
     let sla = SlaDoc {
         state: domain::sla_state(
@@ -136,9 +139,7 @@ pub(super) fn build_doc(
             now,
         ),
         due_ms,
-        sla_class: registration
-            .map(|r| r.sla_class.clone())
-            .filter(|c| !c.is_empty()),
+        sla_class: registration.and_then(|r| r.sla_class.clone()),
     };
     let history = with_history.then(|| {
         let actions: Vec<TimelineEntry> = state
@@ -183,7 +184,7 @@ pub(super) fn build_doc(
 #[derive(Debug, Clone)]
 pub struct ItemSnapshot {
     state: ItemState,
-    registration: Option<ItemRow>,
+    registration: Option<ItemRegistration>,
 }
 
 impl ItemSnapshot {
