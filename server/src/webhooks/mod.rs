@@ -42,6 +42,7 @@ pub mod deliver;
 mod engine;
 pub mod events;
 pub mod owner;
+pub mod records;
 pub mod registration;
 pub mod signature;
 pub mod target;

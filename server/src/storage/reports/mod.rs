@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
-use crate::reports::time::{civil_from_days, TzOffsets};
 use crate::reports::metrics::HandleTimes;
+use crate::reports::time::{civil_from_days, TzOffsets};
 use crate::reports::{
     GroupBy, GroupFigures, ItemFigures, ItemFiguresByGroup, QueueBacklog, TimeFigures, TimeZone,
     BUCKET_MS, HANDLE_LOOKBACK_MS,
