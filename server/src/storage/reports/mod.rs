@@ -17,6 +17,9 @@
 //! the view), so a row arriving meanwhile can only make a build look stale, never fresh.
 //! Concurrent rebuilds of one (device, day) are harmless: each is complete, the newest wins.
 //!
+//! The queries hand back [`crate::reports`]' figures (`GroupFigures`, `ItemFiguresByGroup`,
+//! `QueueBacklog`); the rows they read are private to this module.
+//!
 //! **Architecture invariant:** every report figure comes from deduplicated events; nothing here
 //! sums `events` rows without grouping them by (device_id, seq) first.
 
