@@ -320,7 +320,8 @@ async fn execute(store: &Store, command: AdminCommand) -> anyhow::Result<()> {
 
 /// `admin webhook …`: the same rules as the admin API (`/v1/admin/webhooks`).
 async fn webhook(store: &Store, args: &WebhookArgs, command: WebhookCommand) -> anyhow::Result<()> {
-    use crate::storage::webhooks::{self as webhooks, DeliveryState};
+    use crate::storage::webhooks;
+    use crate::webhooks::records::DeliveryState;
     use crate::webhooks::registration::{self, CreateError, CreateWebhook};
     use crate::webhooks::target::TargetPolicy;
 
@@ -354,7 +355,7 @@ async fn webhook(store: &Store, args: &WebhookArgs, command: WebhookCommand) -> 
                 "webhook {} for tenant {tenant} -> {} ({}); signing secret (shown once; store it safely):",
                 row.webhook_id,
                 row.url,
-                row.events.join(", ")
+                event_names(&row.events).join(", ")
             );
             println!("{}", row.secret);
         }
@@ -365,7 +366,7 @@ async fn webhook(store: &Store, args: &WebhookArgs, command: WebhookCommand) -> 
                     "{:<20} {:<24} {:<48} {}",
                     w.webhook_id,
                     format_ms(w.created_ms),
-                    w.events.join(","),
+                    event_names(&w.events).join(","),
                     w.url
                 );
             }
@@ -405,7 +406,7 @@ async fn webhook(store: &Store, args: &WebhookArgs, command: WebhookCommand) -> 
                 "DELIVERY", "EVENT", "STATE", "ATTEMPTS", "CREATED", "NEXT ATTEMPT"
             );
             for d in rows {
-                let next = if d.state() == DeliveryState::Pending && d.next_attempt_ms != 0 {
+                let next = if d.state == DeliveryState::Pending && d.next_attempt_ms != 0 {
                     format_ms(d.next_attempt_ms)
                 } else {
                     "-".to_string()
@@ -413,8 +414,8 @@ async fn webhook(store: &Store, args: &WebhookArgs, command: WebhookCommand) -> 
                 println!(
                     "{:<36} {:<20} {:<10} {:>8} {:<24} {:<24} {}",
                     d.delivery_id,
-                    d.event_type,
-                    d.state,
+                    d.event_type.as_str(),
+                    d.state.as_str(),
                     d.attempts,
                     format_ms(d.created_ms),
                     next,
@@ -458,6 +459,11 @@ async fn audit(store: &Store, tenant: &TenantId, action: &str, target: &str) -> 
 }
 
 /// Milliseconds since the epoch as an RFC 3339 UTC timestamp (second precision).
+/// The names of webhook event types, as the API spells them.
+fn event_names(events: &[crate::webhooks::events::EventType]) -> Vec<&'static str> {
+    events.iter().map(|e| e.as_str()).collect()
+}
+
 fn format_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()

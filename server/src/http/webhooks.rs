@@ -25,10 +25,10 @@ use super::AppState;
 use crate::auth::ApiCaller;
 use crate::storage::audit::AuditEntry;
 use crate::storage::retention::DailyTable;
-use crate::storage::webhooks::{
-    self as store, DeliveryCounts, DeliveryRow, DeliveryState, WebhookRow,
-};
+use crate::storage::webhooks as store;
+use crate::storage::ReadError;
 use crate::tenancy::Role;
+use crate::webhooks::records::{Delivery, DeliveryCounts, DeliveryState, Webhook};
 use crate::webhooks::registration::{self, CreateError, CreateWebhook};
 
 /// Most deliveries one listing returns, and the default.
@@ -56,11 +56,11 @@ pub struct WebhookDoc {
 }
 
 impl WebhookDoc {
-    fn of(row: &WebhookRow) -> WebhookDoc {
+    fn of(row: &Webhook) -> WebhookDoc {
         WebhookDoc {
             webhook_id: row.webhook_id.clone(),
-            url: row.url.clone(),
-            events: row.events.clone(),
+            url: row.url.to_string(),
+            events: row.events.iter().map(|e| e.as_str().to_string()).collect(),
             description: row.description.clone(),
             created_ms: row.created_ms,
             deliveries: None,
@@ -102,8 +102,8 @@ pub struct DeliveryDoc {
 }
 
 impl DeliveryDoc {
-    fn of(row: DeliveryRow) -> DeliveryDoc {
-        let state = row.state();
+    fn of(row: Delivery) -> DeliveryDoc {
+        let state = row.state;
         DeliveryDoc {
             state,
             attempts: row.attempts,
@@ -113,7 +113,7 @@ impl DeliveryDoc {
             next_attempt_ms: Some(row.next_attempt_ms)
                 .filter(|&t| t != 0 && state == DeliveryState::Pending),
             delivery_id: row.delivery_id,
-            event: row.event_type,
+            event: row.event_type.as_str().to_string(),
             item_id: row.item_id,
             created_ms: row.created_ms,
         }
@@ -159,11 +159,29 @@ fn no_such_webhook() -> ApiError {
 }
 
 /// The current, not deleted webhook `id` of the caller's tenant.
-async fn current(app: &AppState, caller: &ApiCaller, id: &str) -> Result<WebhookRow, ApiError> {
+async fn current(app: &AppState, caller: &ApiCaller, id: &str) -> Result<Webhook, ApiError> {
     store::webhook(app.store.client(), caller.tenant.as_str(), id)
-        .await?
-        .filter(|w| w.deleted == 0)
+        .await
+        .map_err(read_error)?
+        .filter(|w| !w.deleted)
         .ok_or_else(no_such_webhook)
+}
+
+/// A stored webhook or delivery that does not parse is Backlight's fault, not the caller's:
+/// logged and counted, and the admin is told which record it is (our own data, never
+/// ClickHouse's text).
+fn read_error(e: ReadError) -> ApiError {
+    match e {
+        ReadError::ClickHouse(e) => e.into(),
+        ReadError::Unreadable(e) => {
+            e.report_refused("a webhook record");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unreadable_record",
+                e.to_string(),
+            )
+        }
+    }
 }
 
 /// The oldest instant whose day the delivery log still keeps.
@@ -222,6 +240,7 @@ fn create_error(e: CreateError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "too_many_webhooks", e.to_string())
         }
         CreateError::ClickHouse(e) => e.into(),
+        CreateError::Unreadable(e) => read_error(e.into()),
     }
 }
 
@@ -244,7 +263,9 @@ async fn list(
     caller: ApiCaller,
 ) -> Result<Json<WebhookList>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let rows = store::webhooks_of(app.store.client(), caller.tenant.as_str()).await?;
+    let rows = store::webhooks_of(app.store.client(), caller.tenant.as_str())
+        .await
+        .map_err(read_error)?;
     Ok(Json(WebhookList {
         webhooks: rows.iter().map(WebhookDoc::of).collect(),
     }))
@@ -314,7 +335,10 @@ async fn delete(
     let id = webhook_id(path)?;
     current(&app, &caller, &id).await?;
     record(&app, &caller, "webhook_delete", &id)?;
-    if !registration::delete(app.store.client(), &caller.tenant, &id).await? {
+    if !registration::delete(app.store.client(), &caller.tenant, &id)
+        .await
+        .map_err(read_error)?
+    {
         return Err(no_such_webhook());
     }
     tracing::info!(tenant = %caller.tenant, webhook_id = %id, by = %caller.key_id, "webhook deleted");
@@ -375,7 +399,8 @@ async fn deliveries(
         state,
         limit,
     )
-    .await?;
+    .await
+    .map_err(read_error)?;
     Ok(Json(DeliveryList {
         deliveries: rows.into_iter().map(DeliveryDoc::of).collect(),
     }))

@@ -189,6 +189,49 @@ pub struct Backlog {
     pub max_age_ms: Option<u64>,
 }
 
+/// Figures of one group of a report (a team, person, queue, device or interval start, as
+/// [`GroupBy`] names it), as storage computes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupFigures<F> {
+    pub group: String,
+    pub figures: F,
+}
+
+/// Item figures of a report per group, and of all groups together (each item counted once).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ItemFiguresByGroup {
+    pub groups: Vec<GroupFigures<ItemFigures>>,
+    /// `None` when nothing was completed.
+    pub total: Option<ItemFigures>,
+}
+
+/// The open items of one queue as of the end of a report's range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueBacklog {
+    pub queue: String,
+    pub count: u64,
+    /// The sum of the open items' ages, for the mean.
+    pub age_sum_ms: u64,
+    pub max_age_ms: u64,
+}
+
+impl Backlog {
+    /// The backlog of these queues together.
+    pub fn of(queues: &[QueueBacklog]) -> Backlog {
+        let count: u64 = queues.iter().map(|q| q.count).sum();
+        let age: u64 = queues.iter().map(|q| q.age_sum_ms).sum();
+        Backlog {
+            count,
+            mean_age_ms: (count > 0).then(|| age as f64 / count as f64),
+            max_age_ms: queues
+                .iter()
+                .filter(|q| q.count > 0)
+                .map(|q| q.max_age_ms)
+                .max(),
+        }
+    }
+}
+
 /// One row of a report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReportRow {

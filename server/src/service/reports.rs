@@ -14,10 +14,10 @@ use uuid::Uuid;
 use crate::clickhouse::ClickHouseError;
 use crate::reports::time::TzOffsets;
 use crate::reports::{
-    metrics, split, Backlog, GroupBy, ItemFigures, Report, ReportRow, TimeFigures, TimeZone,
+    split, Backlog, GroupBy, ItemFigures, QueueBacklog, Report, ReportRow, TimeFigures, TimeZone,
     HANDLE_LOOKBACK_MS,
 };
-use crate::storage::reports::{self as sql, BacklogRow, ReportQuery};
+use crate::storage::reports::{self as sql, ReportQuery};
 use crate::storage::Store;
 use crate::tenancy::TenantId;
 
@@ -166,14 +166,10 @@ async fn build(
 
     let mut groups: BTreeMap<String, (TimeFigures, ItemFigures)> = BTreeMap::new();
     for t in &time {
-        groups.entry(t.g.clone()).or_default().0 = TimeFigures {
-            productive_ms: t.productive_ms,
-            other_ms: t.other_ms,
-            idle_ms: t.idle_ms,
-        };
+        groups.entry(t.group.clone()).or_default().0 = t.figures.clone();
     }
-    for i in &items.groups {
-        groups.entry(i.g.clone()).or_default().1 = item_figures(i);
+    for i in items.groups {
+        groups.entry(i.group).or_default().1 = i.figures;
     }
     let item_time_only = q.item_time_only();
     let mut rows: Vec<ReportRow> = match q.group_by.period() {
@@ -208,23 +204,23 @@ async fn build(
     };
     if q.group_by == GroupBy::Queue {
         for row in &mut rows {
-            let of_queue: Vec<BacklogRow> = backlog
+            let of_queue: Vec<QueueBacklog> = backlog
                 .iter()
                 .filter(|b| b.queue == row.group)
                 .cloned()
                 .collect();
-            row.backlog = Some(backlog_of(&of_queue));
+            row.backlog = Some(Backlog::of(&of_queue));
         }
     }
     // Every piece of time lies in exactly one group (one device, one interval, one queue), so
     // the time totals are the sums of the rows; item totals come with the item figures (each
     // item counted once).
     let t = TimeFigures {
-        productive_ms: time.iter().map(|t| t.productive_ms).sum(),
-        other_ms: time.iter().map(|t| t.other_ms).sum(),
-        idle_ms: time.iter().map(|t| t.idle_ms).sum(),
+        productive_ms: time.iter().map(|t| t.figures.productive_ms).sum(),
+        other_ms: time.iter().map(|t| t.figures.other_ms).sum(),
+        idle_ms: time.iter().map(|t| t.figures.idle_ms).sum(),
     };
-    let i = items.total.as_ref().map(item_figures).unwrap_or_default();
+    let i = items.total.unwrap_or_default();
     let mut totals = ReportRow::new("total".to_string(), &t, &i, item_time_only);
     if q.group_by.period().is_some() {
         totals.start_ms = Some(q.from_ms);
@@ -239,33 +235,6 @@ async fn build(
         queue: q.queue.clone(),
         rows,
         totals,
-        backlog: backlog_of(&backlog),
+        backlog: Backlog::of(&backlog),
     })
-}
-
-fn backlog_of(rows: &[BacklogRow]) -> Backlog {
-    let count: u64 = rows.iter().map(|r| r.count).sum();
-    let age: u64 = rows.iter().map(|r| r.age_sum_ms).sum();
-    Backlog {
-        count,
-        mean_age_ms: (count > 0).then(|| age as f64 / count as f64),
-        max_age_ms: rows
-            .iter()
-            .filter(|r| r.count > 0)
-            .map(|r| r.max_age_ms)
-            .max(),
-    }
-}
-
-fn item_figures(r: &sql::ItemRow) -> ItemFigures {
-    ItemFigures {
-        items_handled: r.items,
-        handle_times_ms: metrics::HandleTimes {
-            mean: Some(r.mean_ms),
-            median: Some(r.median_ms),
-            p90: Some(r.p90_ms),
-        },
-        sla_items_with_due: r.with_due,
-        sla_items_met: r.met,
-    }
 }

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, USER_AGENT};
 
+use super::records::{Delivery, DeliveryState};
 use super::signature::{sign, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER};
 use super::target::{GuardedResolver, TargetPolicy};
-use crate::storage::webhooks::{DeliveryRow, DeliveryState};
 
 /// Longest one attempt may take, connecting included. A receiver should answer at once and
 /// process later.
@@ -149,11 +149,11 @@ pub fn retry_delay(attempts: u32, base: Duration) -> Duration {
 /// The row recording `outcome` of the attempt made at `now_ms` on `before` (the newest row of
 /// the delivery): delivered, pending with the next attempt scheduled, or failed for good.
 pub fn after_attempt(
-    before: &DeliveryRow,
+    before: &Delivery,
     outcome: &Outcome,
     now_ms: u64,
     base: Duration,
-) -> DeliveryRow {
+) -> Delivery {
     let attempts = before.attempts.saturating_add(1);
     let (state, status, error, next) = match outcome {
         Outcome::Delivered { status } => (DeliveryState::Delivered, *status, String::new(), 0),
@@ -170,25 +170,23 @@ pub fn after_attempt(
             }
         }
     };
-    DeliveryRow {
-        state: state.as_str().to_string(),
+    Delivery {
+        state,
         attempts,
         last_attempt_ms: now_ms,
         last_status: status,
         last_error: error,
         next_attempt_ms: next,
-        version: DeliveryRow::version_of(attempts, state),
         ..before.clone()
     }
 }
 
 /// The row that gives `before` up without another attempt (its webhook is gone).
-pub fn given_up(before: &DeliveryRow, reason: &str, now_ms: u64) -> DeliveryRow {
-    DeliveryRow {
-        state: DeliveryState::Failed.as_str().to_string(),
+pub fn given_up(before: &Delivery, reason: &str, now_ms: u64) -> Delivery {
+    Delivery {
+        state: DeliveryState::Failed,
         last_error: reason.to_string(),
         next_attempt_ms: 0,
-        version: DeliveryRow::version_of(before.attempts, DeliveryState::Failed),
         last_attempt_ms: now_ms,
         ..before.clone()
     }
@@ -198,23 +196,21 @@ pub fn given_up(before: &DeliveryRow, reason: &str, now_ms: u64) -> DeliveryRow 
 mod tests {
     use super::*;
 
-    fn created(at: u64) -> DeliveryRow {
-        DeliveryRow {
+    fn created(at: u64) -> Delivery {
+        Delivery {
             tenant_id: "t".into(),
             webhook_id: "wh".into(),
             delivery_id: "dlv_1".into(),
-            event_type: "item.status_changed".into(),
+            event_type: crate::webhooks::events::EventType::StatusChanged,
             item_id: "I".into(),
             created_ms: at,
-            created_date: 0,
             payload: "{}".into(),
-            state: "pending".into(),
+            state: DeliveryState::Pending,
             attempts: 0,
             last_attempt_ms: 0,
             last_status: 0,
             last_error: String::new(),
             next_attempt_ms: at,
-            version: 0,
         }
     }
 
@@ -243,38 +239,31 @@ mod tests {
         let row = created(1_000);
         let ok = after_attempt(&row, &Outcome::Delivered { status: 204 }, 2_000, base);
         assert_eq!(
-            (ok.state(), ok.attempts, ok.last_status, ok.version),
-            (DeliveryState::Delivered, 1, 204, 3)
+            (ok.state, ok.attempts, ok.last_status),
+            (DeliveryState::Delivered, 1, 204)
         );
         let failed = Outcome::Failed {
             status: 503,
             error: "HTTP 503".into(),
         };
         let retry = after_attempt(&row, &failed, 2_000, base);
-        assert_eq!(
-            (retry.state(), retry.attempts, retry.version),
-            (DeliveryState::Pending, 1, 2)
-        );
+        assert_eq!((retry.state, retry.attempts), (DeliveryState::Pending, 1));
         assert!(
             (11_000..=13_000).contains(&retry.next_attempt_ms),
             "{}",
             retry.next_attempt_ms
         );
-        assert!(
-            ok.version > retry.version,
-            "delivered beats a pending row of the same attempt"
-        );
         // The last allowed attempt, or too old: given up.
-        let last = DeliveryRow {
+        let last = Delivery {
             attempts: MAX_ATTEMPTS - 1,
             ..row.clone()
         };
         assert_eq!(
-            after_attempt(&last, &failed, 2_000, base).state(),
+            after_attempt(&last, &failed, 2_000, base).state,
             DeliveryState::Failed
         );
         let old = after_attempt(&row, &failed, 1_000 + RETRY_WINDOW.as_millis() as u64, base);
-        assert_eq!(old.state(), DeliveryState::Failed);
+        assert_eq!(old.state, DeliveryState::Failed);
     }
 
     #[tokio::test]

@@ -14,16 +14,14 @@ use super::deliver::{
 };
 use super::events::{delivery_id, fired, Announced, EventType, Payload, PayloadData};
 use super::owner::{Membership, HEARTBEAT_EVERY};
+use super::records::{AnnouncedState, Delivery, DeliveryState, Webhook};
 use super::WebhookConfig;
 use crate::clickhouse::ClickHouseError;
 use crate::http::AppState;
-use crate::items::{SlaState, Status};
 use crate::service::items::ItemSnapshot;
 use crate::storage::changes::{self, ChangeMark, FeedChange, OVERLAP_MS};
 use crate::storage::items as item_store;
-use crate::storage::webhooks::{
-    self as store, day_of, DeliveryRow, DeliveryState, ItemStateRow, WebhookRow,
-};
+use crate::storage::webhooks as store;
 use crate::tenancy::{InvalidTenantId, TenantId};
 
 /// How often the list of webhooks is re-read: a new webhook starts getting deliveries within
@@ -45,8 +43,8 @@ const MAX_CATCH_UP_MS: u64 = 24 * 3600 * 1000;
 
 /// One delivery to attempt.
 struct Job {
-    row: DeliveryRow,
-    webhook: Arc<WebhookRow>,
+    row: Delivery,
+    webhook: Arc<Webhook>,
 }
 
 /// Where one owned tenant's evaluation stands.
@@ -86,8 +84,8 @@ impl Progress {
 /// What one tenant's evaluation produced, applied once its rows are stored.
 struct Evaluation {
     tenant: String,
-    deliveries: Vec<(DeliveryRow, Arc<WebhookRow>)>,
-    states: Vec<ItemStateRow>,
+    deliveries: Vec<(Delivery, Arc<Webhook>)>,
+    states: Vec<AnnouncedState>,
     handled: Vec<(String, Vec<ChangeMark>)>,
     at_ms: u64,
     swept: bool,
@@ -102,9 +100,9 @@ struct Shared {
     /// must not pick them up again.
     in_flight: Mutex<HashSet<String>>,
     /// Outcomes of attempts, stored by the loop in one INSERT per tick.
-    outcomes: Mutex<Vec<DeliveryRow>>,
+    outcomes: Mutex<Vec<Delivery>>,
     /// The current webhooks, by (tenant, webhook id).
-    webhooks: Mutex<HashMap<(String, String), Arc<WebhookRow>>>,
+    webhooks: Mutex<HashMap<(String, String), Arc<Webhook>>>,
 }
 
 impl Shared {
@@ -163,8 +161,11 @@ pub(super) async fn run(
         if due(last_webhooks, WEBHOOKS_REFRESH) {
             match store::active_webhooks(&client).await {
                 Ok(rows) => {
+                    // A webhook whose row does not parse is left out (logged and counted
+                    // each time the list is read); every other webhook goes on.
                     *Shared::lock(&shared.webhooks) = rows
                         .into_iter()
+                        .filter_map(|w| w.inspect_err(|e| e.report_refused("a webhook")).ok())
                         .map(|w| ((w.tenant_id.clone(), w.webhook_id.clone()), Arc::new(w)))
                         .collect();
                     last_webhooks = Some(Instant::now());
@@ -222,11 +223,8 @@ fn due(last: Option<Instant>, every: Duration) -> bool {
 }
 
 /// The tenants this server owns now, with their webhooks.
-fn owned_tenants(
-    shared: &Shared,
-    membership: &Membership,
-) -> HashMap<String, Vec<Arc<WebhookRow>>> {
-    let mut owned: HashMap<String, Vec<Arc<WebhookRow>>> = HashMap::new();
+fn owned_tenants(shared: &Shared, membership: &Membership) -> HashMap<String, Vec<Arc<Webhook>>> {
+    let mut owned: HashMap<String, Vec<Arc<Webhook>>> = HashMap::new();
     for ((tenant, _), webhook) in Shared::lock(&shared.webhooks).iter() {
         if membership.owns(tenant) {
             owned
@@ -242,7 +240,7 @@ fn owned_tenants(
 /// order: a crash in between repeats deliveries, never loses one), then queues the deliveries.
 async fn evaluate_owned(
     shared: &Shared,
-    owned: &HashMap<String, Vec<Arc<WebhookRow>>>,
+    owned: &HashMap<String, Vec<Arc<Webhook>>>,
     progress: &mut HashMap<String, Progress>,
     queue: &mpsc::Sender<Job>,
 ) {
@@ -276,7 +274,7 @@ async fn evaluate_owned(
             return;
         }
     };
-    let deliveries: Vec<DeliveryRow> = evaluations
+    let deliveries: Vec<Delivery> = evaluations
         .iter()
         .flat_map(|e| e.deliveries.iter().map(|(row, _)| row.clone()))
         .collect();
@@ -286,7 +284,7 @@ async fn evaluate_owned(
     }
     metrics::counter!("backlight_webhook_deliveries_created_total")
         .increment(deliveries.len() as u64);
-    let states: Vec<ItemStateRow> = evaluations.iter().flat_map(|e| e.states.clone()).collect();
+    let states: Vec<AnnouncedState> = evaluations.iter().flat_map(|e| e.states.clone()).collect();
     let states_stored = match store::insert_item_states(client, &states).await {
         Ok(()) => true,
         Err(e) => {
@@ -333,7 +331,7 @@ enum Start {
 async fn starting_point(
     client: &clickhouse::Client,
     tenant: &str,
-    webhooks: &[Arc<WebhookRow>],
+    webhooks: &[Arc<Webhook>],
 ) -> Result<Start, ClickHouseError> {
     let now = now_ms();
     let oldest = now.saturating_sub(MAX_CATCH_UP_MS);
@@ -351,7 +349,7 @@ async fn starting_point(
 /// items and compares each with what was announced.
 async fn evaluate(
     shared: &Shared,
-    owned: &HashMap<String, Vec<Arc<WebhookRow>>>,
+    owned: &HashMap<String, Vec<Arc<Webhook>>>,
     progress: &HashMap<String, Progress>,
 ) -> Result<Vec<Evaluation>, ClickHouseError> {
     let client = shared.app.store.client();
@@ -451,7 +449,7 @@ async fn evaluate(
 async fn compare(
     shared: &Shared,
     tenant: &str,
-    webhooks: &[Arc<WebhookRow>],
+    webhooks: &[Arc<Webhook>],
     items: HashMap<String, Vec<ChangeMark>>,
     now: u64,
     evaluation: &mut Evaluation,
@@ -488,24 +486,27 @@ async fn compare(
             status: doc.status,
             sla_state: doc.sla.state,
         };
-        let before = announced.get(item_id).and_then(|row| {
-            Some(Announced {
-                status: Status::parse(&row.status)?,
-                sla_state: SlaState::parse(&row.sla_state)?,
-            })
-        });
+        // What was announced but no longer parses counts as nothing announced (the item's
+        // news is announced again), logged and counted.
+        let before = match announced.get(item_id) {
+            Some(Ok(before)) => Some(*before),
+            Some(Err(e)) => {
+                e.report_refused("what webhooks announced about an item");
+                None
+            }
+            None => None,
+        };
         if before == Some(current) {
             continue;
         }
-        evaluation.states.push(ItemStateRow {
+        evaluation.states.push(AnnouncedState {
             tenant_id: tenant.to_string(),
             item_id: item_id.clone(),
-            status: current.status.as_str().to_string(),
-            sla_state: current.sla_state.as_str().to_string(),
+            announced: current,
             updated_ms: now,
         });
         for event in fired(before, current) {
-            for webhook in webhooks.iter().filter(|w| subscribes(w, event)) {
+            for webhook in webhooks.iter().filter(|w| w.subscribes(event)) {
                 match new_delivery(webhook, event, before, &doc, now) {
                     Some(row) => evaluation.deliveries.push((row, webhook.clone())),
                     None => {
@@ -520,18 +521,14 @@ async fn compare(
     Ok(())
 }
 
-fn subscribes(webhook: &WebhookRow, event: EventType) -> bool {
-    webhook.events.iter().any(|e| e == event.as_str())
-}
-
 /// A new pending delivery; `None` when its payload is over the bound.
 fn new_delivery(
-    webhook: &WebhookRow,
+    webhook: &Webhook,
     event: EventType,
     previous: Option<Announced>,
     doc: &crate::service::items::CcStatusDoc,
     now: u64,
-) -> Option<DeliveryRow> {
+) -> Option<Delivery> {
     let id = delivery_id(&webhook.webhook_id, event, doc);
     let payload = Payload {
         id: &id,
@@ -549,28 +546,26 @@ fn new_delivery(
     if payload.len() > MAX_PAYLOAD_BYTES {
         return None;
     }
-    Some(DeliveryRow {
+    Some(Delivery {
         tenant_id: webhook.tenant_id.clone(),
         webhook_id: webhook.webhook_id.clone(),
         delivery_id: id,
-        event_type: event.as_str().to_string(),
+        event_type: event,
         item_id: doc.item_id.clone(),
         created_ms: now,
-        created_date: day_of(now),
         payload,
-        state: DeliveryState::Pending.as_str().to_string(),
+        state: DeliveryState::Pending,
         attempts: 0,
         last_attempt_ms: 0,
         last_status: 0,
         last_error: String::new(),
         next_attempt_ms: now,
-        version: DeliveryRow::version_of(0, DeliveryState::Pending),
     })
 }
 
 /// Queues a delivery unless it is being attempted already; a full queue leaves it pending in
 /// ClickHouse for the retry scan.
-fn enqueue(shared: &Shared, queue: &mpsc::Sender<Job>, row: DeliveryRow, webhook: Arc<WebhookRow>) {
+fn enqueue(shared: &Shared, queue: &mpsc::Sender<Job>, row: Delivery, webhook: Arc<Webhook>) {
     if !Shared::lock(&shared.in_flight).insert(row.delivery_id.clone()) {
         return;
     }
@@ -584,7 +579,7 @@ fn enqueue(shared: &Shared, queue: &mpsc::Sender<Job>, row: DeliveryRow, webhook
 /// Queues the owned tenants' pending deliveries whose next attempt is due.
 async fn enqueue_due(
     shared: &Shared,
-    owned: &HashMap<String, Vec<Arc<WebhookRow>>>,
+    owned: &HashMap<String, Vec<Arc<Webhook>>>,
     queue: &mpsc::Sender<Job>,
 ) {
     if owned.is_empty() {
@@ -610,6 +605,15 @@ async fn enqueue_due(
     };
     let webhooks = Shared::lock(&shared.webhooks).clone();
     for row in due {
+        // A delivery whose row does not parse stays pending in the log, is not attempted,
+        // and is logged and counted at every scan until someone repairs or drops it.
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                e.report_refused("a webhook delivery");
+                continue;
+            }
+        };
         match webhooks.get(&(row.tenant_id.clone(), row.webhook_id.clone())) {
             Some(webhook) => enqueue(shared, queue, row, webhook.clone()),
             // The webhook was deleted: nothing more goes out for it.
@@ -644,10 +648,10 @@ async fn attempt(shared: &Shared, job: Job) {
     let outcome = shared
         .deliverer
         .attempt(
-            &webhook.url,
+            webhook.url.as_str(),
             &webhook.secret,
             &row.delivery_id,
-            &row.event_type,
+            row.event_type.as_str(),
             row.payload.as_bytes(),
             now / 1000,
         )
@@ -659,7 +663,7 @@ async fn attempt(shared: &Shared, job: Job) {
     metrics::counter!("backlight_webhook_attempts_total", "outcome" => label).increment(1);
     let next = after_attempt(&row, &outcome, now_ms(), shared.config.retry_base);
     if let Outcome::Failed { error, .. } = &outcome {
-        tracing::info!(delivery_id = %row.delivery_id, webhook_id = %row.webhook_id, attempts = next.attempts, state = %next.state, error, "webhook delivery attempt failed");
+        tracing::info!(delivery_id = %row.delivery_id, webhook_id = %row.webhook_id, attempts = next.attempts, state = next.state.as_str(), error, "webhook delivery attempt failed");
     }
     Shared::lock(&shared.outcomes).push(next);
 }

@@ -37,11 +37,18 @@
 //!
 //! Bounded: the send queue holds 10,000 deliveries (beyond that they wait in ClickHouse for
 //! the retry scan), payloads at most 64 KiB, error texts 500 bytes, 20 webhooks per tenant.
+//!
+//! What the tables hold is read and written as [`records`] (a webhook with its parsed URL and
+//! events, a delivery with its typed event and state). A stored row that does not parse is
+//! never trusted nor dropped unseen: the engine leaves that webhook or delivery out and logs
+//! and counts it (`backlight_unreadable_rows_total`) at every read until it is repaired,
+//! while every other one goes on; the admin API answers 500 naming the record.
 
 pub mod deliver;
 mod engine;
 pub mod events;
 pub mod owner;
+pub mod records;
 pub mod registration;
 pub mod signature;
 pub mod target;

@@ -5,11 +5,14 @@ use clickhouse::Client;
 use serde::Deserialize;
 
 use super::events::EventType;
+use super::records::Webhook;
 use super::signature::new_secret;
 use super::target::TargetPolicy;
 use crate::clickhouse::ClickHouseError;
-use crate::storage::webhooks::{self as store, WebhookRow};
+use crate::storage::webhooks as store;
+use crate::storage::{ReadError, UnreadableRow};
 use crate::tenancy::TenantId;
+use reqwest::Url;
 
 /// Most webhooks one tenant may have.
 pub const MAX_WEBHOOKS_PER_TENANT: usize = 20;
@@ -42,6 +45,18 @@ pub enum CreateError {
     TooMany,
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
+    /// One of the tenant's webhooks (counted against the limit) does not parse.
+    #[error(transparent)]
+    Unreadable(#[from] UnreadableRow),
+}
+
+impl From<ReadError> for CreateError {
+    fn from(e: ReadError) -> CreateError {
+        match e {
+            ReadError::ClickHouse(e) => e.into(),
+            ReadError::Unreadable(e) => e.into(),
+        }
+    }
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> CreateError {
@@ -55,7 +70,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> CreateError {
 pub fn validate(
     request: &CreateWebhook,
     policy: &TargetPolicy,
-) -> Result<(String, Vec<EventType>), CreateError> {
+) -> Result<(Url, Vec<EventType>), CreateError> {
     let url = policy
         .check(request.url.trim())
         .map_err(|e| invalid("url", e.to_string()))?;
@@ -82,35 +97,35 @@ pub fn validate(
             format!("description must be at most {MAX_DESCRIPTION_LEN} bytes without control characters"),
         ));
     }
-    Ok((url.to_string(), events))
+    Ok((url, events))
 }
 
-/// Validates and saves a new webhook of `tenant`. The returned row holds the signing secret:
+/// Validates and saves a new webhook of `tenant`. The returned webhook holds the signing secret:
 /// show it once, it is not shown again.
 pub async fn create(
     client: &Client,
     tenant: &TenantId,
     request: &CreateWebhook,
     policy: &TargetPolicy,
-) -> Result<WebhookRow, CreateError> {
+) -> Result<Webhook, CreateError> {
     let (url, events) = validate(request, policy)?;
     if store::webhooks_of(client, tenant.as_str()).await?.len() >= MAX_WEBHOOKS_PER_TENANT {
         return Err(CreateError::TooMany);
     }
     let now = now_ms();
-    let row = WebhookRow {
+    let webhook = Webhook {
         tenant_id: tenant.to_string(),
         webhook_id: format!("wh_{}", crate::secrets::new_key_id()),
         url,
-        events: events.iter().map(|e| e.as_str().to_string()).collect(),
+        events,
         description: request.description.clone(),
         secret: new_secret(),
         created_ms: now,
-        deleted: 0,
+        deleted: false,
         updated_ms: now,
     };
-    store::insert_webhook(client, &row).await?;
-    Ok(row)
+    store::insert_webhook(client, &webhook).await?;
+    Ok(webhook)
 }
 
 /// Deletes a webhook of `tenant`: nothing more is delivered to it (attempts already running
@@ -119,16 +134,16 @@ pub async fn delete(
     client: &Client,
     tenant: &TenantId,
     webhook_id: &str,
-) -> Result<bool, ClickHouseError> {
-    let Some(mut row) = store::webhook(client, tenant.as_str(), webhook_id).await? else {
+) -> Result<bool, ReadError> {
+    let Some(mut webhook) = store::webhook(client, tenant.as_str(), webhook_id).await? else {
         return Ok(false);
     };
-    if row.deleted != 0 {
+    if webhook.deleted {
         return Ok(false);
     }
-    row.deleted = 1;
-    row.updated_ms = now_ms().max(row.updated_ms + 1);
-    store::insert_webhook(client, &row).await?;
+    webhook.deleted = true;
+    webhook.updated_ms = now_ms().max(webhook.updated_ms + 1);
+    store::insert_webhook(client, &webhook).await?;
     Ok(true)
 }
 
@@ -166,7 +181,7 @@ mod tests {
             &policy,
         )
         .unwrap();
-        assert_eq!(url, "https://crm.example.com/hook");
+        assert_eq!(url.as_str(), "https://crm.example.com/hook");
         assert_eq!(
             events,
             vec![EventType::SlaBreached, EventType::StatusChanged]

@@ -17,6 +17,9 @@
 //! the view), so a row arriving meanwhile can only make a build look stale, never fresh.
 //! Concurrent rebuilds of one (device, day) are harmless: each is complete, the newest wins.
 //!
+//! The queries hand back [`crate::reports`]' figures (`GroupFigures`, `ItemFiguresByGroup`,
+//! `QueueBacklog`); the rows they read are private to this module.
+//!
 //! **Architecture invariant:** every report figure comes from deduplicated events; nothing here
 //! sums `events` rows without grouping them by (device_id, seq) first.
 
@@ -26,8 +29,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::clickhouse::{with_timeout, with_write_retry, ClickHouseError};
+use crate::reports::metrics::HandleTimes;
 use crate::reports::time::{civil_from_days, TzOffsets};
-use crate::reports::{GroupBy, TimeZone, BUCKET_MS, HANDLE_LOOKBACK_MS};
+use crate::reports::{
+    GroupBy, GroupFigures, ItemFigures, ItemFiguresByGroup, QueueBacklog, TimeFigures, TimeZone,
+    BUCKET_MS, HANDLE_LOOKBACK_MS,
+};
 
 const MS_PER_DAY: u64 = 86_400_000;
 /// The newest registration of every item. `items` has one partition and is sorted by
@@ -227,44 +234,75 @@ impl ReportQuery {
     }
 }
 
-/// Time figures of one group.
+/// Time figures of one group, as the query names its columns.
 #[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
-pub struct TimeRow {
-    pub g: String,
-    pub productive_ms: u64,
-    pub other_ms: u64,
-    pub idle_ms: u64,
+struct TimeRow {
+    g: String,
+    productive_ms: u64,
+    other_ms: u64,
+    idle_ms: u64,
+}
+
+impl TimeRow {
+    fn into_figures(self) -> GroupFigures<TimeFigures> {
+        GroupFigures {
+            group: self.g,
+            figures: TimeFigures {
+                productive_ms: self.productive_ms,
+                other_ms: self.other_ms,
+                idle_ms: self.idle_ms,
+            },
+        }
+    }
 }
 
 /// Item figures of one group; handle-time statistics per `docs/metrics.md`.
 #[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
-pub struct ItemRow {
+struct ItemRow {
     /// 1 for the totals row (its `g` is empty), 0 for a group's row.
-    pub t: u8,
-    pub g: String,
-    pub items: u64,
-    pub mean_ms: f64,
-    pub median_ms: f64,
-    pub p90_ms: u64,
-    pub with_due: u64,
-    pub met: u64,
+    t: u8,
+    g: String,
+    items: u64,
+    mean_ms: f64,
+    median_ms: f64,
+    p90_ms: u64,
+    with_due: u64,
+    met: u64,
 }
 
-/// [`item_figures`] of one report: per group, and all groups together (each item once).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ItemFigureRows {
-    pub groups: Vec<ItemRow>,
-    /// `None` when nothing was completed.
-    pub total: Option<ItemRow>,
+impl ItemRow {
+    fn figures(&self) -> ItemFigures {
+        ItemFigures {
+            items_handled: self.items,
+            handle_times_ms: HandleTimes {
+                mean: Some(self.mean_ms),
+                median: Some(self.median_ms),
+                p90: Some(self.p90_ms),
+            },
+            sla_items_with_due: self.with_due,
+            sla_items_met: self.met,
+        }
+    }
 }
 
 /// Backlog of one queue as of `to`.
 #[derive(clickhouse::Row, Deserialize, Debug, Clone, PartialEq)]
-pub struct BacklogRow {
-    pub queue: String,
-    pub count: u64,
-    pub age_sum_ms: u64,
-    pub max_age_ms: u64,
+struct BacklogRow {
+    queue: String,
+    count: u64,
+    age_sum_ms: u64,
+    max_age_ms: u64,
+}
+
+impl BacklogRow {
+    fn into_backlog(self) -> QueueBacklog {
+        QueueBacklog {
+            queue: self.queue,
+            count: self.count,
+            age_sum_ms: self.age_sum_ms,
+            max_age_ms: self.max_age_ms,
+        }
+    }
 }
 
 /// The UTC offset of `tz` at every 15-minute bucket of `[from, to)`. An error from ClickHouse
@@ -402,7 +440,7 @@ async fn rebuild(client: &Client, tenant: &str, chunk: &[Stale]) -> Result<(), C
 pub async fn time_figures(
     client: &Client,
     q: &ReportQuery,
-) -> Result<Vec<TimeRow>, ClickHouseError> {
+) -> Result<Vec<GroupFigures<TimeFigures>>, ClickHouseError> {
     let mut sql = Sql::default();
     if q.item_time_only() {
         // Only time on items counts; the item's queue decides the group / the filter.
@@ -439,7 +477,8 @@ pub async fn time_figures(
             .u64(q.to_ms);
         sql.push(") GROUP BY g ORDER BY g");
     }
-    with_timeout(sql.query(client).fetch_all()).await
+    let rows: Vec<TimeRow> = with_timeout(sql.query(client).fetch_all()).await?;
+    Ok(rows.into_iter().map(TimeRow::into_figures).collect())
 }
 
 /// Items completed per group, and for the whole report, with handle-time statistics and SLA
@@ -460,7 +499,7 @@ pub async fn time_figures(
 pub async fn item_figures(
     client: &Client,
     q: &ReportQuery,
-) -> Result<ItemFigureRows, ClickHouseError> {
+) -> Result<ItemFiguresByGroup, ClickHouseError> {
     let (from, to, lo) = (q.from_ms, q.to_ms, q.lookback_ms());
     let all_devices = ReportQuery {
         devices: None,
@@ -555,9 +594,15 @@ pub async fn item_figures(
     sql.push(") ARRAY JOIN keys AS k, dones AS done) GROUP BY t, g ORDER BY t, g");
     let rows: Vec<ItemRow> = with_timeout(sql.query(client).fetch_all()).await?;
     let (totals, groups): (Vec<ItemRow>, Vec<ItemRow>) = rows.into_iter().partition(|r| r.t == 1);
-    Ok(ItemFigureRows {
-        groups,
-        total: totals.into_iter().next(),
+    Ok(ItemFiguresByGroup {
+        groups: groups
+            .into_iter()
+            .map(|r| GroupFigures {
+                figures: r.figures(),
+                group: r.g,
+            })
+            .collect(),
+        total: totals.first().map(ItemRow::figures),
     })
 }
 
@@ -567,7 +612,7 @@ pub async fn backlog(
     tenant: &str,
     to_ms: u64,
     queue: Option<&str>,
-) -> Result<Vec<BacklogRow>, ClickHouseError> {
+) -> Result<Vec<QueueBacklog>, ClickHouseError> {
     let mut sql = Sql::default();
     sql.push("SELECT queue, toUInt64(count()) AS count, toUInt64(sum(")
         .u64(to_ms);
@@ -593,5 +638,6 @@ pub async fn backlog(
         .push(" AND action = 'completed' AND time_ms < ")
         .u64(to_ms)
         .push(") GROUP BY queue ORDER BY queue");
-    with_timeout(sql.query(client).fetch_all()).await
+    let rows: Vec<BacklogRow> = with_timeout(sql.query(client).fetch_all()).await?;
+    Ok(rows.into_iter().map(BacklogRow::into_backlog).collect())
 }
