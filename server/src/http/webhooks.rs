@@ -206,6 +206,7 @@ fn oldest_kept_ms() -> u64 {
         (status = 413, description = "Body larger than 1 MiB", body = backlight_shared::api::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Invalid URL (not https, not a public address, credentials in it), unknown event, or description too long (`invalid_field`, `field` names it)", body = backlight_shared::api::ErrorBody),
+        (status = 500, description = "A stored webhook or delivery record does not parse (`unreadable_record`, naming the record); other webhooks are unaffected", body = backlight_shared::api::ErrorBody),
         (status = 503, description = "ClickHouse or the audit log unavailable; nothing was registered, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -255,6 +256,7 @@ fn create_error(e: CreateError) -> ApiError {
         (status = 200, description = "The webhooks", body = WebhookList),
         (status = 401, description = "Missing, malformed or unknown API key", body = backlight_shared::api::ErrorBody),
         (status = 403, description = "API key revoked, or not `admin` (`wrong_role`)", body = backlight_shared::api::ErrorBody),
+        (status = 500, description = "A stored webhook or delivery record does not parse (`unreadable_record`, naming the record); other webhooks are unaffected", body = backlight_shared::api::ErrorBody),
         (status = 503, description = "ClickHouse unavailable; retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -285,6 +287,7 @@ async fn list(
         (status = 403, description = "API key revoked, or not `admin` (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 404, description = "No such webhook (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Malformed webhook id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 500, description = "A stored webhook or delivery record does not parse (`unreadable_record`, naming the record); other webhooks are unaffected", body = backlight_shared::api::ErrorBody),
         (status = 503, description = "ClickHouse unavailable; retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -323,6 +326,7 @@ async fn show(
         (status = 403, description = "API key revoked, or not `admin` (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 404, description = "No such webhook (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Malformed webhook id (`invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 500, description = "A stored webhook or delivery record does not parse (`unreadable_record`, naming the record); other webhooks are unaffected", body = backlight_shared::api::ErrorBody),
         (status = 503, description = "ClickHouse or the audit log unavailable; nothing was deleted, retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -359,6 +363,7 @@ async fn delete(
         (status = 403, description = "API key revoked, or not `admin` (`wrong_role`)", body = backlight_shared::api::ErrorBody),
         (status = 404, description = "No such webhook (in the caller's tenant)", body = backlight_shared::api::ErrorBody),
         (status = 422, description = "Unknown or invalid parameter (`invalid_query`, `invalid_field`)", body = backlight_shared::api::ErrorBody),
+        (status = 500, description = "A stored webhook or delivery record does not parse (`unreadable_record`, naming the record); other webhooks are unaffected", body = backlight_shared::api::ErrorBody),
         (status = 503, description = "ClickHouse unavailable; retry later", body = backlight_shared::api::ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
