@@ -165,8 +165,13 @@ fn split_acl(text: &str) -> Result<(&str, Vec<&str>, &str), NotPrivate> {
     let mut flags = &text[..flags_end];
     let mut rest = &text[flags_end..];
     if rest.starts_with(':') {
-        // No entries: the flags were followed by the next section's tag ("D:PS:…").
-        let tag_start = flags.len().saturating_sub(1);
+        // No entries: the flags were followed by the next section's tag ("D:PS:…"), one ASCII
+        // letter (anything else is not SDDL, and slicing inside a character would panic).
+        let tag_start = flags
+            .len()
+            .checked_sub(1)
+            .filter(|&i| flags.as_bytes()[i].is_ascii_uppercase())
+            .ok_or_else(|| unreadable(text))?;
         rest = &text[tag_start..];
         flags = &text[..tag_start];
         return Ok((flags, Vec::new(), rest));
@@ -232,7 +237,9 @@ fn access_mask(rights: &str) -> Option<u32> {
     {
         return u32::from_str_radix(hex, 16).ok();
     }
-    if !rights.len().is_multiple_of(2) {
+    // Codes are pairs of ASCII letters: anything else would split inside a character, and a
+    // pair skipped for it would grant nothing, failing open.
+    if !rights.len().is_multiple_of(2) || !rights.is_ascii() {
         return None;
     }
     Some(two_letter_codes(rights).fold(0, |mask, code| {
@@ -393,6 +400,9 @@ mod tests {
             &format!("O:{ME}D:(A;;FA;;;WD"),
             &format!("O:{ME}D:(A;;FA)"),
             &format!("O:{ME}D:(A;;0xZZ;;;WD)"),
+            // Non-ASCII where letters belong: refused, never a panic or a skipped right.
+            &format!("O:{ME}D:Pé:(A;;FA;;;WD)"),
+            &format!("O:{ME}D:(A;;Géx;;;WD)"),
         ] {
             assert!(judged(garbage).is_err(), "{garbage:?}");
         }
