@@ -27,6 +27,9 @@
 #   PROFILE_STAGES=1 SKIP_BUILD=0 KEEP=0 (keep the work directory) RESULTS= (write the JSON there)
 #   SERVER_BIN= (another build's backlight-server, for an A/B against this load generator)
 #   BUILD_PROFILE=release (debug only to smoke-test this script: its figures mean nothing)
+#   TMPDIR= (where the throwaway data directory, and so ClickHouse's parts, go: put it on the
+#   disk you mean to measure. Each run prints the I/O stall it met; on this VM the root
+#   filesystem's stalls cut a run to a third, see docs/BENCHMARKS.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH_NAME=bench-ingest
@@ -102,9 +105,16 @@ if [ -n "$RATE" ]; then loadgen_args+=(--rate "$RATE"); fi
 for run in $(seq 1 "$RUNS"); do
   echo "==> load run $run/$RUNS: $AGENTS agents, $BATCH_EVENTS events/batch, $WARMUP warm-up + $DURATION"
   run_start="$(date +%s)"
+  io_stall_before="$(io_full_stall_us)"
   BACKLIGHT_ENROLLMENT_KEY="$KEY" bounded 900 "$LOADGEN_BIN" "${loadgen_args[@]}" --label "run $run" \
     | tee "$WORK/load-$run.txt"
   run_json="$(tail -1 "$WORK/load-$run.txt")"
+  # Time in which every task was stalled on I/O (Linux PSI "full"): on a disk whose metadata
+  # writes stall (this VM's root filesystem), the same run gives a third of its throughput.
+  io_stall_s="$(awk -v a="$io_stall_before" -v b="$(io_full_stall_us)" \
+    'BEGIN { if (a == "" || b == "") print "null"; else printf "%.1f", (b - a) / 1e6 }')"
+  echo "    I/O stall (PSI full) during the run: ${io_stall_s} s; ClickHouse data under $DATA"
+  run_json="$(jq -c --argjson s "$io_stall_s" '. + {io_full_stall_s: $s}' <<<"$run_json")"
   if [ "$PART_LOG" = 1 ]; then
     # New parts per table this run wrote from its first INSERT into events on, per second of
     # the span in which it wrote them (enrollment excluded): what bounds merges and "too many
@@ -122,9 +132,21 @@ for run in $(seq 1 "$RUNS"); do
     [ -n "$parts" ] && jq -e 'type == "object"' >/dev/null 2>&1 <<<"$parts" || parts=null
     active="$(curl -fsS "${CH_AUTH[@]}" --data-binary "SELECT count() FROM system.parts WHERE active AND database = 'backlight' AND table = 'events'" "$CH_URL/" 2>/dev/null)" || active=""
     [[ "$active" =~ ^[0-9]+$ ]] || active=null
+    # Background merges per table since the run began, as rows written and seconds spent: on
+    # 2 cores merging, not the INSERTs, is what ClickHouse spends most of its time on under
+    # this load. (Rows written, not part_log's read_rows: 18.16 over-counts those.)
+    merged="$(curl -fsS "${CH_AUTH[@]}" --data-binary "SELECT table, count() AS merges,
+        sum(rows) AS rows, sum(duration_ms) AS ms
+      FROM system.part_log WHERE toInt8(event_type) = 2 AND database = 'backlight'
+        AND event_time >= toDateTime($run_start)
+      GROUP BY table FORMAT JSONEachRow" "$CH_URL/" \
+      | jq -s -c 'map({key: .table, value: {merges: (.merges | tonumber), rows: (.rows | tonumber),
+          seconds: ((.ms | tonumber) / 1000)}}) | from_entries' 2>/dev/null)" || merged=""
+    [ -n "$merged" ] && jq -e 'type == "object"' >/dev/null 2>&1 <<<"$merged" || merged=null
     echo "    new parts/s (system.part_log): $parts; active parts of events now: $active"
-    run_json="$(jq -c --argjson parts "$parts" --argjson active "$active" \
-      '. + {new_parts_per_s: $parts, events_active_parts_after: $active}' <<<"$run_json")"
+    echo "    merges since the run began, per table: $merged"
+    run_json="$(jq -c --argjson parts "$parts" --argjson active "$active" --argjson merged "$merged" \
+      '. + {new_parts_per_s: $parts, events_active_parts_after: $active, merged_rows: $merged}' <<<"$run_json")"
   fi
   echo "$run_json" >>"$WORK/load.jsonl"
   # Let ClickHouse's background merges of this run settle a little before the next one.
@@ -178,6 +200,8 @@ SUMMARY="$(jq -s -c --argjson baseline "$BASELINE_JSON" --argjson profile "$PROF
     events_new_parts_per_s: (map(.new_parts_per_s.events // empty) | median),
     all_new_parts_per_s: (map(.new_parts_per_s // empty | [.[]] | add) | median),
     new_parts_per_s_runs: map(.new_parts_per_s),
+    merges_runs: map(.merged_rows),
+    io_full_stall_s_runs: map(.io_full_stall_s),
     ceiling_rows_per_s: $baseline.rows_per_s,
     ceiling_rows_per_s_without_client_startup: $baseline.rows_per_s_without_client_startup,
     ceiling_format: $baseline.format,
@@ -200,6 +224,7 @@ jq -r '
   "cpu (cores)     server \(.cpu_cores.server | r(100)), clickhouse \(.cpu_cores.clickhouse | r(100)), loadgen \(.cpu_cores.loadgen | r(100)), other processes \(.cpu_cores.other | r(100)), machine busy \(.cpu_cores.machine_busy | r(100)) of \(.machine.nproc)",
   "inserts         \(.inserts_per_s | r(10)) INSERTs/s of \(.rows_per_insert | r(1)) rows",
   "new parts       \(.events_new_parts_per_s | r(10))/s in events, \(.all_new_parts_per_s | r(10))/s in all backlight tables (system.part_log)",
+  "I/O stall       \(.io_full_stall_s_runs | map(if . == null then "?" else "\(.) s" end) | join(", ")) per run (PSI full; seconds in which every task waited on the disk)",
   "ceiling         \(if .ceiling_rows_per_s then "\(.ceiling_rows_per_s) rows/s (clickhouse-client \(.ceiling_format), same rows; \(.ceiling_rows_per_s_without_client_startup) rows/s without client start-ups)" else "not measured (BASELINE_REPEAT=0)" end)",
   "ratio           server / ceiling = \(.ratio | r(1000))",
   "target          >= 100,000 events/s from >= 1,000 agents with RSS < 150 MB: \(if .target_met then "MET" else "NOT MET" end)"

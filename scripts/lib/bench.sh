@@ -154,3 +154,10 @@ load_generator_env() {
   BACKLIGHT_METRICS_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
   export BACKLIGHT_METRICS_TOKEN
 }
+
+# Microseconds for which every task on the machine was stalled on I/O (Linux PSI, "full"), or
+# nothing when the kernel keeps no pressure figures. Two readings bracket a run.
+io_full_stall_us() {
+  awk '/^full/ { for (i = 1; i <= NF; i++) if ($i ~ /^total=/) { sub("total=", "", $i); print $i } }' \
+    /proc/pressure/io 2>/dev/null || true
+}
