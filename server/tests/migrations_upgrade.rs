@@ -15,7 +15,8 @@ async fn count(client: &clickhouse::Client, sql: &str) -> u64 {
 /// the upgrade must be there afterwards, and events ingested after it too (through the new
 /// view, once: the old view is gone). Migration 10 copies registrations the same way, and
 /// migration 11 packs both into `item_lookup`, which lookups read through the server's parser;
-/// migration 17 gives `item_events_v2` its plain name back and drops what nothing reads.
+/// migration 17 gives `item_events_v2` its plain name back and drops what nothing reads, and
+/// migration 18 folds it into `item_lookup`.
 #[tokio::test]
 async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     let (_dir, clickhouse, config) = support::start_clickhouse("upgrade_test").await;
@@ -127,14 +128,16 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
     assert_eq!(newest_only, vec![("A".into(), 2), ("D".into(), 1)]);
 
     // The rest of the migrations, twice (a second server starting): 17 renames
-    // `item_events_v2` to `item_events` (the old one dropped) and drops `item_registrations`.
+    // `item_events_v2` to `item_events` (the old one dropped) and drops `item_registrations`;
+    // 18 folds `item_events` into `item_lookup`, whose new columns read the packed rows.
     for _ in 0..2 {
         migrate(&server, &config.database, &db, None).await.unwrap();
         assert!(missing_versions(&db).await.unwrap().is_empty());
         assert_eq!(
             count(
                 &db,
-                "SELECT count() FROM (SELECT DISTINCT device_id, seq FROM item_events)"
+                "SELECT count() FROM (SELECT DISTINCT device_id, seq FROM item_lookup
+                                      WHERE kind = 'work_item' AND action = 'started')"
             )
             .await,
             4
@@ -143,7 +146,7 @@ async fn item_events_and_registrations_survive_the_move_to_fine_granules() {
             count(
                 &db,
                 "SELECT count() FROM system.tables WHERE database = currentDatabase()
-                 AND name IN ('item_events_v2', 'item_registrations')"
+                 AND name IN ('item_events_v2', 'item_registrations', 'item_events', 'item_events_mv')"
             )
             .await,
             0

@@ -10,7 +10,8 @@ use std::io::Write;
 
 use axum::http::StatusCode;
 use backlight_server::storage::migrations::{
-    migrate, migrate_through, missing_versions, statements, BASELINE_SQL, MIGRATIONS,
+    migrate, migrate_through, missing_versions, statements, BASELINE_SQL, BASELINE_VERSION,
+    MIGRATIONS,
 };
 use backlight_server::tenancy::Role;
 use clickhouse::{Client, Compression};
@@ -121,12 +122,15 @@ async fn a_new_database_and_upgraded_ones_have_the_same_schema() {
         "report_rollup_v2",
         "report_rollup_state_v2",
         "item_events_unread",
+        // Folded into item_lookup by 0018.
+        "item_events",
+        "item_events_mv",
     ] {
         assert!(!fresh.contains_key(gone), "{gone} in a new database");
     }
     for kept in [
-        "item_events",
-        "item_events_mv",
+        "item_lookup_events_mv",
+        "item_lookup_registrations_mv",
         "report_rollup",
         "report_rollup_state",
         "report_day_rows",
@@ -136,9 +140,14 @@ async fn a_new_database_and_upgraded_ones_have_the_same_schema() {
         assert!(fresh.contains_key(kept), "{kept} missing: {fresh:#?}");
     }
     assert!(
-        fresh["item_events"].contains("index_granularity = 256"),
+        fresh["item_lookup"].contains("index_granularity = 256"),
         "{}",
-        fresh["item_events"]
+        fresh["item_lookup"]
+    );
+    assert!(
+        fresh["item_lookup"].contains("action Enum8"),
+        "{}",
+        fresh["item_lookup"]
     );
     assert!(
         fresh["report_rollup"].contains("sorting key: tenant_id, device_id, day"),
@@ -252,10 +261,33 @@ async fn rows_written_before_the_upgrade_are_read_by_the_api_after_it() {
     let parts = support::start_parts_on((dir, clickhouse, config)).await;
     let app = TestApp::from_state(parts.state.clone(), parts);
 
+    // 0018 folded `item_events` into `item_lookup`: the events of before the upgrade are there
+    // once each, and the columns 0018 added read right from their packed rows.
     assert_eq!(
-        count("SELECT count() FROM (SELECT DISTINCT device_id, seq FROM item_events)").await,
+        count("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE 'item_events%'").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count() FROM (SELECT DISTINCT device_id, seq FROM item_lookup WHERE kind != '')").await,
         4,
         "every item event of before the upgrade, once"
+    );
+    assert_eq!(
+        count(
+            "SELECT count() FROM (SELECT DISTINCT seq, kind, state, action, end_ms - time_ms AS ms
+                                  FROM item_lookup WHERE item_id = 'A' AND kind != '')
+             WHERE (seq = 1 AND kind = 'work_item' AND action = 'started' AND ms = 0)
+                OR (seq = 2 AND kind = 'activity_span' AND state = 'active' AND ms = 1800000)
+                OR (seq = 3 AND kind = 'work_item' AND action = 'completed' AND ms = 0)"
+        )
+        .await,
+        3,
+        "the new columns of rows written before 0018"
+    );
+    assert_eq!(
+        count("SELECT count() FROM item_lookup WHERE seq = 0 AND (kind != '' OR action != '' OR time_ms != 0)").await,
+        0,
+        "registrations have no event columns"
     );
     assert_eq!(
         count("SELECT count() FROM report_rollup WHERE version = 7").await,
@@ -280,8 +312,8 @@ async fn rows_written_before_the_upgrade_are_read_by_the_api_after_it() {
     assert_eq!(a.json()["status"], "completed", "{}", a.json());
     let b = app.get("/v1/items/B", &agent).await;
     assert_eq!(b.json()["status"], "in_progress", "{}", b.json());
-    // The backlog reads `item_events` (renamed from item_events_v2): A's completion of before
-    // the upgrade must be there, or A would be counted as open.
+    // The backlog reads `item_lookup`'s action column: A's completion of before the upgrade
+    // must be there, or A would be counted as open.
     let report = app
         .get(
             &format!(
@@ -300,13 +332,14 @@ async fn rows_written_before_the_upgrade_are_read_by_the_api_after_it() {
     );
     assert_eq!(report.json()["backlog"]["count"], 1, "{}", report.json());
 
-    // After the upgrade the view copies new item events into `item_events`, once.
+    // After the upgrade the view copies new item events into `item_lookup`, once, with the
+    // columns filled.
     db.query(&event(5, "work_item", "C", now, now, "", "started"))
         .execute()
         .await
         .unwrap();
     assert_eq!(
-        count("SELECT count() FROM item_events WHERE item_id = 'C'").await,
+        count("SELECT count() FROM item_lookup WHERE item_id = 'C' AND kind = 'work_item' AND action = 'started'").await,
         1
     );
 }
@@ -322,7 +355,18 @@ fn a_new_database_and_an_upgraded_one_agree_on_the_current_release() {
         file.flush().unwrap();
         file
     };
-    let new = write(statements(BASELINE_SQL));
+    // A new database: the baseline, then the migrations after it, as the runner does.
+    let new = write(
+        statements(BASELINE_SQL)
+            .into_iter()
+            .chain(
+                MIGRATIONS
+                    .iter()
+                    .filter(|m| m.version > BASELINE_VERSION)
+                    .flat_map(|m| statements(m.sql)),
+            )
+            .collect(),
+    );
     let upgrade = write(MIGRATIONS.iter().flat_map(|m| statements(m.sql)).collect());
     support::run_check_script(
         "clickhouse-schema-paths.py",

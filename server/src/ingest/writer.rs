@@ -16,10 +16,10 @@
 //! **Bounded parts.** At most one INSERT is in flight, and two INSERTs start at least
 //! `min_insert_interval` apart. So ClickHouse gets at most `1 / min_insert_interval` INSERTs a
 //! second (50 with the default 20 ms), each making one new part per table and partition it
-//! touches: `events`, `item_events` and `report_day_rows` are partitioned by month,
-//! `item_lookup` by year, `item_changes` by day and `device_seq` not at all, so a batch of
-//! current events makes 6 parts (fewer when no event names an item), ≤ 300 new parts a second in
-//! all and ≤ 50 per table; a backlog spanning a month boundary makes up to 3 more. When
+//! touches: `events` and `report_day_rows` are partitioned by month, `item_lookup` by year,
+//! `item_changes` by day and `device_seq` not at all, so a batch of current events makes 5
+//! parts (fewer when no event names an item), ≤ 250 new parts a second in all and ≤ 50 per
+//! table; a backlog spanning a month boundary makes up to 2 more. When
 //! INSERTs take longer than the interval (heavy load), the rate falls below the bound and each
 //! INSERT carries more rows.
 //!

@@ -29,7 +29,7 @@ pub enum Occurrence {
     Action(ItemAction),
 }
 
-/// One event naming the item (a row of `item_events`).
+/// One event naming the item (an event row of `item_lookup`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemEvent {
     pub device_id: Uuid,

@@ -875,7 +875,7 @@ impl<'a> Statement<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::migrations::{statements, BASELINE_SQL, MIGRATIONS};
+    use crate::storage::migrations::{statements, BASELINE_SQL, BASELINE_VERSION, MIGRATIONS};
 
     fn ddl() -> ClusterDdl {
         ClusterDdl::new("backlight".parse().unwrap(), "bl")
@@ -1100,12 +1100,17 @@ mod tests {
         }
     }
 
-    /// A new database (the baseline) and one upgraded through every migration know the same
-    /// objects with the same sharding keys, so later migrations rewrite alike on both.
+    /// A new database (the baseline, then the migrations after it) and one upgraded through
+    /// every migration know the same objects with the same sharding keys, so later migrations
+    /// rewrite alike on both.
     #[test]
     fn the_baseline_and_the_migrations_make_the_same_cluster_objects() {
         let mut fresh = ddl();
-        for s in statements(BASELINE_SQL) {
+        let after_baseline = MIGRATIONS.iter().filter(|m| m.version > BASELINE_VERSION);
+        for s in statements(BASELINE_SQL)
+            .into_iter()
+            .chain(after_baseline.flat_map(|m| statements(m.sql)))
+        {
             one(&mut fresh, &s);
         }
         let mut upgraded = ddl();

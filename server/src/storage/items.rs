@@ -391,9 +391,9 @@ pub async fn handle_time_samples(
                           argMaxIf(action, time_ms, kind = 'work_item') AS last_action,
                           maxIf(time_ms, action = 'completed') AS completed_ms
                    FROM (SELECT DISTINCT item_id, device_id, seq, kind, state, action, time_ms, end_ms
-                         FROM item_events
+                         FROM item_lookup
                          WHERE tenant_id = ? AND event_date >= toDate(toDateTime(intDiv(?, 1000)))
-                           AND time_ms >= ?)
+                           AND time_ms >= ? AND kind != '')
                    GROUP BY item_id
                    HAVING last_action = 'completed' AND completed_ms >= ?
                    ORDER BY completed_ms DESC

@@ -11,7 +11,7 @@
 //! - A **new database** (no migration recorded) gets `deploy/clickhouse/baseline.sql`: the
 //!   schema as migrations 1 to [`BASELINE_VERSION`] leave it, with the final table names and no
 //!   table nothing reads. Then every migration up to [`BASELINE_VERSION`] is recorded as
-//!   applied, and later migrations run as usual.
+//!   applied, and later migrations run as usual (0018 on), on both paths alike.
 //! - A database made by an earlier release runs the migrations it has not recorded, one by
 //!   one: 0017 drops the tables nothing reads any more and renames the `_v2` tables to their
 //!   plain names, so it ends where the baseline starts.
@@ -135,6 +135,13 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 17,
         name: "final_table_names",
         sql: include_str!("../../../deploy/clickhouse/migrations/0017_final_table_names.sql"),
+    },
+    Migration {
+        version: 18,
+        name: "item_events_in_item_lookup",
+        sql: include_str!(
+            "../../../deploy/clickhouse/migrations/0018_item_events_in_item_lookup.sql"
+        ),
     },
 ];
 

@@ -951,8 +951,9 @@ async fn time_eta_scan(ch: &Db, tenant: &str) -> Result<f64> {
                   argMaxIf(action, time_ms, kind = 'work_item') AS last_action,
                   maxIf(time_ms, action = 'completed') AS completed_ms
            FROM (SELECT DISTINCT item_id, device_id, seq, kind, state, action, time_ms, end_ms
-                 FROM item_events WHERE tenant_id = {t}
-                   AND event_date >= toDate(toDateTime(intDiv({spans_from}, 1000))) AND time_ms >= {spans_from})
+                 FROM item_lookup WHERE tenant_id = {t}
+                   AND event_date >= toDate(toDateTime(intDiv({spans_from}, 1000))) AND time_ms >= {spans_from}
+                   AND kind != '')
            GROUP BY item_id HAVING last_action = 'completed' AND completed_ms >= {}
            ORDER BY completed_ms DESC LIMIT 20000
          ) AS completed ANY LEFT JOIN (SELECT item_id, argMax(queue, updated_ms) AS queue FROM items

@@ -122,15 +122,16 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
             .await;
         assert_eq!(added, vec![vec!["events"], vec!["events_local"]], "{id}");
         // Migration 17 renamed the `_v2` tables (local and Distributed) and dropped the
-        // tables nothing reads, on every node.
+        // tables nothing reads, and 18 folded `item_events` into `item_lookup`, on every node.
         let renamed = ch
             .db(&database)
-            .tsv("SELECT name, engine FROM system.tables WHERE database = currentDatabase() AND (name LIKE 'item_events%' OR name LIKE 'item_registrations%' OR name LIKE 'report_rollup%') ORDER BY name")
+            .tsv("SELECT name, engine FROM system.tables WHERE database = currentDatabase() AND (name LIKE 'item_events%' OR name LIKE 'item_lookup%' OR name LIKE 'item_registrations%' OR name LIKE 'report_rollup%') ORDER BY name")
             .await;
         let expected: Vec<Vec<String>> = [
-            ("item_events", "Distributed"),
-            ("item_events_local", "ReplicatedReplacingMergeTree"),
-            ("item_events_mv", "MaterializedView"),
+            ("item_lookup", "Distributed"),
+            ("item_lookup_events_mv", "MaterializedView"),
+            ("item_lookup_local", "ReplicatedReplacingMergeTree"),
+            ("item_lookup_registrations_mv", "MaterializedView"),
             ("report_rollup", "Distributed"),
             ("report_rollup_local", "ReplicatedReplacingMergeTree"),
             ("report_rollup_state", "Distributed"),
@@ -140,6 +141,19 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
         .map(|(name, engine)| vec![name.to_string(), engine.to_string()])
         .collect();
         assert_eq!(renamed, expected, "{id}");
+        let folded = ch
+            .db(&database)
+            .tsv("SELECT table FROM system.columns WHERE database = currentDatabase() AND name = 'action' AND table LIKE 'item_lookup%' ORDER BY table")
+            .await;
+        // The column is on the local and the Distributed table, and both views fill it.
+        let expected = [
+            "item_lookup",
+            "item_lookup_events_mv",
+            "item_lookup_local",
+            "item_lookup_registrations_mv",
+        ]
+        .map(|t| vec![t.to_string()]);
+        assert_eq!(folded, expected, "{id}");
     }
     // A new database (the baseline, rewritten for the cluster) has the same tables, engines,
     // keys and columns on every node as the upgraded one (only ZooKeeper paths differ).
@@ -174,7 +188,7 @@ async fn a_cluster_serves_like_one_server_and_loses_nothing_when_a_replica_dies(
         assert!(
             new.iter()
                 .any(|row| row[..3]
-                    == ["table", "item_events_local", "ReplicatedReplacingMergeTree"]),
+                    == ["table", "item_lookup_local", "ReplicatedReplacingMergeTree"]),
             "{id}: {new:?}"
         );
         assert_eq!(new, schema(database.clone()).await, "{id}");
