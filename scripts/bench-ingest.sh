@@ -146,7 +146,7 @@ for run in $(seq 1 "$RUNS"); do
     echo "    new parts/s (system.part_log): $parts; active parts of events now: $active"
     echo "    merges since the run began, per table: $merged"
     run_json="$(jq -c --argjson parts "$parts" --argjson active "$active" --argjson merged "$merged" \
-      '. + {new_parts_per_s: $parts, events_active_parts_after: $active, merged_rows: $merged}' <<<"$run_json")"
+      '. + {new_parts_per_s: $parts, events_active_parts_after: $active, merges: $merged}' <<<"$run_json")"
   fi
   echo "$run_json" >>"$WORK/load.jsonl"
   # Let ClickHouse's background merges of this run settle a little before the next one.
@@ -200,7 +200,7 @@ SUMMARY="$(jq -s -c --argjson baseline "$BASELINE_JSON" --argjson profile "$PROF
     events_new_parts_per_s: (map(.new_parts_per_s.events // empty) | median),
     all_new_parts_per_s: (map(.new_parts_per_s // empty | [.[]] | add) | median),
     new_parts_per_s_runs: map(.new_parts_per_s),
-    merges_runs: map(.merged_rows),
+    merges_runs: map(.merges),
     io_full_stall_s_runs: map(.io_full_stall_s),
     ceiling_rows_per_s: $baseline.rows_per_s,
     ceiling_rows_per_s_without_client_startup: $baseline.rows_per_s_without_client_startup,

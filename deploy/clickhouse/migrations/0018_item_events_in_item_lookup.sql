@@ -16,6 +16,11 @@
 -- Copies are harmless: readers dedupe by (device_id, seq), and ReplacingMergeTree collapses
 -- them on merge.
 --
+-- The ETA's 90-day scan now reads `item_lookup`, partitioned by year rather than by month: its
+-- time filter and each part's event_date range still skip what is older, but a part merged
+-- over the whole year is read for the tenant in full (docs/BENCHMARKS.md: 394-829 ms on the
+-- status benchmark, as before; it runs once a minute per tenant, off the lookup path).
+--
 -- Servers of the previous release read `item_events` (the ETA, the backlog report): from the
 -- last step until they are replaced, those answers fail on them (deploy/README.md,
 -- "Upgrading"). Ingest and status lookups are not affected.

@@ -628,7 +628,8 @@ pub async fn backlog(
         sql.push(" AND queue = ").str(queue);
     }
     // `item_lookup` holds every event naming an item, sorted by item, with its action as a
-    // column (0018): the completions are a narrow read there. Duplicates of a re-sent batch cannot change "completed or not".
+    // column (0018): the completions are a narrow read there. Duplicates of a re-sent batch
+    // cannot change "completed or not"; registrations have no action.
     // Items are matched by a 64-bit hash of their id: a set of integers is built and probed
     // about twice as fast as one of strings on 18.16. An open item would be missed only if its
     // hash equalled a completed item's: about n_open × n_completed / 2^64, under 10^-8 per
