@@ -14,7 +14,8 @@
 -- previous release still ingesting) reach only `events` and `items`; the copies below take
 -- again everything received in the last hour, which covers that moment many times over.
 -- Copies are harmless: readers dedupe by (device_id, seq), and ReplacingMergeTree collapses
--- them on merge.
+-- them on merge. They name their columns: an INSERT … SELECT without a list matches by
+-- position, and the added columns' position is not the same on every release.
 --
 -- The ETA's 90-day scan now reads `item_lookup`, partitioned by year rather than by month: its
 -- time filter and each part's event_date range still skip what is older, but a part merged
@@ -51,7 +52,8 @@ SELECT tenant_id, item_id, toUUID('00000000-0000-0000-0000-000000000000') AS dev
        CAST(0 AS Enum8('' = 0, 'active' = 1, 'idle' = 2, 'locked' = 3)) AS state,
        CAST(0 AS Enum8('' = 0, 'started' = 1, 'paused' = 2, 'resumed' = 3, 'completed' = 4, 'transferred' = 5)) AS action
 FROM items;
-INSERT INTO item_lookup
+INSERT INTO item_lookup (tenant_id, item_id, device_id, seq, event_date, version, row,
+                         kind, time_ms, end_ms, state, action)
 SELECT tenant_id, item_id, device_id, seq, event_date, received_ms AS version,
        concat('e1 ', toString(device_id), ' ', toString(seq), ' ', toString(toInt8(kind)), ' ',
               toString(time_ms), ' ', toString(end_ms), ' ', toString(toInt8(state)), ' ',
@@ -60,7 +62,8 @@ SELECT tenant_id, item_id, device_id, seq, event_date, received_ms AS version,
        time_ms, end_ms, state, action
 FROM events
 WHERE item_id != '' AND received_ms >= (toUInt64(toUnixTimestamp(now())) - 3600) * 1000;
-INSERT INTO item_lookup
+INSERT INTO item_lookup (tenant_id, item_id, device_id, seq, event_date, version, row,
+                         kind, time_ms, end_ms, state, action)
 SELECT tenant_id, item_id, toUUID('00000000-0000-0000-0000-000000000000') AS device_id,
        toUInt64(0) AS seq, toDate(toDateTime(intDiv(updated_ms, 1000))) AS event_date,
        updated_ms AS version,
