@@ -20,7 +20,8 @@ against that server:
 Exit status 0 when every statement ran on both; 1 with every failure named otherwise; 2 when
 chDB or the server is missing.
 
-Usage: clickhouse-compat.py --clickhouse-url http://127.0.0.1:8123 --database backlight_test
+Usage: clickhouse-compat.py --clickhouse-url http://127.0.0.1:8123 --database backlight_test [--schema S.jsonl]
+(--schema: the schema statements in the runner's order, run first; the log orders only by the second.)
 """
 
 import argparse
@@ -93,6 +94,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clickhouse-url", required=True)
     parser.add_argument("--database", required=True)
+    parser.add_argument("--schema", help="JSON lines: the schema statements in the order the "
+                        "migration runner sends them; run first, in that order, since the query "
+                        "log orders statements only by the second")
     args = parser.parse_args()
     try:
         from chdb import session
@@ -114,7 +118,21 @@ def main():
         s.query(f"USE `{args.database}`")
         loaded = set()
         pending = []
+        schema = []
+        if args.schema:
+            import json
+            schema = [json.loads(line) for line in open(args.schema) if line.strip()]
+            pending = [(sql, sql) for sql in schema]
+            logged = set(finished)
+            missing = [sql for sql in schema if sql not in logged and not sql.startswith("ALTER TABLE")]
+            if missing:
+                print("clickhouse-compat: schema statements the server did not send (is --schema current?):\n  "
+                      + "\n  ".join(missing), file=sys.stderr)
+                return 1
+        in_schema = set(schema)
         for sql in finished:
+            if sql in in_schema:
+                continue
             statement = replayable(sql, args.clickhouse_url, args.database, loaded)
             if statement is not None:
                 pending.append((sql, statement))
